@@ -1,0 +1,159 @@
+"""ArchSpec: one sampled architecture, validated, hashed, and turned into timm ``model_args``.
+
+The JSON layout is the public contract in docs/model_args.md. ``arch_id`` is the sha256 of the canonical JSON of the
+*resolved* spec (every omitted knob filled with its default, knobs of mixers the stage does not use dropped), so two
+files that describe the same network hash the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nas import mixers
+from nas.errors import ConfigError, InfeasibleArchError
+
+RESCALE_FROM_STAGE = 2  # CAFormer: learnable residual scale in stages 3-4 (index >= 2) only
+
+
+class ConvSpec(BaseModel):
+    """A strided conv (stem or downsampling); padding is (kernel - stride + 1) // 2."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kernel: int = Field(ge=1)
+    stride: int = Field(ge=1)
+
+
+class HeadSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    hidden_ratio: float = Field(default=4.0, ge=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+
+class StageSpec(BaseModel):
+    """One stage: depth blocks of width dim; ``mixer`` is a name or a block pattern cycled over the depth."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    depth: int = Field(ge=1)
+    dim: int = Field(ge=1)
+    mixer: str | tuple[str, ...]
+    knobs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    res_scale: float | None = None
+    layer_scale: float | None = None
+
+    @field_validator("mixer")
+    @classmethod
+    def _nonempty(cls, v: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        if isinstance(v, tuple) and not v:
+            raise ValueError("a block pattern needs at least one mixer")
+        return v
+
+    @property
+    def pattern(self) -> tuple[str, ...]:
+        return (self.mixer,) if isinstance(self.mixer, str) else tuple(self.mixer)
+
+
+class ArchSpec(BaseModel):
+    """A MetaFormer architecture (stem, stages with their mixers and knobs, head); see docs/model_args.md."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    in_chans: int = Field(default=3, ge=1)
+    num_classes: int = Field(default=1000, ge=0)
+    img_size: int | tuple[int, int] = 224
+    stem: ConvSpec = ConvSpec(kernel=7, stride=4)
+    downsample: ConvSpec = ConvSpec(kernel=3, stride=2)
+    stages: tuple[StageSpec, ...] = Field(min_length=1)
+    mlp_ratio: float = Field(default=4.0, gt=0)
+    drop_path_rate: float = Field(default=0.0, ge=0, lt=1)
+    head: HeadSpec = HeadSpec()
+
+    @classmethod
+    def from_model_args(cls, args: dict[str, Any], where: str = "model_args") -> ArchSpec:
+        try:
+            spec = cls.model_validate(args)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise ConfigError(f"{where}.{loc}: {err['msg']}") from None
+        return spec.resolved(where)
+
+    # ----------------------------------------------------------------------------------------- geometry
+    @property
+    def img_hw(self) -> tuple[int, int]:
+        return (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)
+
+    def grids(self) -> list[tuple[int, int]]:
+        """Token grid of every stage, by conv arithmetic (stem, then one downsample before each later stage)."""
+        out, (h, w) = [], self.img_hw
+        for i in range(len(self.stages)):
+            conv = self.stem if i == 0 else self.downsample
+            pad = (conv.kernel - conv.stride + 1) // 2
+            h = (h + 2 * pad - conv.kernel) // conv.stride + 1
+            w = (w + 2 * pad - conv.kernel) // conv.stride + 1
+            out.append((h, w))
+        return out
+
+    # ----------------------------------------------------------------------------------------- resolution
+    def resolved(self, where: str = "model_args") -> ArchSpec:
+        """Fill knob defaults, drop unused knobs, default res_scale; raise ConfigError for anything invalid."""
+        stages = []
+        grids = self.grids()
+        for i, (st, grid) in enumerate(zip(self.stages, grids, strict=True)):
+            loc = f"{where}.stages[{i}]"
+            if grid[0] < 1 or grid[1] < 1:
+                raise ConfigError(
+                    f"{loc}: token grid {grid} is empty at img_size {self.img_size}; "
+                    "use a larger img_size or fewer stages"
+                )
+            unused = sorted(set(st.knobs) - set(st.pattern))
+            for name in unused:
+                mixers.get(name, where=f"{loc}.knobs")  # an unknown name in knobs is an error, not a no-op
+            knobs = {}
+            for name in dict.fromkeys(st.pattern):
+                defn = mixers.get(name, where=f"{loc}.mixer")
+                knobs[name] = defn.resolve_knobs(st.dim, st.knobs.get(name), f"{loc}.knobs.{name}")
+                reasons = defn.feasibility_fn(st.dim, grid, knobs[name])
+                if reasons:
+                    raise InfeasibleArchError(
+                        f"{loc}: mixer '{name}' at dim={st.dim}, grid={grid}: {'; '.join(reasons)}"
+                    )
+            res = st.res_scale if st.res_scale is not None or i < RESCALE_FROM_STAGE else 1.0
+            stages.append(st.model_copy(update={"knobs": knobs, "res_scale": res}))
+        return self.model_copy(update={"stages": tuple(stages)})
+
+    # ----------------------------------------------------------------------------------------- outputs
+    def to_model_args(self) -> dict[str, Any]:
+        """JSON-safe kwargs for ``timm.create_model('mixerformer', **model_args)``."""
+        d = self.model_dump(mode="json")
+        for st in d["stages"]:
+            if isinstance(st["mixer"], list) and len(st["mixer"]) == 1:
+                st["mixer"] = st["mixer"][0]
+        if isinstance(d["img_size"], list):
+            d["img_size"] = list(d["img_size"])
+        return d
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_model_args(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def arch_id(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    def placement(self) -> str:
+        """Human summary, e.g. ``dwconv·dwconv·cska(g8)·mhsa``; a block pattern shows as ``dwconv+key_only``."""
+        parts = []
+        for st in self.stages:
+            names = []
+            for name in st.pattern:
+                k = st.knobs.get(name, {})
+                tag = {
+                    "cska": f"g{k.get('heads')}",
+                    "manifold_key": f"m{k.get('charts')}",
+                    "key_only": f"h{k.get('heads')}",
+                }.get(name)
+                names.append(f"{name}({tag})" if tag else name)
+            parts.append("+".join(names))
+        return "·".join(parts)

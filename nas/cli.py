@@ -1,0 +1,137 @@
+"""The ``nas`` command line (typer). Errors a user can cause print one line and exit with code 2.
+
+Commands: ``search`` (run or continue a study), ``show`` (per-stage table of an architecture), ``bench`` (the
+benchmarks), and — from nas.cli_study — ``studies``, ``status``, ``pareto``, ``dashboard``, ``export``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import sys
+from pathlib import Path
+
+import typer
+
+from nas.cli_study import STORAGE_HELP, cli_errors, register
+from nas.errors import ConfigError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Multi-objective architecture search over token-mixer placement (Optuna + Ray Tune + timm).",
+)
+register(app)
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@app.command()
+@cli_errors
+def search(
+    study_file: Path = typer.Argument(..., help="a studies/*.yaml file"),
+    n_trials: int = typer.Option(None, "--n-trials", "-n", help="trials this run adds (overrides budget.n_trials)"),
+    address: str = typer.Option(None, "--address", help="join this Ray cluster (e.g. 127.0.0.1:6379)"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+    max_concurrent: int = typer.Option(None, "--max-concurrent", help="trials running at once"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the summary"),
+) -> None:
+    """Run a study, or continue it: running the same command again adds trials to the same study.
+
+    Example: nas search studies/fashion_mnist_tiny.yaml --n-trials 4
+    """
+    from nas.engine.progress import Progress
+    from nas.engine.run import run_study
+
+    overrides = {
+        k: v
+        for k, v in {
+            "budget.n_trials": n_trials,
+            "ray.address": address,
+            "storage": storage,
+            "budget.max_concurrent": max_concurrent,
+        }.items()
+        if v is not None
+    }
+    run_study(study_file, overrides, progress=Progress(quiet=quiet))
+
+
+@app.command()
+@cli_errors
+def show(
+    arch: Path = typer.Argument(None, help="a JSON file with model_args (or an exported config.json)"),
+    study: str = typer.Option(None, "--study", help="study name, with --trial"),
+    trial: int = typer.Option(None, "--trial", help="trial number of --study"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+    img_size: int = typer.Option(None, "--img-size", help="input size to cost at (default: the design size)"),
+) -> None:
+    """Per-stage table of an architecture: mixer, knobs, grid, params, FLOPs.
+
+    Example: nas show search_spaces/examples/caformer_s18.json   |   nas show --study fashion_mnist_tiny --trial 3
+    """
+    import timm
+
+    import nas  # noqa: F401
+    from nas.arch import ArchSpec
+    from nas.cost import format_stage_table, stage_costs
+
+    if (arch is None) == (trial is None):
+        raise ConfigError("show: give either an ARCH.json file or --study NAME --trial N")
+    if arch is not None:
+        if not arch.is_file():
+            raise ConfigError(f"{arch}: file not found")
+        try:
+            raw = json.loads(arch.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{arch}: not valid JSON ({e})") from None
+        args = raw.get("model_args", raw) if isinstance(raw, dict) else raw
+        where = str(arch)
+    else:
+        from nas.results import get_record, load_study
+
+        if not study:
+            raise ConfigError("show: --trial needs --study NAME")
+        args, where = get_record(load_study(study, storage), trial).arch, f"{study} trial {trial}"
+    spec = ArchSpec.from_model_args(args, where=where)
+    model = timm.create_model("mixerformer", **spec.to_model_args())
+    typer.echo(f"{where}: {spec.placement()}  arch_id {spec.arch_id}")
+    for i, st in enumerate(spec.stages):
+        typer.echo(f"  stage {i}: knobs {json.dumps(st.knobs, sort_keys=True)}")
+    typer.echo(format_stage_table(stage_costs(model, img_size)))
+
+
+@app.command()
+@cli_errors
+def bench(
+    which: str = typer.Argument(..., help="mixers | model | trainer | throughput | search"),
+    args: list[str] = typer.Argument(None, help="arguments passed to the benchmark script"),
+) -> None:
+    """Run a benchmark script from benchmarks/ (each prints ratios against a named peer measured in the same run).
+
+    Example: nas bench mixers -- --batch 8
+    """
+    scripts = {
+        "mixers": "mixers.py",
+        "model": "throughput.py",
+        "throughput": "throughput.py",
+        "trainer": "trainer.py",
+        "search": "search_efficiency.py",
+    }
+    if which not in scripts:
+        raise ConfigError(f"bench: unknown benchmark '{which}'; choose one of {sorted(scripts)}")
+    script = BENCHMARKS / scripts[which]
+    if not script.is_file():
+        raise ConfigError(f"bench: {script.name} not found next to the package (benchmarks/ ships with the repo)")
+    sys.argv = [str(script), *(args or [])]
+    runpy.run_path(str(script), run_name="__main__")
+
+
+def main() -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    app()
+
+
+if __name__ == "__main__":
+    main()

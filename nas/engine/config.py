@@ -1,0 +1,192 @@
+"""StudyConfig: what a study file (studies/*.yaml) says — space, data, proxy budget, objectives, search machinery.
+
+Everything is validated before anything is written to the storage: a bad file fails in one line naming the file,
+the field and the fix (nas.errors.ConfigError), and the storage is not touched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nas.errors import ConfigError
+from nas.space import SearchSpace, pydantic_line
+from trainers.config import DataConfig, TrainConfig
+
+ObjectiveName = Literal["accuracy", "throughput", "params", "flops", "latency"]
+DEFAULT_DIRECTIONS: dict[str, str] = {
+    "accuracy": "maximize",
+    "throughput": "maximize",
+    "params": "minimize",
+    "flops": "minimize",
+    "latency": "minimize",
+}
+
+
+class Objective(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: ObjectiveName
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @model_validator(mode="after")
+    def _default_direction(self) -> Objective:
+        if self.direction is None:
+            object.__setattr__(self, "direction", DEFAULT_DIRECTIONS[self.name])
+        return self
+
+
+class SamplerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
+    n_startup_trials: int = Field(default=6, ge=0, description="random trials before TPE/GP model the space")
+
+
+class PrunerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: Literal["pareto", "median", "hyperband", "none"] = "pareto"
+    eta: int = Field(default=3, ge=2, description="keep the top 1/eta at each rung (pareto, hyperband)")
+    min_trials: int = Field(default=1, ge=1, description="pareto/median: trials a rung needs before it prunes")
+
+
+class FidelityConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    rungs: list[int] = Field(default_factory=lambda: [1], description="epochs at which the pruner decides")
+
+
+class BudgetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    n_trials: int | None = Field(default=12, ge=1, description="trials this run adds to the study")
+    wall_time_s: float | None = Field(default=None, gt=0)
+    max_concurrent: int = Field(default=2, ge=1)
+
+
+class ResourcesConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    cpus_per_trial: float = Field(default=1.0, gt=0)
+    gpus_per_trial: float = Field(default=0.0, ge=0, le=8)
+
+
+class ThroughputConfig(BaseModel):
+    """How throughput is measured (timm benchmark method, repeated); part of the objective's definition."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    batch_size: int = Field(default=64, ge=1)
+    repeats: int = Field(default=3, ge=1)
+    warmup: int = Field(default=3, ge=0)
+    steps: int = Field(default=10, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: Literal["default", "max-autotune"] | None = None
+    threads: int | None = Field(default=None, ge=1, description="CPU threads while measuring (default: cpus_per_trial)")
+
+
+class RayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    address: str | None = Field(default=None, description="join this Ray cluster; null = start a local one")
+    num_cpus: int | None = Field(default=None, ge=1, description="local Ray only: CPUs to offer")
+    max_failures: int = Field(default=1, ge=0, description="retries of a trial whose worker process died")
+
+
+class StudyConfig(BaseModel):
+    """A study file. ``space`` is a path relative to the study file (or absolute)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    space: str
+    dataset: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [Objective(name="accuracy"), Objective(name="throughput")], min_length=1
+    )
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    throughput: ThroughputConfig = Field(default_factory=ThroughputConfig)
+    storage: str | None = Field(default=None, description="SQLAlchemy URL; null = sqlite file under studies/<name>/")
+    seed: int = 0
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> StudyConfig:
+        names = [o.name for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objectives: each objective at most once, got {names}")
+        rungs = self.fidelity.rungs
+        if rungs != sorted(set(rungs)) or any(r < 1 or r >= self.train.epochs for r in rungs):
+            raise ValueError(
+                f"fidelity.rungs {rungs} must be increasing epochs in [1, train.epochs - 1 = {self.train.epochs - 1}]"
+            )
+        return self
+
+    # ------------------------------------------------------------------------------------------ derived
+    @property
+    def directions(self) -> list[str]:
+        return [str(o.direction) for o in self.objectives]
+
+    @property
+    def objective_names(self) -> list[str]:
+        return [o.name for o in self.objectives]
+
+    def study_dir(self, base: Path | None = None) -> Path:
+        return (base or Path("studies")) / self.name
+
+    def storage_url(self, base: Path | None = None) -> str:
+        return self.storage or f"sqlite:///{self.study_dir(base) / 'study.db'}"
+
+    def training_key(self) -> dict[str, Any]:
+        """What must match for a finished trial's result to be reused for the same architecture."""
+        return {
+            "dataset": self.dataset.model_dump(mode="json"),
+            "train": self.train.resume_fingerprint(),
+            "rungs": list(self.fidelity.rungs),
+            "throughput": self.throughput.model_dump(mode="json"),
+        }
+
+
+def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[StudyConfig, SearchSpace]:
+    """Load and validate a study file and its search space; raises ConfigError (one line) on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: study file not found; pass the path of a studies/*.yaml file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        cfg = StudyConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(pydantic_line(str(path), e)) from None
+    space_path = Path(cfg.space)
+    if not space_path.is_absolute():
+        space_path = path.parent / space_path
+    space = SearchSpace.load(space_path)
+    check_storage_url(cfg.storage, str(path))
+    return cfg, space
+
+
+def check_storage_url(url: str | None, where: str) -> None:
+    if url is None:
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        u = make_url(url)
+        u.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as e:
+        raise ConfigError(
+            f"{where}: storage: {url!r} is not a usable SQLAlchemy URL ({e}); "
+            "use e.g. sqlite:///studies/x/study.db or postgresql://user@host/db"
+        ) from None

@@ -1,0 +1,154 @@
+"""Pruning a multi-objective study — the piece Optuna refuses (``Trial.should_prune`` raises for >1 objective)
+and Ray's OptunaSearch ignores (landscape.md, traps 1, 3, 4).
+
+Every decision is made by one kind of object, an ``optuna.pruners.BasePruner``, that reads the curves the engine
+stores in trial user attributes; the Tune scheduler only asks it at each rung.
+
+* :class:`ParetoPruner` — asynchronous successive halving on several objectives, as Syne Tune's MO-ASHA
+  (Schmucker et al., "Multi-objective Asynchronous Successive Halving", 2021): the trials that reached a rung are
+  ranked by non-dominated sorting on (accuracy at that rung, the other objectives), ties broken by crowding
+  distance; a trial continues only if it is in the top ``max(1, n // eta)``.
+* :class:`AccuracyPruner` — wraps any of Optuna's single-objective pruners (median, hyperband) and applies it to
+  the accuracy curve, by asking it on an in-memory single-objective mirror of the study.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.study import Study, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.engine.config import PrunerConfig, StudyConfig
+from nas.pareto import rank_for_pruning
+
+
+def curve_at(trial: FrozenTrial, epoch: int) -> float | None:
+    for row in trial.user_attrs.get("curve", []):
+        if row.get("epoch") == epoch:
+            return float(row["val_acc"])
+    return None
+
+
+def objective_vector(trial: FrozenTrial, objectives: list[str], epoch: int) -> list[float] | None:
+    """The trial's objectives with accuracy taken at ``epoch``; None when something is not measured yet."""
+    tp = trial.user_attrs.get("throughput") or {}
+    out = []
+    for name in objectives:
+        if name == "accuracy":
+            v = curve_at(trial, epoch)
+        elif name == "throughput":
+            v = tp.get("median")
+        elif name == "latency":
+            v = tp.get("latency_ms_b1")
+        else:
+            v = trial.user_attrs.get(name)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return None
+        out.append(float(v))
+    return out
+
+
+class ParetoPruner(BasePruner):
+    """MO-ASHA pruner over stored curves (see module docstring)."""
+
+    def __init__(
+        self, rungs: list[int], objectives: list[str], directions: list[str], eta: int = 3, min_trials: int = 1
+    ) -> None:
+        self.rungs, self.objectives, self.directions = sorted(rungs), objectives, directions
+        self.eta, self.min_trials = eta, min_trials
+
+    def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        curve = trial.user_attrs.get("curve", [])
+        if not curve or curve[-1]["epoch"] not in self.rungs:
+            return False
+        rung = curve[-1]["epoch"]
+        me = objective_vector(trial, self.objectives, rung)
+        if me is None:
+            return False
+        points, numbers = [me], [trial.number]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
+            if t.number == trial.number or "reused_from" in t.user_attrs:
+                continue  # a reused result is a copy: counting it twice would skew the rung
+            v = objective_vector(t, self.objectives, rung)
+            if v is not None:
+                points.append(v)
+                numbers.append(t.number)
+        if len(points) < self.min_trials:
+            return False
+        keep = max(1, len(points) // self.eta)
+        order = rank_for_pruning(points, self.directions)
+        return order.index(0) >= keep
+
+
+class AccuracyPruner(BasePruner):
+    """Apply an Optuna single-objective pruner to the accuracy curve of a multi-objective study."""
+
+    def __init__(self, inner: BasePruner) -> None:
+        self.inner = inner
+
+    def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        mirror = optuna.create_study(
+            study_name=study.study_name,
+            direction=StudyDirection.MAXIMIZE,
+            storage=optuna.storages.InMemoryStorage(),
+            pruner=self.inner,
+        )
+        target: FrozenTrial | None = None
+        for t in study.get_trials(deepcopy=False):
+            curve = {int(r["epoch"]): float(r["val_acc"]) for r in t.user_attrs.get("curve", [])}
+            # keep trial numbers aligned (hyperband assigns brackets by study name + number)
+            state = t.state if t.state != TrialState.WAITING else TrialState.FAIL
+            value = max(curve.values()) if state == TrialState.COMPLETE and curve else None
+            if state == TrialState.COMPLETE and value is None:
+                state = TrialState.FAIL
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mirror.add_trial(
+                    optuna.trial.create_trial(
+                        state=state, value=value, params={}, distributions={}, intermediate_values=curve
+                    )
+                )
+            if t.number == trial.number:
+                target = mirror._storage.get_trial(
+                    mirror._storage.get_trial_id_from_study_id_trial_number(mirror._study_id, t.number)
+                )
+        if target is None:
+            return False
+        return self.inner.prune(mirror, target)
+
+
+def make_pruner(cfg: StudyConfig) -> BasePruner:
+    p: PrunerConfig = cfg.pruner
+    if p.name == "pareto":
+        return ParetoPruner(cfg.fidelity.rungs, cfg.objective_names, cfg.directions, p.eta, p.min_trials)
+    if p.name == "median":
+        return AccuracyPruner(optuna.pruners.MedianPruner(n_startup_trials=p.min_trials, n_warmup_steps=0))
+    if p.name == "hyperband":
+        return AccuracyPruner(
+            optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.train.epochs, reduction_factor=p.eta)
+        )
+    return optuna.pruners.NopPruner()
+
+
+def make_sampler(cfg: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampler:
+    """The study's sampler, reseeded by the number of trials already stored so a resumed run does not re-propose
+    the points of the first run (optuna#3255)."""
+    seed = cfg.seed + n_existing
+    s = cfg.sampler
+    kw: dict[str, Any] = {"seed": seed}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if s.name == "tpe":
+            return optuna.samplers.TPESampler(
+                n_startup_trials=s.n_startup_trials, multivariate=True, group=True, constant_liar=True, **kw
+            )
+        if s.name == "nsga2":
+            return optuna.samplers.NSGAIISampler(population_size=max(4, s.n_startup_trials), **kw)
+        if s.name == "gp":
+            return optuna.samplers.GPSampler(n_startup_trials=s.n_startup_trials, **kw)
+        return optuna.samplers.RandomSampler(**kw)

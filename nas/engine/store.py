@@ -1,0 +1,231 @@
+"""The study's persistent state: an Optuna RDB study (SQLAlchemy URL) plus the project's own ``nas_`` tables.
+
+Only the driver writes (Optuna FAQ: one writer per SQLite file). Trials are touched only through Optuna's API;
+per-epoch curves go to user attributes *and* to intermediate values through the storage's public
+``set_trial_intermediate_value`` (``Trial.report`` refuses multi-objective studies, the storage does not), so
+optuna-dashboard shows learning curves. Layout: docs/storage.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import threading
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.engine.config import StudyConfig
+from nas.errors import StudyError
+from nas.space import SearchSpace
+
+FORMAT_VERSION = 1
+HEARTBEAT_S = 10.0
+STALE_AFTER_S = 60.0
+_META = sa.MetaData()
+THROUGHPUT_TABLE = sa.Table(
+    "nas_throughput",
+    _META,
+    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("arch_id", sa.String(64), index=True),
+    sa.Column("device", sa.String(256)),
+    sa.Column("result", sa.Text),
+    sa.Column("created", sa.Float),
+)
+
+
+def package_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "timm", "optuna", "ray", "pydantic", "sqlalchemy", "mixer-nas"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def make_storage(url: str) -> optuna.storages.RDBStorage:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}}
+    else:
+        kwargs = {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except Exception as e:  # connection refused, bad credentials, missing driver...
+        raise StudyError(f"storage {_redact(url)}: cannot open ({' '.join(str(e).split())[:200]})") from None
+
+
+def _redact(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+class StudyStore:
+    """Driver-side handle on one study: create/load, heartbeat, stale-trial recovery, reuse, curves, cache."""
+
+    def __init__(
+        self,
+        cfg: StudyConfig,
+        space: SearchSpace,
+        sampler: optuna.samplers.BaseSampler,
+        pruner: optuna.pruners.BasePruner,
+        base_dir: Path | None = None,
+    ) -> None:
+        self.cfg, self.space = cfg, space
+        self.study_dir = cfg.study_dir(base_dir)
+        self.study_dir.mkdir(parents=True, exist_ok=True)
+        self.url = cfg.storage_url(base_dir)
+        self.storage = make_storage(self.url)
+        self.lock = threading.RLock()
+        self.driver_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._check_existing()
+        self.study = optuna.create_study(
+            study_name=cfg.name,
+            storage=self.storage,
+            directions=cfg.directions,
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,
+        )
+        attrs = self.study.user_attrs
+        if "config" not in attrs:
+            self.study.set_user_attr("nas_version", FORMAT_VERSION)
+            self.study.set_user_attr("objectives", [o.model_dump() for o in cfg.objectives])
+            self.study.set_user_attr("space", space.model_dump(mode="json"))
+            self.study.set_user_attr("space_hash", space.space_hash())
+        self.study.set_user_attr("config", cfg.model_dump(mode="json"))
+        self.study.set_user_attr("versions", package_versions())
+        self.study.set_user_attr("study_dir", str(self.study_dir))
+        self.engine = sa.create_engine(self.url, **({"connect_args": {"timeout": 30}} if "sqlite" in self.url else {}))
+        _META.create_all(self.engine)
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat_loop, name="nas-heartbeat", daemon=True)
+
+    def _check_existing(self) -> None:
+        """An existing study with other objectives is a user error, not something to merge into."""
+        try:
+            summaries = optuna.study.get_all_study_summaries(self.storage, include_best_trial=False)
+        except Exception:
+            return
+        for s in summaries:
+            if s.study_name == self.cfg.name:
+                existing = [d.name.lower() for d in s.directions]
+                if existing != self.cfg.directions:
+                    raise StudyError(
+                        f"study '{self.cfg.name}' already exists in {_redact(self.url)} with directions {existing}, "
+                        f"but the study file asks for {self.cfg.directions}; give the study a new name"
+                    )
+
+    # ------------------------------------------------------------------------------------------ heartbeat
+    def start(self) -> None:
+        self._write_heartbeat()
+        self._beat.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        with self.lock:
+            self.study.set_user_attr(f"heartbeat:{self.driver_id}", 0.0)
+        self.engine.dispose()
+
+    def _write_heartbeat(self) -> None:
+        with self.lock:
+            self.study.set_user_attr(f"heartbeat:{self.driver_id}", time.time())
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._write_heartbeat()
+            except Exception as e:  # never kill the driver over a heartbeat; the next one retries
+                warnings.warn(f"heartbeat failed: {e}", stacklevel=1)
+
+    def recover_stale(self) -> list[int]:
+        """Fail RUNNING trials whose driver stopped beating, and enqueue one retry of each. Returns their numbers."""
+        beats = {k.split(":", 1)[1]: v for k, v in self.study.user_attrs.items() if k.startswith("heartbeat:")}
+        now, failed = time.time(), []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = t.user_attrs.get("driver")
+            if owner == self.driver_id or (owner in beats and now - beats[owner] < STALE_AFTER_S):
+                continue  # ours, or another live driver's (several drivers may share a PostgreSQL study)
+            with self.lock:
+                self.study._storage.set_trial_user_attr(
+                    t._trial_id, "failure", "interrupted: its driver stopped (killed or crashed) while it ran"
+                )
+                self.study.tell(t.number, state=TrialState.FAIL)
+                if "retry_of" not in t.user_attrs and t.params:
+                    self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+            failed.append(t.number)
+        return failed
+
+    # ------------------------------------------------------------------------------------------ trials
+    def ask(self) -> optuna.Trial:
+        with self.lock:
+            trial = self.study.ask()
+            trial.set_user_attr("driver", self.driver_id)
+            return trial
+
+    def set_attrs(self, number_or_trial: Any, attrs: dict[str, Any]) -> None:
+        trial_id = self._trial_id(number_or_trial)
+        with self.lock:
+            for k, v in attrs.items():
+                self.study._storage.set_trial_user_attr(trial_id, k, v)
+
+    def record_epoch(self, number: int, curve: list[dict[str, Any]]) -> None:
+        trial_id = self._trial_id(number)
+        with self.lock:
+            self.study._storage.set_trial_user_attr(trial_id, "curve", curve)
+            self.study._storage.set_trial_user_attr(trial_id, "fidelity", curve[-1]["epoch"] if curve else 0)
+            if curve:
+                self.study._storage.set_trial_intermediate_value(trial_id, curve[-1]["epoch"], curve[-1]["val_acc"])
+
+    def tell(
+        self, number: int, state: TrialState, values: list[float] | None = None, attrs: dict[str, Any] | None = None
+    ) -> None:
+        with self.lock:
+            if attrs:
+                self.set_attrs(number, attrs)
+            self.study.tell(number, values if state == TrialState.COMPLETE else None, state=state)
+
+    def frozen(self, number: int) -> FrozenTrial:
+        return self.study._storage.get_trial(self._trial_id(number))
+
+    def _trial_id(self, number_or_trial: Any) -> int:
+        if isinstance(number_or_trial, optuna.Trial | FrozenTrial):
+            return number_or_trial._trial_id
+        return self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number_or_trial)
+
+    def find_reusable(self, arch_id: str, train_key: str) -> FrozenTrial | None:
+        """A finished trial (COMPLETE, or PRUNED at a rung) of the same architecture under the same training."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            a = t.user_attrs
+            if a.get("arch_id") == arch_id and a.get("train_key") == train_key and "reused_from" not in a:
+                return t
+        return None
+
+    # ------------------------------------------------------------------------------------------ cache
+    def cached_throughput(self, arch_id: str) -> dict[str, dict[str, Any]]:
+        """Every cached measurement of this architecture, by cache key."""
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(THROUGHPUT_TABLE).where(THROUGHPUT_TABLE.c.arch_id == arch_id)).fetchall()
+        return {r.key: json.loads(r.result) for r in rows}
+
+    def put_throughput(self, key: str, arch_id: str, device: str, result: dict[str, Any]) -> None:
+        with self.engine.begin() as c:
+            c.execute(sa.delete(THROUGHPUT_TABLE).where(THROUGHPUT_TABLE.c.key == key))
+            c.execute(
+                sa.insert(THROUGHPUT_TABLE).values(
+                    key=key, arch_id=arch_id, device=device, result=json.dumps(result), created=time.time()
+                )
+            )

@@ -1,0 +1,188 @@
+"""Ray Tune runs the trials; Optuna (through :class:`nas.engine.driver.Driver`) decides and records.
+
+* :class:`NasSearcher` — a Tune ``Searcher`` over the persistent Optuna study (ask/tell, define-by-run).
+* :class:`RungScheduler` — a Tune scheduler that stores each epoch, then asks the study's pruner at every rung.
+* :class:`RecordCallback` — records results even when another scheduler (Ray's ASHA, for the benchmark) stops a
+  trial, so the study still learns the truth.
+* :func:`run_study` — local Ray started in-process by default, or ``address`` to join a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+for _k, _v in {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_MAX_PENDING_TRIALS_PG": "4",
+    "RAY_DEDUP_LOGS": "0",
+}.items():
+    os.environ.setdefault(_k, _v)
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
+
+from nas.engine.driver import FINISHED, Driver  # noqa: E402
+from nas.engine.trainable import run_trial  # noqa: E402
+
+_DRIVERS: dict[int, Driver] = {}
+
+
+class _DriverRef:
+    """Tune pickles its searcher, scheduler and callbacks into the experiment folder; the driver (database
+    connections, locks) must not travel, so these hold a key into a process-local registry instead."""
+
+    _key: int
+
+    def _bind(self, driver: Driver) -> None:
+        self._key = id(driver)
+        _DRIVERS[self._key] = driver
+
+    @property
+    def driver(self) -> Driver:
+        return _DRIVERS[self._key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_searcher"}
+
+
+class NasSearcher(_DriverRef, Searcher):
+    """Tune searcher backed by the Optuna study held by the driver."""
+
+    def __init__(self, driver: Driver) -> None:
+        super().__init__(metric=None, mode=None)
+        self._bind(driver)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the Optuna study in the database is the searcher's whole state."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """See :meth:`save`."""
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        out = self.driver.next_config(trial_id)
+        return Searcher.FINISHED if out == FINISHED else out
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.driver.on_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result:
+            self.driver.on_result(trial_id, result)
+        self.driver.on_complete(trial_id, error=error, error_msg=self.driver.errors.pop(trial_id, None))
+
+
+class RungScheduler(_DriverRef, FIFOScheduler):
+    """Stops a trial when the study's pruner says so at a rung; everything else runs first-in first-out."""
+
+    def __init__(self, driver: Driver) -> None:
+        super().__init__()
+        self._bind(driver)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        self.driver.on_result(trial.trial_id, result)
+        return TrialScheduler.STOP if self.driver.should_stop(trial.trial_id, result) else TrialScheduler.CONTINUE
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        _capture_error(self.driver, trial)
+        super().on_trial_error(tune_controller, trial)
+
+
+def _capture_error(driver: Driver, trial: Any) -> None:
+    try:
+        err = trial.get_error()
+        msg = " ".join(str(err).split())[-400:] if err else None
+    except Exception:
+        msg = None
+    driver.errors[trial.trial_id] = (
+        f"worker failed: {msg}" if msg else "worker process died (killed or crashed); see Ray logs"
+    )
+
+
+class RecordCallback(_DriverRef, tune.Callback):
+    """Records every result (idempotent) — needed when a foreign scheduler (e.g. ASHA) makes the stop decision."""
+
+    def __init__(self, driver: Driver) -> None:
+        self._bind(driver)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.driver.on_result(trial.trial_id, result)
+
+
+def _quiet_ray_loggers() -> None:
+    # the study database is the record; Ray's own result files and searcher checkpoints are not used
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def init_ray(address: str | None, num_cpus: int | None) -> None:
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            _node_ip_address="127.0.0.1",
+        )
+
+
+def run_tune(
+    driver: Driver,
+    scheduler: TrialScheduler | None = None,
+    wall_time_s: float | None = None,
+    callbacks: list | None = None,
+) -> float:
+    """Run trials until the searcher's budget is spent; returns the seconds it took."""
+    cfg = driver.cfg
+    res = {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial}
+    storage_path = (driver.store.study_dir / "ray").resolve()
+    t0 = time.time()
+    _quiet_ray_loggers()
+    tuner = tune.Tuner(
+        tune.with_resources(run_trial, res),
+        tune_config=tune.TuneConfig(
+            search_alg=NasSearcher(driver),
+            scheduler=scheduler or RungScheduler(driver),
+            num_samples=-1,
+            max_concurrent_trials=cfg.budget.max_concurrent,
+            time_budget_s=wall_time_s,
+            reuse_actors=True,
+            trial_name_creator=lambda t: f"trial_{t.trial_id}",
+            trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=f"run-{int(t0)}",
+            storage_path=str(storage_path),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures),
+            callbacks=[RecordCallback(driver), *(callbacks or [])],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    try:
+        tuner.fit()
+    finally:
+        _DRIVERS.pop(id(driver), None)
+    return time.time() - t0
+
+
+def local_lock_dir(study_dir: Path) -> str:
+    """Device locks live beside the study (one folder per node when the filesystem is not shared)."""
+    path = (study_dir / "locks").resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)

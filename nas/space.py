@@ -1,0 +1,279 @@
+"""Search spaces: YAML schema (pydantic), validation before any training, and define-by-run sampling.
+
+A space fixes the geometry (input, stem, downsampling, number of stages) and lists, per stage, the allowed mixers
+(or block patterns) and per mixer the allowed knob values. Knobs are conditional: ``s2.cska.heads`` exists only in
+trials whose stage 2 uses ``cska``. Depth and width may be searched. Every value is checked against the mixer
+registry when the file is loaded, so a typo fails in one line before anything runs.
+
+Optuna parameter names: ``s{i}.mixer`` (a pattern is encoded ``dwconv+key_only``), ``s{i}.depth``, ``s{i}.dim``,
+``s{i}.{mixer}.{knob}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nas import mixers
+from nas.arch import ArchSpec, ConvSpec, HeadSpec, StageSpec
+from nas.errors import ConfigError, InfeasibleArchError
+
+Suggest = Callable[[str, list[Any]], Any]
+PATTERN_SEP = "+"
+
+
+def _as_choices(v: Any) -> list[Any]:
+    return list(v) if isinstance(v, list | tuple) else [v]
+
+
+class InputSpace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    img_size: int = Field(ge=1)
+    in_chans: int = Field(default=3, ge=1)
+
+
+class StageSpace(BaseModel):
+    """Allowed choices for one stage. ``depth``/``dim``: a value or a list to search over."""
+
+    model_config = ConfigDict(extra="forbid")
+    depth: int | list[int]
+    dim: int | list[int]
+    mixers: list[str | list[str]] = Field(min_length=1)
+    knobs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    res_scale: float | None = None
+
+    @field_validator("depth", "dim")
+    @classmethod
+    def _positive(cls, v: int | list[int]) -> int | list[int]:
+        vals = _as_choices(v)
+        if not vals:
+            raise ValueError("empty choice list; give at least one value")
+        if any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in vals):
+            raise ValueError(f"every value must be a positive integer, got {v!r}")
+        return v
+
+    @field_validator("mixers")
+    @classmethod
+    def _patterns(cls, v: list[str | list[str]]) -> list[str | list[str]]:
+        for m in v:
+            if isinstance(m, list) and not m:
+                raise ValueError("a block pattern must list at least one mixer")
+        return v
+
+
+class Constraints(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_params: float | None = Field(default=None, gt=0)
+    max_flops: float | None = Field(default=None, gt=0)
+
+
+class SearchSpace(BaseModel):
+    """A search space file (search_spaces/*.yaml); see the README for the format."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    description: str = ""
+    input: InputSpace
+    stem: ConvSpec = ConvSpec(kernel=7, stride=4)
+    downsample: ConvSpec = ConvSpec(kernel=3, stride=2)
+    mlp_ratio: float = Field(default=4.0, gt=0)
+    drop_path_rate: float = Field(default=0.0, ge=0, lt=1)
+    head: HeadSpec = HeadSpec()
+    knobs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    stages: list[StageSpace] = Field(min_length=1)
+    constraints: Constraints = Constraints()
+
+    # ------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | Path) -> SearchSpace:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: search space file not found; check the path (relative to the study file)")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+        return cls.from_dict(raw, where=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str = "search space") -> SearchSpace:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
+        try:
+            space = cls.model_validate(raw)
+        except ValidationError as e:
+            raise ConfigError(pydantic_line(where, e)) from None
+        space.validate_semantics(where)
+        return space
+
+    # ------------------------------------------------------------------------------------------ semantics
+    def grids(self) -> list[tuple[int, int]]:
+        return self._skeleton(num_classes=1).grids()
+
+    def _skeleton(self, num_classes: int) -> ArchSpec:
+        stages = tuple(
+            StageSpec(depth=_as_choices(s.depth)[0], dim=_as_choices(s.dim)[0], mixer="dwconv") for s in self.stages
+        )
+        return ArchSpec.model_construct(
+            in_chans=self.input.in_chans,
+            num_classes=num_classes,
+            img_size=self.input.img_size,
+            stem=self.stem,
+            downsample=self.downsample,
+            stages=stages,
+            mlp_ratio=self.mlp_ratio,
+            drop_path_rate=self.drop_path_rate,
+            head=self.head,
+        )
+
+    def stage_knobs(self, i: int, mixer: str) -> dict[str, list[Any]]:
+        """Allowed values of every knob of ``mixer`` in stage i (stage overrides global); [] = default."""
+        merged = dict(self.knobs.get(mixer, {}))
+        merged.update(self.stages[i].knobs.get(mixer, {}))
+        return {k: _as_choices(v) for k, v in merged.items()}
+
+    def validate_semantics(self, where: str) -> None:
+        """Mixer names, knob names and values, and feasibility of the fixed geometry — before any training."""
+        for scope, table in [("knobs", self.knobs)] + [
+            (f"stages[{i}].knobs", s.knobs) for i, s in enumerate(self.stages)
+        ]:
+            for mixer, knobs in table.items():
+                defn = mixers.get(mixer, where=f"{where}: {scope}")
+                if not isinstance(knobs, dict):
+                    raise ConfigError(f"{where}: {scope}.{mixer}: expected a mapping knob -> values")
+                for knob, values in knobs.items():
+                    if knob not in defn.knobs:
+                        raise ConfigError(
+                            f"{where}: {scope}.{mixer}.{knob}: unknown knob for mixer '{mixer}'; "
+                            f"known: {sorted(defn.knobs)}"
+                        )
+                    if not _as_choices(values):
+                        raise ConfigError(
+                            f"{where}: {scope}.{mixer}.{knob}: empty choice list; give at least one value"
+                        )
+        for i, grid in enumerate(self.grids()):
+            loc = f"{where}: stages[{i}]"
+            if grid[0] < 1 or grid[1] < 1:
+                raise ConfigError(f"{loc}: token grid {grid} is empty; use a larger input.img_size or fewer stages")
+            st = self.stages[i]
+            for j, entry in enumerate(st.mixers):
+                for name in _as_choices(entry):
+                    defn = mixers.get(name, where=f"{loc}.mixers[{j}]")
+                    self._check_mixer(defn, i, grid, f"{loc}.mixers[{j}] '{name}'")
+
+    def _check_mixer(self, defn: mixers.MixerDef, i: int, grid: tuple[int, int], loc: str) -> None:
+        """Each listed knob value must be valid, and feasible for at least one searched width."""
+        dims = _as_choices(self.stages[i].dim)
+        allowed = self.stage_knobs(i, defn.name)
+        for knob, values in allowed.items():
+            for v in values:
+                defn.knobs[knob].resolve(dims[0], v, f"{loc}: knob")
+        combos = [{}] + [{k: v} for k, vs in allowed.items() for v in vs]
+        for combo in combos:
+            reasons = [defn.feasibility_fn(d, grid, defn.resolve_knobs(d, combo, loc)) for d in dims]
+            if all(reasons):
+                what = f"with {combo}" if combo else "at its default knobs"
+                raise InfeasibleArchError(
+                    f"{loc} {what} is infeasible at grid {grid} for every dim {dims}: {reasons[0][0]}; "
+                    "remove it from this stage or change the geometry/knob values"
+                )
+
+    # ------------------------------------------------------------------------------------------ sampling
+    def sample(self, suggest: Suggest, num_classes: int) -> ArchSpec:
+        """Define-by-run: ask ``suggest(name, choices)`` for every decision; only chosen mixers' knobs are asked."""
+        stages = []
+        for i, st in enumerate(self.stages):
+            entries = [e if isinstance(e, str) else PATTERN_SEP.join(e) for e in st.mixers]
+            choice = _pick(suggest, f"s{i}.mixer", entries)
+            depth = _pick(suggest, f"s{i}.depth", _as_choices(st.depth))
+            dim = _pick(suggest, f"s{i}.dim", _as_choices(st.dim))
+            pattern = tuple(choice.split(PATTERN_SEP))
+            knobs = {}
+            for name in dict.fromkeys(pattern):
+                knobs[name] = {k: _pick(suggest, f"s{i}.{name}.{k}", vs) for k, vs in self.stage_knobs(i, name).items()}
+            stages.append(
+                StageSpec(
+                    depth=depth,
+                    dim=dim,
+                    mixer=pattern[0] if len(pattern) == 1 else pattern,
+                    knobs=knobs,
+                    res_scale=st.res_scale,
+                )
+            )
+        skeleton = self._skeleton(num_classes)
+        return ArchSpec.from_model_args(
+            {**skeleton.model_dump(mode="json"), "stages": [s.model_dump(mode="json") for s in stages]},
+            where=f"space '{self.name}'",
+        )
+
+    def arch_from_params(self, params: dict[str, Any], num_classes: int) -> ArchSpec:
+        """Rebuild the ArchSpec of a trial from its Optuna params (fixed choices are filled in)."""
+
+        def suggest(name: str, choices: list[Any]) -> Any:
+            return params[name] if name in params else choices[0]
+
+        return self.sample(suggest, num_classes)
+
+    def check_constraints(self, arch: ArchSpec) -> list[str]:
+        """Budget constraints (params, FLOPs) computed without training; empty list = within budget."""
+        c = self.constraints
+        if c.max_params is None and c.max_flops is None:
+            return []
+        params, flops = arch_cost(arch.canonical_json())
+        reasons = []
+        if c.max_params is not None and params > c.max_params:
+            reasons.append(f"params {params:,} > max_params {int(c.max_params):,}")
+        if c.max_flops is not None and flops > c.max_flops:
+            reasons.append(f"FLOPs {flops:,} > max_flops {int(c.max_flops):,}")
+        return reasons
+
+    def space_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _pick(suggest: Suggest, name: str, choices: list[Any]) -> Any:
+    """Fixed values (one choice) are not Optuna parameters; real choices are."""
+    return choices[0] if len(choices) == 1 else suggest(name, choices)
+
+
+@lru_cache(maxsize=4096)
+def arch_cost(canonical_json: str) -> tuple[int, int]:
+    """(params, FLOPs for one image) of an architecture, built on the meta device (no memory, no init cost)."""
+    import timm
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import nas.models  # noqa: F401  (registers the entrypoint)
+
+    args = json.loads(canonical_json)
+    size = args["img_size"]
+    h, w = (size, size) if isinstance(size, int) else size
+    with torch.device("meta"):
+        model = timm.create_model("mixerformer", **args)
+        x = torch.empty(1, args["in_chans"], h, w)
+        params = sum(p.numel() for p in model.parameters())
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+    return params, int(counter.get_total_flops())
+
+
+def pydantic_line(where: str, err: ValidationError) -> str:
+    """One line from a pydantic error: file, field path, message and the offending value."""
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        msg = "unknown field; remove it or check its spelling"
+    elif e["type"] == "missing":
+        msg = "required field is missing; add it"
+    inp = e.get("input")
+    shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(inp, dict) else f" (got {inp!r})"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{where}: {loc}: {msg}{shown}{more}"

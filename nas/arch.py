@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -17,6 +18,39 @@ from nas import mixers
 from nas.errors import ConfigError, InfeasibleArchError
 
 RESCALE_FROM_STAGE = 2  # CAFormer: learnable residual scale in stages 3-4 (index >= 2) only
+_UNION_TAG = re.compile(r"^(int|float|str|bool|none|.*\[.*\])$")  # pydantic names union members in error locs
+
+
+def loc_path(loc: tuple[Any, ...]) -> str:
+    """A pydantic error location as the user wrote it: ``stages[1].depth`` (union-member tags dropped)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not _UNION_TAG.match(str(part)):
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def pydantic_problem(err: ValidationError) -> tuple[str, str]:
+    """(field path, one-line message with the offending value) of the first problem pydantic found."""
+    errors = err.errors()
+    e = errors[0]
+    path = loc_path(e["loc"])
+    for other in errors[1:]:  # a list that failed inside: name the element, not the whole list
+        p = loc_path(other["loc"])
+        if p.startswith(path) and len(p) > len(path):
+            e, path = other, p
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        msg = "unknown field; remove it or check its spelling"
+    elif e["type"] == "missing":
+        msg = "required field is missing; add it"
+    inp = e.get("input")
+    shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(inp, dict) else f" (got {inp!r})"
+    others = {p for p in (loc_path(o["loc"]) for o in errors) if not path.startswith(p)}  # not its consequences
+    more = f" (+{len(others)} more)" if others else ""
+    return path, f"{msg}{shown}{more}"
 
 
 class ConvSpec(BaseModel):
@@ -75,9 +109,8 @@ class ArchSpec(BaseModel):
         try:
             spec = cls.model_validate(args)
         except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise ConfigError(f"{where}.{loc}: {err['msg']}") from None
+            path, msg = pydantic_problem(e)
+            raise ConfigError(f"{where}{'.' if path and path[0] != '[' else ''}{path}: {msg}") from None
         return spec.resolved(where)
 
     # ----------------------------------------------------------------------------------------- geometry

@@ -12,7 +12,9 @@ Optuna parameter names: ``s{i}.mixer`` (a pattern is encoded ``dwconv+key_only``
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -22,11 +24,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from nas import mixers
-from nas.arch import ArchSpec, ConvSpec, HeadSpec, StageSpec
+from nas.arch import ArchSpec, ConvSpec, HeadSpec, StageSpec, pydantic_problem
 from nas.errors import ConfigError, InfeasibleArchError
 
 Suggest = Callable[[str, list[Any]], Any]
 PATTERN_SEP = "+"
+MAX_KNOB_COMBOS = 4096  # per stage and mixer; beyond it feasibility is checked one knob at a time
 
 
 def _as_choices(v: Any) -> list[Any]:
@@ -145,7 +148,7 @@ class SearchSpace(BaseModel):
             (f"stages[{i}].knobs", s.knobs) for i, s in enumerate(self.stages)
         ]:
             for mixer, knobs in table.items():
-                defn = mixers.get(mixer, where=f"{where}: {scope}")
+                defn = mixers.get(mixer, where=f"{where}: {scope}.{mixer}")
                 if not isinstance(knobs, dict):
                     raise ConfigError(f"{where}: {scope}.{mixer}: expected a mapping knob -> values")
                 for knob, values in knobs.items():
@@ -158,6 +161,8 @@ class SearchSpace(BaseModel):
                         raise ConfigError(
                             f"{where}: {scope}.{mixer}.{knob}: empty choice list; give at least one value"
                         )
+                    for v in _as_choices(values):  # checked here too, so the message names where it was written
+                        defn.knobs[knob].resolve(1, v, f"{where}: {scope}.{mixer}.{knob}")
         for i, grid in enumerate(self.grids()):
             loc = f"{where}: stages[{i}]"
             if grid[0] < 1 or grid[1] < 1:
@@ -169,21 +174,42 @@ class SearchSpace(BaseModel):
                     self._check_mixer(defn, i, grid, f"{loc}.mixers[{j}] '{name}'")
 
     def _check_mixer(self, defn: mixers.MixerDef, i: int, grid: tuple[int, int], loc: str) -> None:
-        """Each listed knob value must be valid, and feasible for at least one searched width."""
+        """Each allowed knob value must take part in at least one feasible build at some searched width.
+
+        Only the values the space allows are combined (a knob it does not list keeps its default), so a fixed
+        ``head_dim: 16`` at dim 16 is fine even though the default head_dim 32 would not divide it."""
         dims = _as_choices(self.stages[i].dim)
         allowed = self.stage_knobs(i, defn.name)
         for knob, values in allowed.items():
             for v in values:
                 defn.knobs[knob].resolve(dims[0], v, f"{loc}: knob")
-        combos = [{}] + [{k: v} for k, vs in allowed.items() for v in vs]
+        names = list(allowed)
+        if math.prod(len(allowed[k]) for k in names) <= MAX_KNOB_COMBOS:
+            combos = [dict(zip(names, vs, strict=True)) for vs in itertools.product(*(allowed[k] for k in names))]
+        else:  # too many to enumerate: vary one knob at a time around the first allowed values
+            base = {k: vs[0] for k, vs in allowed.items()}
+            combos = [{**base, k: v} for k, vs in allowed.items() for v in vs]
+        feasible, reason = [], ""
         for combo in combos:
             reasons = [defn.feasibility_fn(d, grid, defn.resolve_knobs(d, combo, loc)) for d in dims]
             if all(reasons):
-                what = f"with {combo}" if combo else "at its default knobs"
-                raise InfeasibleArchError(
-                    f"{loc} {what} is infeasible at grid {grid} for every dim {dims}: {reasons[0][0]}; "
-                    "remove it from this stage or change the geometry/knob values"
-                )
+                reason = reason or reasons[0][0]
+            else:
+                feasible.append(combo)
+        fix = "remove it from this stage or change the geometry/knob values"
+        if not feasible:
+            what = f"with every allowed knob combination {allowed}" if allowed else "at its default knobs"
+            dims_s = f"for every dim {dims}"
+            raise InfeasibleArchError(f"{loc} is infeasible at grid {grid} {what} {dims_s}: {reason}; {fix}")
+        for knob, values in allowed.items():
+            for v in values:
+                if not any(c[knob] == v for c in feasible):
+                    combo = next(c for c in combos if c[knob] == v)
+                    why = defn.feasibility_fn(dims[0], grid, defn.resolve_knobs(dims[0], combo, loc))[0]
+                    raise InfeasibleArchError(
+                        f"{loc} with {knob}={v!r} is infeasible at grid {grid} for every dim {dims}: {why}; "
+                        f"drop {v!r} from knobs.{defn.name}.{knob} or override it in stages[{i}].knobs"
+                    )
 
     # ------------------------------------------------------------------------------------------ sampling
     def sample(self, suggest: Suggest, num_classes: int) -> ArchSpec:
@@ -265,15 +291,8 @@ def arch_cost(canonical_json: str) -> tuple[int, int]:
 
 
 def pydantic_line(where: str, err: ValidationError) -> str:
-    """One line from a pydantic error: file, field path, message and the offending value."""
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-    msg = e["msg"]
-    if e["type"] == "extra_forbidden":
-        msg = "unknown field; remove it or check its spelling"
-    elif e["type"] == "missing":
-        msg = "required field is missing; add it"
-    inp = e.get("input")
-    shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(inp, dict) else f" (got {inp!r})"
-    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{where}: {loc}: {msg}{shown}{more}"
+    """One line from a pydantic error: file, field path (``stages[1].depth``), message and the offending value.
+
+    A model-level check (no location) names its fields in its own message."""
+    path, msg = pydantic_problem(err)
+    return f"{where}: {path}: {msg}" if path else f"{where}: {msg}"

@@ -156,7 +156,7 @@ class Driver:
             return
         if number not in self.curves and result.get("tp_json"):
             tp = json.loads(result["tp_json"])
-            self.store.set_attrs(number, {"throughput": tp, "device": tp.get("device")})
+            self.store.set_attrs(number, {"throughput": tp, "device": tp.get("device"), "node": result.get("node")})
             if not tp.pop("cached", False):
                 self.store.put_throughput(tp["key"], self.store.frozen(number).user_attrs["arch_id"], tp["device"], tp)
         row = {k: float(result[k]) for k in ("val_acc", "val_loss", "train_loss", "seconds", "images_per_s")}
@@ -165,7 +165,7 @@ class Driver:
         curve.append(row)
         self.curves[number] = curve
         self.store.record_epoch(number, curve)
-        self.log("epoch", {"number": number, **row})
+        self.log("epoch", {"number": number, **row, "pid": result.get("pid")})
 
     def should_stop(self, tune_id: str, result: dict[str, Any]) -> bool:
         number = self.numbers.get(tune_id)

@@ -99,6 +99,7 @@ class AccuracyPruner(BasePruner):
             pruner=self.inner,
         )
         target: FrozenTrial | None = None
+        target_attrs: dict[str, Any] = {}
         for t in study.get_trials(deepcopy=False):
             curve = {int(r["epoch"]): float(r["val_acc"]) for r in t.user_attrs.get("curve", [])}
             # keep trial numbers aligned (hyperband assigns brackets by study name + number)
@@ -108,18 +109,30 @@ class AccuracyPruner(BasePruner):
                 state = TrialState.FAIL
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                # system attrs carry the inner pruner's own state (successive halving's completed_rung_*):
+                # without them every rung would look empty and hyperband would never prune
                 mirror.add_trial(
                     optuna.trial.create_trial(
-                        state=state, value=value, params={}, distributions={}, intermediate_values=curve
+                        state=state,
+                        value=value,
+                        params={},
+                        distributions={},
+                        intermediate_values=curve,
+                        system_attrs=dict(t.system_attrs),
                     )
                 )
             if t.number == trial.number:
                 target = mirror._storage.get_trial(
                     mirror._storage.get_trial_id_from_study_id_trial_number(mirror._study_id, t.number)
                 )
+                target_attrs = dict(t.system_attrs)
         if target is None:
             return False
-        return self.inner.prune(mirror, target)
+        decision = self.inner.prune(mirror, target)
+        for k, v in mirror._storage.get_trial_system_attrs(target._trial_id).items():
+            if target_attrs.get(k) != v:  # persist what the inner pruner recorded, as it would on its own study
+                study._storage.set_trial_system_attr(trial._trial_id, k, v)
+        return decision
 
 
 def make_pruner(cfg: StudyConfig) -> BasePruner:

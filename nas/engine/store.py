@@ -28,8 +28,8 @@ from nas.errors import StudyError
 from nas.space import SearchSpace
 
 FORMAT_VERSION = 1
-HEARTBEAT_S = 10.0
-STALE_AFTER_S = 60.0
+HEARTBEAT_S = float(os.environ.get("NAS_HEARTBEAT_S", 10.0))
+STALE_AFTER_S = float(os.environ.get("NAS_STALE_AFTER_S", 60.0))
 _META = sa.MetaData()
 THROUGHPUT_TABLE = sa.Table(
     "nas_throughput",
@@ -52,6 +52,20 @@ def package_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[pkg] = "absent"
     return out
+
+
+def _alive(driver_id: str) -> bool:
+    """A driver on this host whose process is gone is dead now, whatever its last heartbeat says."""
+    host, pid, _ = [*driver_id.split(":"), "", ""][:3]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def make_storage(url: str) -> optuna.storages.RDBStorage:
@@ -157,7 +171,7 @@ class StudyStore:
         now, failed = time.time(), []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = t.user_attrs.get("driver")
-            if owner == self.driver_id or (owner in beats and now - beats[owner] < STALE_AFTER_S):
+            if owner == self.driver_id or (owner in beats and now - beats[owner] < STALE_AFTER_S and _alive(owner)):
                 continue  # ours, or another live driver's (several drivers may share a PostgreSQL study)
             with self.lock:
                 self.study._storage.set_trial_user_attr(

@@ -30,6 +30,15 @@ def device_lock_name(device: Any) -> str:
     return f"{socket.gethostname()}-cpu"
 
 
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:
+        return socket.gethostname()
+
+
 def run_trial(config: dict[str, Any]) -> None:
     """Ray Tune function trainable. ``config`` is built by the driver (nas.engine.driver.Driver.next_config)."""
     from ray import tune
@@ -117,6 +126,7 @@ def _trial_reports(config: dict[str, Any]):
     torch.manual_seed(train_cfg.seed)
     model = build()
     started = time.time()
+    where = {"pid": os.getpid(), "node": _node_id()}
     for ep in iter_fit(model, train_cfg, data, step_guard=lock.shared):
         row = {
             "epoch": ep.epoch,
@@ -128,6 +138,7 @@ def _trial_reports(config: dict[str, Any]):
             "tp_json": json.dumps(tp),
             "device": tp["device"],
             "wall_time_s": time.time() - started,
+            **where,
         }
         if ep.epoch == train_cfg.epochs:  # full fidelity: keep the weights for export
             path = Path(config["checkpoint_path"])

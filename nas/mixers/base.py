@@ -105,7 +105,9 @@ class MixerDef:
         resolved = self.resolve_knobs(dim, knobs, where)
         reasons = self.feasibility_fn(dim, tuple(grid), resolved)
         if reasons:
-            raise InfeasibleArchError(f"{where}: mixer '{self.name}' at dim={dim}, grid={tuple(grid)}: {'; '.join(reasons)}")
+            raise InfeasibleArchError(
+                f"{where}: mixer '{self.name}' at dim={dim}, grid={tuple(grid)}: {'; '.join(reasons)}"
+            )
         return self.cls(dim, tuple(grid), **resolved)
 
 

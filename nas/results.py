@@ -1,0 +1,474 @@
+"""Reading a study back: open it by name, turn its trials into plain records, the front, a pick, a summary.
+
+Everything here reads the Optuna RDB layout of ``docs/storage.md`` through Optuna's public API only. A study
+named ``X`` lives in ``studies/X/`` (relative to the working directory) with the default storage URL
+``sqlite:///studies/X/study.db``; ``--storage URL`` points anywhere else (PostgreSQL, another file).
+
+Hypervolume reference point (documented choice): 0 for every maximised objective (accuracy in [0, 1] and
+throughput in images/s are both non-negative, so 0 is the natural worst value and the hypervolume stays
+comparable between snapshots of a running study); for a minimised objective (params, flops, latency) 1.1 x the
+largest value among the eligible trials, since no natural bound exists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from nas import pareto
+from nas.errors import StudyError
+
+STUDIES_DIR = Path("studies")
+PICKS = ("knee", "max-accuracy")
+# Used when a study predates the `objectives` attribute: the directions these names always have.
+KNOWN_DIRECTIONS = {
+    "accuracy": "maximize",
+    "throughput": "maximize",
+    "params": "minimize",
+    "flops": "minimize",
+    "latency": "minimize",
+}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective of a study, in the order of ``trial.values``."""
+
+    name: str
+    direction: str  # "maximize" | "minimize"
+
+
+@dataclass
+class TrialRecord:
+    """One trial as plain data (the trial user attributes of docs/storage.md, flattened)."""
+
+    number: int
+    state: str  # COMPLETE | PRUNED | FAIL | RUNNING | WAITING
+    values: dict[str, float] = field(default_factory=dict)
+    arch: dict[str, Any] | None = None
+    arch_id: str | None = None
+    placement: str | None = None
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    fidelity: int | None = None
+    full_fidelity: bool = False
+    throughput: dict[str, Any] = field(default_factory=dict)
+    params: int | None = None
+    flops: int | None = None
+    pruned_at: int | None = None
+    failure: str | None = None
+    reused_from: int | None = None
+    checkpoint: str | None = None
+    datetime_start: datetime | None = None
+    datetime_complete: datetime | None = None
+    duration: float | None = None  # seconds: the trial's `wall_time_s`, else complete - start
+    device: str | None = None
+    search_params: dict[str, Any] = field(default_factory=dict)  # Optuna's trial.params (the searched knobs)
+
+    @property
+    def last_val_acc(self) -> float | None:
+        accs = [e.get("val_acc") for e in self.curve if e.get("val_acc") is not None]
+        return float(accs[-1]) if accs else None
+
+    @property
+    def throughput_median(self) -> float | None:
+        if "throughput" in self.values:
+            return self.values["throughput"]
+        med = self.throughput.get("median")
+        return float(med) if med is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("datetime_start", "datetime_complete"):
+            d[k] = d[k].isoformat() if d[k] is not None else None
+        return d
+
+
+# ---------------------------------------------------------------------------------------------- storage
+
+
+def default_storage_url(name: str) -> str:
+    return f"sqlite:///{(STUDIES_DIR / name / 'study.db').as_posix()}"
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password removed (what may be printed or written into an export)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        u = make_url(url)
+    except Exception:
+        return url.split("@")[-1] if "@" in url else url
+    if u.password is not None:
+        u = u._replace(password=None)  # URL is a namedtuple; URL.set() ignores None
+    return u.render_as_string(hide_password=False)
+
+
+def _sqlite_path(url: str) -> Path | None:
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///") :].split("?")[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def open_storage(url: str):
+    """An Optuna RDBStorage for ``url`` that never creates a database as a side effect of reading."""
+    import optuna
+    import sqlalchemy.exc
+
+    path = _sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise StudyError(
+            f"storage {safe_url(url)}: no database file at {path}; run `nas search` first or pass --storage URL"
+        )
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # A reader next to a running writer waits on SQLite's lock instead of failing at once.
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 30}}
+    try:
+        return optuna.storages.RDBStorage(url, skip_table_creation=True, **kwargs)
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError, ValueError, ImportError, RuntimeError) as e:
+        raise StudyError(f"storage {safe_url(url)}: cannot open ({_first_line(e)}); check the --storage URL") from None
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of the root cause (optuna wraps SQLAlchemy errors in a generic message)."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
+def study_names(storage) -> list[str]:
+    import optuna
+    import sqlalchemy.exc
+
+    try:
+        return sorted(s.study_name for s in storage.get_all_studies())
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError) as e:
+        raise StudyError(f"storage {safe_url(storage.url)}: not an Optuna database ({_first_line(e)})") from None
+
+
+def local_study_names(root: Path = STUDIES_DIR) -> list[str]:
+    """Study folders under ``studies/`` that hold a default SQLite storage."""
+    if not root.is_dir():
+        return []
+    return sorted(p.parent.name for p in root.glob("*/study.db"))
+
+
+def load_study(name: str, storage: str | None = None):
+    """The Optuna study ``name`` in ``storage`` (default: ``sqlite:///studies/<name>/study.db``)."""
+    import optuna
+
+    url = storage or default_storage_url(name)
+    if storage is None and _sqlite_path(url) is not None and not _sqlite_path(url).is_file():
+        known = local_study_names()
+        raise StudyError(
+            f"unknown study '{name}': {_sqlite_path(url)} does not exist; studies under {STUDIES_DIR}/: "
+            f"{', '.join(known) if known else '(none)'}; or pass --storage URL"
+        )
+    st = open_storage(url)
+    names = study_names(st)
+    if name not in names:
+        raise StudyError(f"unknown study '{name}' in {safe_url(url)}; studies there: {', '.join(names) or '(none)'}")
+    return optuna.load_study(study_name=name, storage=st)
+
+
+def storage_url_of(study) -> str:
+    """The storage URL of a loaded study ('' when Optuna does not expose one, e.g. in-memory)."""
+    st = getattr(study, "_storage", None)
+    st = getattr(st, "_backend", st)  # optuna wraps RDBStorage in a _CachedStorage
+    return getattr(st, "url", "") or ""
+
+
+def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
+    """One row per study: name, storage (no password), trials by state, objectives, last activity.
+
+    With no ``storage``, every ``studies/*/study.db`` is read.
+    """
+    urls = [storage] if storage else [default_storage_url(n) for n in local_study_names()]
+    rows = []
+    for url in urls:
+        st = open_storage(url)
+        for fs in sorted(st.get_all_studies(), key=lambda s: s.study_name):
+            trials = st.get_all_trials(st.get_study_id_from_name(fs.study_name), deepcopy=False)
+            counts = Counter(t.state.name for t in trials)
+            objs = objectives_from_attrs(fs.user_attrs, [d.name.lower() for d in fs.directions])
+            ends = [t.datetime_complete or t.datetime_start for t in trials]
+            ends = [e for e in ends if e is not None]
+            rows.append(
+                {
+                    "study": fs.study_name,
+                    "storage": safe_url(url),
+                    "trials": len(trials),
+                    "complete": counts.get("COMPLETE", 0),
+                    "pruned": counts.get("PRUNED", 0),
+                    "failed": counts.get("FAIL", 0),
+                    "running": counts.get("RUNNING", 0),
+                    "objectives": [f"{o.name}:{o.direction[:3]}" for o in objs],
+                    "last_activity": max(ends).isoformat(timespec="seconds") if ends else None,
+                }
+            )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- records
+
+
+def objectives_from_attrs(user_attrs: dict[str, Any], directions: Sequence[str]) -> list[Objective]:
+    objs = user_attrs.get("objectives")
+    if objs:
+        return [Objective(o["name"], o["direction"]) for o in objs]
+    return [Objective(f"objective_{i}", d) for i, d in enumerate(directions)]
+
+
+def objectives_of(study) -> list[Objective]:
+    return objectives_from_attrs(study.user_attrs, [d.name.lower() for d in study.directions])
+
+
+def _to_record(t, objectives: Sequence[Objective]) -> TrialRecord:
+    ua = t.user_attrs
+    values = {}
+    if t.values is not None:
+        values = {o.name: float(v) for o, v in zip(objectives, t.values, strict=False)}
+    duration = ua.get("wall_time_s")
+    if duration is None and t.datetime_start and t.datetime_complete:
+        duration = (t.datetime_complete - t.datetime_start).total_seconds()
+    return TrialRecord(
+        number=t.number,
+        state=t.state.name,
+        values=values,
+        arch=ua.get("arch"),
+        arch_id=ua.get("arch_id"),
+        placement=ua.get("placement"),
+        curve=list(ua.get("curve") or []),
+        fidelity=ua.get("fidelity"),
+        full_fidelity=bool(ua.get("full_fidelity", False)),
+        throughput=dict(ua.get("throughput") or {}),
+        params=ua.get("params"),
+        flops=ua.get("flops"),
+        pruned_at=ua.get("pruned_at"),
+        failure=ua.get("failure"),
+        reused_from=ua.get("reused_from"),
+        checkpoint=ua.get("checkpoint"),
+        datetime_start=t.datetime_start,
+        datetime_complete=t.datetime_complete,
+        duration=float(duration) if duration is not None else None,
+        device=ua.get("device"),
+        search_params=dict(t.params),
+    )
+
+
+def records(study) -> list[TrialRecord]:
+    """Every trial of ``study`` as a :class:`TrialRecord`, in trial-number order."""
+    objs = objectives_of(study)
+    return [_to_record(t, objs) for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)]
+
+
+def get_record(study, number: int) -> TrialRecord:
+    recs = {r.number: r for r in records(study)}
+    if number not in recs:
+        last = max(recs) if recs else None
+        raise StudyError(
+            f"study '{study.study_name}': no trial {number}"
+            + (f"; trials are numbered 0..{last}" if last is not None else "; the study has no trials")
+        )
+    return recs[number]
+
+
+def eligible(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) -> list[TrialRecord]:
+    """COMPLETE trials at full fidelity with every objective value: the only ones allowed on the front."""
+    names = [o.name for o in objectives]
+    return [
+        r
+        for r in recs
+        if r.state == "COMPLETE"
+        and r.full_fidelity
+        and all(n in r.values and math.isfinite(r.values[n]) for n in names)
+    ]
+
+
+def _points(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) -> list[list[float]]:
+    return [[r.values[o.name] for o in objectives] for r in recs]
+
+
+def _directions(objectives: Sequence[Objective]) -> list[str]:
+    return [o.direction for o in objectives]
+
+
+def front(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) -> list[TrialRecord]:
+    """The Pareto front among COMPLETE, full-fidelity trials, sorted by the first objective (best first)."""
+    cand = eligible(recs, objectives)
+    if not cand:
+        return []
+    idx = pareto.pareto_front(_points(cand, objectives), _directions(objectives))
+    out = [cand[i] for i in idx]
+    first = objectives[0]
+    return sorted(out, key=lambda r: r.values[first.name], reverse=first.direction == "maximize")
+
+
+def reference_point(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) -> list[float]:
+    """0 for maximised objectives; 1.1 x the largest observed value for minimised ones (see module doc)."""
+    ref = []
+    for o in objectives:
+        if o.direction == "maximize":
+            ref.append(0.0)
+        else:
+            vals = [r.values[o.name] for r in recs if o.name in r.values]
+            ref.append(1.1 * max(vals) if vals else 1.0)
+    return ref
+
+
+def hypervolume_history(
+    recs: Sequence[TrialRecord], objectives: Sequence[Objective], by: str = "number"
+) -> list[tuple[float, float]]:
+    """Hypervolume of the front so far, after each eligible trial: ``[(x, hv)]``.
+
+    ``by="number"``: x is the trial number; ``by="time"``: x is seconds from the study's first trial start to
+    the trial's completion (trials may finish out of number order when they run in parallel).
+    """
+    cand = eligible(recs, objectives)
+    if not cand:
+        return []
+    ref = reference_point(cand, objectives)
+    dirs = _directions(objectives)
+    if by == "number":
+        order = sorted(cand, key=lambda r: r.number)
+        xs = [float(r.number) for r in order]
+    elif by == "time":
+        starts = [r.datetime_start for r in recs if r.datetime_start is not None]
+        t0 = min(starts) if starts else None
+        order = sorted(
+            (r for r in cand if r.datetime_complete is not None), key=lambda r: (r.datetime_complete, r.number)
+        )
+        xs = [(r.datetime_complete - t0).total_seconds() for r in order] if t0 else []
+    else:
+        raise StudyError(f"hypervolume_history: by must be 'number' or 'time', got {by!r}")
+    out, pts = [], []
+    for x, r in zip(xs, order, strict=False):
+        pts.append([r.values[o.name] for o in objectives])
+        out.append((x, float(pareto.hypervolume(pts, dirs, ref))))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- pick
+
+
+def _infer_objectives(recs: Sequence[TrialRecord]) -> list[Objective]:
+    names: list[str] = []
+    for r in recs:
+        for n in r.values:
+            if n not in names:
+                names.append(n)
+    unknown = [n for n in names if n not in KNOWN_DIRECTIONS]
+    if unknown:
+        raise StudyError(f"pick: cannot infer the direction of objective(s) {unknown}; pass objectives=")
+    return [Objective(n, KNOWN_DIRECTIONS[n]) for n in names]
+
+
+def pick(
+    recs: Sequence[TrialRecord],
+    how: str = "knee",
+    *,
+    objectives: Sequence[Objective] | None = None,
+    min_throughput: float | None = None,
+    max_params: int | None = None,
+) -> TrialRecord:
+    """One trial of the front of the trials that satisfy the constraints.
+
+    ``knee``: the knee point of that front (nas.pareto.knee_point); ``max-accuracy``: its most accurate trial.
+    ``min_throughput`` reads the throughput objective (else the measured median); ``max_params`` the
+    parameter count. Raises StudyError when no COMPLETE full-fidelity trial satisfies them.
+    """
+    if how not in PICKS:
+        raise StudyError(f"pick: unknown --pick {how!r}; use one of {', '.join(PICKS)}")
+    objs = list(objectives) if objectives is not None else _infer_objectives(recs)
+    cand = eligible(recs, objs)
+    n_all = len(cand)
+    if min_throughput is not None:
+        cand = [r for r in cand if (r.throughput_median or 0.0) >= min_throughput]
+    if max_params is not None:
+        cand = [r for r in cand if r.params is not None and r.params <= max_params]
+    if not cand:
+        cons = []
+        if min_throughput is not None:
+            cons.append(f"throughput >= {min_throughput:g}")
+        if max_params is not None:
+            cons.append(f"params <= {max_params:d}")
+        raise StudyError(
+            f"pick: none of the {n_all} complete full-fidelity trials satisfies "
+            f"{' and '.join(cons) if cons else 'the request'}; relax --min-throughput/--max-params"
+        )
+    fr = front(cand, objs)
+    if how == "max-accuracy":
+        if not any(o.name == "accuracy" for o in objs):
+            raise StudyError("pick: max-accuracy needs an 'accuracy' objective; use --pick knee")
+        return max(fr, key=lambda r: (r.values["accuracy"], -r.number))
+    return fr[int(pareto.knee_point(_points(fr, objs), _directions(objs)))]
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+@dataclass
+class StudySummary:
+    """What `nas status` prints: counts by state, compute spent, the front."""
+
+    name: str
+    storage: str
+    objectives: list[Objective]
+    counts: dict[str, int]
+    n_trials: int
+    trial_seconds: float  # sum of each trial's wall time
+    trial_epochs: int  # sum of epochs trained over all trials
+    elapsed_seconds: float | None  # first trial start -> last trial end
+    hypervolume: float | None
+    front: list[TrialRecord]
+    reused: int
+
+
+def summarize(study, storage_url: str | None = None) -> StudySummary:
+    recs = records(study)
+    objs = objectives_of(study)
+    counts = dict(Counter(r.state for r in recs))
+    starts = [r.datetime_start for r in recs if r.datetime_start]
+    ends = [r.datetime_complete or r.datetime_start for r in recs if r.datetime_complete or r.datetime_start]
+    hv = hypervolume_history(recs, objs)
+    return StudySummary(
+        name=study.study_name,
+        storage=safe_url(storage_url or storage_url_of(study)),
+        objectives=objs,
+        counts=counts,
+        n_trials=len(recs),
+        trial_seconds=float(sum(r.duration or 0.0 for r in recs if r.reused_from is None)),
+        trial_epochs=int(sum(r.fidelity or 0 for r in recs if r.reused_from is None)),
+        elapsed_seconds=(max(ends) - min(starts)).total_seconds() if starts and ends else None,
+        hypervolume=hv[-1][1] if hv else None,
+        front=front(recs, objs),
+        reused=sum(1 for r in recs if r.reused_from is not None),
+    )
+
+
+def front_rows(fr: Sequence[TrialRecord], objectives: Sequence[Objective]) -> list[dict[str, Any]]:
+    """The front as flat rows (what `nas pareto` prints as table, CSV or JSON)."""
+    rows = []
+    for r in fr:
+        row: dict[str, Any] = {"trial": r.number}
+        for o in objectives:
+            row[o.name] = r.values.get(o.name)
+        row["throughput_iqr"] = r.throughput.get("iqr")
+        row["params"] = r.params
+        row["flops"] = r.flops
+        row["placement"] = r.placement
+        row["arch_id"] = r.arch_id
+        rows.append(row)
+    return rows
+
+
+def dumps_rows(rows: list[dict[str, Any]]) -> str:
+    return json.dumps(rows, indent=2)

@@ -1,0 +1,128 @@
+"""nas.cli_study through typer's CliRunner: happy paths, and user errors as ONE line + exit code 2."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from nas import cli_study
+from nas.errors import ConfigError
+
+pytest.register_assert_rewrite("tests.conftest_study")  # before the import below
+from tests.conftest_study import StudyFixture  # noqa: E402
+
+pytest_plugins = ("tests.conftest_study",)  # the study_env fixture
+
+
+@pytest.fixture
+def app() -> typer.Typer:
+    a = typer.Typer()
+    cli_study.register(a)
+    return a
+
+
+def run(app: typer.Typer, *args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def assert_user_error(res, pattern: str) -> None:
+    assert res.exit_code == 2, (res.exit_code, res.output)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert pattern in lines[0], lines[0]
+    assert "Traceback" not in res.output + res.stderr
+
+
+def test_studies_status_pareto(app, study_env: StudyFixture) -> None:
+    res = run(app, "studies")
+    assert res.exit_code == 0, res.output
+    assert "demo" in res.stdout and "other" in res.stdout and "accuracy:max" in res.stdout
+    res = run(app, "status", "demo")
+    assert res.exit_code == 0, res.output
+    assert "trials 8 (complete 6, fail 1, pruned 1)" in res.stdout
+    assert "trial-epochs 19" in res.stdout and "Pareto front (4 trials)" in res.stdout
+    res = run(app, "pareto", "demo", "--format", "json")
+    rows = json.loads(res.stdout)
+    assert [r["trial"] for r in rows] == study_env.expected_front
+    assert rows[0]["accuracy"] == 0.9 and rows[0]["placement"]
+    res = run(app, "pareto", "demo", "--format", "csv", "--storage", study_env.url)
+    got = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [int(r["trial"]) for r in got] == study_env.expected_front
+    assert [float(r["throughput"]) for r in got] == [1500.0, 3000.0, 5000.0, 6000.0]
+    res = run(app, "pareto", "demo")
+    assert res.exit_code == 0 and all(r["placement"] in res.stdout for r in rows)
+
+
+def test_dashboard_and_export(app, study_env: StudyFixture, tmp_path: Path) -> None:
+    res = run(app, "dashboard", "demo", "--out", "dash.html")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "dash.html").stat().st_size > 1_000_000
+    res = run(app, "dashboard", "demo")
+    assert res.exit_code == 0 and (tmp_path / "studies/demo/dashboard.html").is_file()
+    res = run(app, "export", "demo", "--pick", "max-accuracy", "--min-throughput", "2000", "--out", "e1", "--weights")
+    assert res.exit_code == 0, res.output
+    assert "exported trial 1" in res.stdout
+    assert json.loads((tmp_path / "e1/config.json").read_text())["nas"]["trial"] == 1
+    assert (tmp_path / "e1/model.safetensors").is_file()
+    res = run(app, "export", "demo", "--pick", "knee", "--out", "e2")
+    assert res.exit_code == 0 and "exported trial 0" in res.stdout
+    res = run(app, "export", "demo", "--trial", "6", "--out", "e3")
+    assert res.exit_code == 0 and not (tmp_path / "e3/model.safetensors").exists()
+
+
+def test_user_errors_are_one_line_exit_2(app, study_env: StudyFixture, tmp_path: Path) -> None:
+    assert_user_error(run(app, "status", "nope"), "unknown study 'nope'")
+    assert_user_error(run(app, "pareto", "demo", "--storage", "sqlite:///nowhere/x.db"), "no database file")
+    assert_user_error(run(app, "pareto", "demo", "--format", "xml"), "--format: unknown format 'xml'")
+    assert_user_error(run(app, "export", "demo", "--trial", "99", "--out", "x"), "no trial 99")
+    assert_user_error(run(app, "export", "demo", "--trial", "3", "--out", "x"), "trial 3 is pruned")
+    assert_user_error(run(app, "export", "demo", "--out", "x"), "exactly one of --trial N or --pick")
+    assert_user_error(run(app, "export", "demo", "--trial", "1", "--pick", "knee", "--out", "x"), "exactly one")
+    assert_user_error(
+        run(app, "export", "demo", "--pick", "knee", "--min-throughput", "1e9", "--out", "x"),
+        "none of the 5 complete full-fidelity trials satisfies throughput >= 1e+09",
+    )
+    assert_user_error(run(app, "export", "demo", "--pick", "best", "--out", "x"), "unknown --pick 'best'")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full/a.txt").write_text("x")
+    assert_user_error(run(app, "export", "demo", "--trial", "1", "--out", "full"), "is not empty")
+    assert not (tmp_path / "x").exists()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert_user_error(run(app, "dashboard", "demo", "--serve", "--port", str(port)), f"port {port}")
+
+
+def test_help_texts_carry_an_example(app) -> None:
+    for cmd in ("studies", "status", "pareto", "dashboard", "export"):
+        res = run(app, cmd, "--help")
+        assert res.exit_code == 0 and "Example" in res.stdout, (cmd, res.stdout)
+
+
+def test_cli_errors_wrapper_passes_results_and_other_exceptions() -> None:
+    @cli_study.cli_errors
+    def ok(x: int) -> int:
+        return x + 1
+
+    @cli_study.cli_errors
+    def bad() -> None:
+        raise ConfigError("stage 2: knob 'heads' must divide dim 48; use 3 or 6")
+
+    @cli_study.cli_errors
+    def bug() -> None:
+        raise KeyError("programming error")
+
+    assert ok(1) == 2
+    with pytest.raises(typer.Exit) as e:
+        bad()
+    assert e.value.exit_code == 2
+    with pytest.raises(KeyError):  # not a user error: must surface, not be swallowed
+        bug()

@@ -1,0 +1,259 @@
+"""End-to-end: real Ray runtime, real SQLite/PostgreSQL, real Fashion-MNIST slices (marked slow; CI runs them)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nas.engine.progress import Progress
+from nas.engine.run import run_study
+from tests.engine_fixtures import write_study
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    from nas.engine.tune import init_ray
+
+    init_ray(None, 2)
+    yield
+    ray.shutdown()
+
+
+def _study(tmp_path: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'studies' / name / 'study.db'}")
+
+
+def _no_retraining(study: optuna.Study) -> None:
+    trained = collections.Counter(
+        t.user_attrs["arch_id"]
+        for t in study.trials
+        if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs
+    )
+    assert all(n == 1 for n in trained.values()), f"an architecture was trained twice: {trained}"
+
+
+def test_study_completes_prunes_and_resumes(tmp_path, local_ray):
+    path = write_study(tmp_path, "e2e")
+    s1 = run_study(path, base_dir=tmp_path / "studies", progress=Progress(quiet=True))
+    study = _study(tmp_path, "e2e")
+    assert s1.added == 3 and len(study.trials) >= 3
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert done, "the first trial at a rung is always kept, so at least one trial completes"
+    for t in done:
+        assert t.user_attrs["full_fidelity"] and t.user_attrs["fidelity"] == 2
+        assert len(t.values) == 2 and 0 <= t.values[0] <= 1 and t.values[1] > 0
+        assert t.intermediate_values.keys() == {1, 2}
+        if "reused_from" not in t.user_attrs:
+            assert (tmp_path / "studies" / "e2e" / t.user_attrs["checkpoint"]).is_file()
+        assert t.user_attrs["throughput"]["repeats"] == 2
+    # a dominating trial at the rung: every new trial is now pruned at epoch 1 (deterministic MO-ASHA decision)
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.COMPLETE,
+            values=[0.999, 1e9],
+            user_attrs={
+                "curve": [{"epoch": 1, "val_acc": 0.999}, {"epoch": 2, "val_acc": 0.999}],
+                "throughput": {"median": 1e9},
+                "full_fidelity": True,
+                "arch_id": "fake",
+            },
+        )
+    )
+    before = {t.number: t.state for t in study.trials}
+    s2 = run_study(path, overrides={"budget.n_trials": 2}, base_dir=tmp_path / "studies", progress=Progress(quiet=True))
+    study = _study(tmp_path, "e2e")
+    assert s2.added == 2
+    assert {t.number: t.state for t in study.trials if t.number in before} == before, "earlier trials unchanged"
+    new = [t for t in study.trials if t.number not in before]
+    assert len(new) == 2
+    for t in new:
+        if "reused_from" in t.user_attrs:
+            continue
+        assert t.state == TrialState.PRUNED, (t.number, t.state, t.user_attrs.get("failure"))
+        assert t.user_attrs["pruned_at"] == 1 and len(t.user_attrs["curve"]) == 1 and t.values is None
+    front_numbers = {row["number"] for row in s2.front}
+    assert not front_numbers & {t.number for t in study.trials if t.state != TrialState.COMPLETE}
+    _no_retraining(study)
+
+
+def test_killed_worker_fails_that_trial_and_the_study_goes_on(tmp_path, local_ray):
+    path = write_study(
+        tmp_path,
+        "kill_worker",
+        budget={"n_trials": 3, "max_concurrent": 1},
+        ray={"max_failures": 0},
+        pruner={"name": "none"},
+    )
+    killed: list[int] = []
+
+    class KillFirstWorker(Progress):
+        def event(self, kind, info):
+            if kind == "epoch" and not killed and info.get("pid"):
+                killed.append(info["number"])
+                os.kill(info["pid"], signal.SIGKILL)
+
+    run_study(path, base_dir=tmp_path / "studies", progress=KillFirstWorker(quiet=True))
+    study = _study(tmp_path, "kill_worker")
+    by_number = {t.number: t for t in study.trials}
+    victim = by_number[killed[0]]
+    assert victim.state == TrialState.FAIL
+    assert "worker" in victim.user_attrs["failure"]
+    others = [t for t in study.trials if t.number != killed[0] and "infeasible" not in t.user_attrs]
+    assert len(others) == 2 and all(t.state == TrialState.COMPLETE for t in others)
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_kill_driver_then_resume_loses_and_duplicates_nothing(tmp_path):
+    path = write_study(
+        tmp_path,
+        "kill_driver",
+        budget={"n_trials": 4, "max_concurrent": 1},
+        pruner={"name": "none"},
+        train={"epochs": 3, "max_batches_per_epoch": 10},
+    )
+    cmd = [sys.executable, "-m", "nas.cli", "search", str(path), "--quiet"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    db = tmp_path / "studies" / "kill_driver" / "study.db"
+
+    def one_done_one_running() -> bool:
+        if not db.exists():
+            return False
+        try:
+            st = optuna.load_study(study_name="kill_driver", storage=f"sqlite:///{db}")
+        except KeyError:
+            return False
+        states = [t.state for t in st.trials]
+        running = [t for t in st.trials if t.state == TrialState.RUNNING and t.user_attrs.get("curve")]
+        return TrialState.COMPLETE in states and bool(running)
+
+    try:
+        _wait_for(one_done_one_running, 400, "a COMPLETE trial and a RUNNING trial with a curve")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray runtime it started: nothing shuts down cleanly
+        proc.wait()
+    st = optuna.load_study(study_name="kill_driver", storage=f"sqlite:///{db}")
+    complete_before = {t.number: t.values for t in st.trials if t.state == TrialState.COMPLETE}
+    orphan = [t.number for t in st.trials if t.state == TrialState.RUNNING]
+    assert orphan
+    out = subprocess.run(
+        [*cmd[:-1], "--n-trials", "1"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=500
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    st = optuna.load_study(study_name="kill_driver", storage=f"sqlite:///{db}")
+    trials = {t.number: t for t in st.trials}
+    assert {n: trials[n].values for n in complete_before} == complete_before, "no completed trial lost or changed"
+    for n in orphan:
+        assert trials[n].state == TrialState.FAIL and "interrupted" in trials[n].user_attrs["failure"]
+        retries = [t for t in st.trials if t.user_attrs.get("retry_of") == n]
+        assert len(retries) == 1 and retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+        assert retries[0].params == trials[n].params
+    assert not [t for t in st.trials if t.state == TrialState.RUNNING]
+    _no_retraining(st)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_node_local_cluster_runs_trials_on_both_nodes(tmp_path):
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port = _free_port()
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    temp = tmp_path / "ray_tmp"
+    subprocess.run(
+        [ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}", *common],
+        env=ENV,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    try:
+        subprocess.run(
+            [ray_bin, "start", f"--address=127.0.0.1:{port}", *common],
+            env=ENV,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        path = write_study(
+            tmp_path,
+            "cluster",
+            budget={"n_trials": 4, "max_concurrent": 2},
+            pruner={"name": "none"},
+            train={"max_batches_per_epoch": 20},
+        )
+        out = subprocess.run(
+            [sys.executable, "-m", "nas.cli", "search", str(path), "--address", f"127.0.0.1:{port}", "--quiet"],
+            cwd=tmp_path,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        st = optuna.load_study(
+            study_name="cluster", storage=f"sqlite:///{tmp_path / 'studies' / 'cluster' / 'study.db'}"
+        )
+        nodes = {t.user_attrs.get("node") for t in st.trials if t.state == TrialState.COMPLETE}
+        assert len(nodes - {None}) == 2, f"trials ran on nodes {nodes}"
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=ENV, capture_output=True, timeout=120)
+
+
+def test_postgresql_storage_shared_by_two_drivers(tmp_path):
+    url = os.environ.get("NAS_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("NAS_TEST_POSTGRES_URL not set (scripts/test.sh starts a local PostgreSQL when run as root)")
+    name = f"pg_{os.getpid()}_{int(time.time())}"
+    path = write_study(
+        tmp_path,
+        name,
+        storage=url,
+        budget={"n_trials": 2, "max_concurrent": 1},
+        pruner={"name": "none"},
+        resources={"cpus_per_trial": 1},
+    )
+    cmd = [sys.executable, "-m", "nas.cli", "search", str(path), "--quiet"]
+    procs = [
+        subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[-1500:] for o in outs]
+    st = optuna.load_study(study_name=name, storage=url)
+    real = [t for t in st.trials if "infeasible" not in t.user_attrs]
+    assert len(real) == 4
+    assert all(t.state in (TrialState.COMPLETE,) for t in real), [(t.number, t.state) for t in real]
+    assert len({t.user_attrs["driver"] for t in real}) == 2
+    optuna.delete_study(study_name=name, storage=url)

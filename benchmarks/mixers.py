@@ -9,10 +9,12 @@ median of ``--repeats`` timed steps after ``--warmup``. Ratio = reference ms / o
 CPU runs fp32 always; with CUDA present it also runs bf16 autocast (batch 64 by default) and, for the
 SDPA-based static-key mixers, forces each ``sdpa_kernel`` backend in turn to show which accept the stride-0
 static key. The "kernel" column names the attention op that actually ran (read from FlopCounterMode's op
-table: ``flash_for_cpu``, ``efficient``, ``flash``, ``cudnn``; ``math`` = explicit bmm + softmax).
+table: ``flash_for_cpu``, ``efficient``, ``flash``, ``cudnn``; ``math`` = explicit bmm + softmax). CSKA is
+timed in each of its formulations; ``*`` marks one that is not the default on that device.
 
     python benchmarks/mixers.py                    # CPU (batch 8) + CUDA when available
     python benchmarks/mixers.py --batch 4 --mixers ska cska --repeats 9
+    python benchmarks/mixers.py --device cpu --threads 1 --cpu-clock   # steadier on a busy machine
 """
 
 from __future__ import annotations
@@ -97,16 +99,16 @@ class Step:
         y.backward(self.grad_out)
 
 
-def time_pair(ours: Step, ref: Step, device: str, warmup: int, repeats: int) -> tuple[float, float]:
+def time_pair(ours: Step, ref: Step, device: str, warmup: int, repeats: int, clock) -> tuple[float, float]:
     times: dict[int, list[float]] = {0: [], 1: []}
     for i in range(warmup + repeats):
         for j, step in enumerate((ours, ref)):
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             step()
             _sync(device)
             if i >= warmup:
-                times[j].append(time.perf_counter() - t0)
+                times[j].append(clock() - t0)
     return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
 
 
@@ -133,8 +135,12 @@ def sdpa_backends(module, x, device: str, dtype) -> str:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     out = []
-    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
-                    SDPBackend.MATH):
+    for backend in (
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.MATH,
+    ):
         try:
             with sdpa_kernel([backend]), torch.autocast(device, dtype=dtype):
                 module(x).float().sum().backward()
@@ -145,22 +151,26 @@ def sdpa_backends(module, x, device: str, dtype) -> str:
     return "; ".join(out)
 
 
-def run(device: str, dtype, batch: int, warmup: int, repeats: int, mixers: list[str]) -> None:
+def run(device: str, dtype, batch: int, warmup: int, repeats: int, mixers: list[str], cpu_clock: bool) -> None:
     label = "fp32" if dtype == torch.float32 else "bf16"
-    print(f"\n== {device} {label}, batch {batch}, median of {repeats} after {warmup} warm-up, interleaved")
+    clock = time.process_time if cpu_clock and device == "cpu" else time.perf_counter
+    what = "process CPU time" if clock is time.process_time else "wall time"
+    print(f"\n== {device} {label}, batch {batch}, {what}: median of {repeats} after {warmup} warm-up, interleaved")
     print(f"{'mixer':<16}{'geometry':<14}{'kernel':<16}{'ours ms':>10}{'ref ms':>10}{'ref/ours':>10}")
     for h, w, c in GEOMETRIES:
         for name in mixers:
-            impls = ["conv", "unfold"] if name == "cska" else [None]
+            impls = ["conv", "unfold", "sdpa"] if name == "cska" else [None]
             for impl in impls:
                 ours, ref, module = make_steps(name, h, w, c, batch, device, dtype, impl=impl)
                 kernel = attention_kernel(ours.forward)
-                t_ours, t_ref = time_pair(ours, ref, device, warmup, repeats)
-                default = "" if impl is None or impl == type(module).default_impl else " (alt)"
-                tag = f"{name}[{impl}]{default}" if impl else name
-                print(f"{tag:<16}{f'{h}x{w}x{c}':<14}{kernel:<16}{t_ours:>10.1f}{t_ref:>10.1f}"
-                      f"{t_ref / t_ours:>10.2f}", flush=True)
-                if device == "cuda" and (name == "ska" or (name == "cska" and impl == "unfold")):
+                t_ours, t_ref = time_pair(ours, ref, device, warmup, repeats, clock)
+                default = impl is None or impl == module.resolved_impl(torch.device(device))
+                tag = (f"{name}[{impl}]" if impl else name) + ("" if default else "*")
+                print(
+                    f"{tag:<16}{f'{h}x{w}x{c}':<14}{kernel:<16}{t_ours:>10.1f}{t_ref:>10.1f}{t_ref / t_ours:>10.2f}",
+                    flush=True,
+                )
+                if device == "cuda" and (name == "ska" or (name == "cska" and impl == "sdpa")):
                     print(f"    sdpa backends: {sdpa_backends(module, ours.x, device, dtype)}", flush=True)
                 del ours, ref, module
 
@@ -173,15 +183,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--mixers", nargs="+", default=MIXERS, choices=MIXERS)
     ap.add_argument("--device", choices=["all", "cpu", "cuda"], default="all")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument(
+        "--cpu-clock",
+        action="store_true",
+        help="time CPU steps by process CPU time instead of wall time (steadier on a shared machine; "
+        "use with --threads 1, since idle OpenMP threads spin)",
+    )
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, CPU: {cpu_name()}, {torch.get_num_threads()} threads")
     if args.device in ("all", "cpu"):
-        run("cpu", torch.float32, args.batch, args.warmup, args.repeats, args.mixers)
+        run("cpu", torch.float32, args.batch, args.warmup, args.repeats, args.mixers, args.cpu_clock)
     if args.device in ("all", "cuda") and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         print(f"GPU: {torch.cuda.get_device_name()}")
-        run("cuda", torch.bfloat16, args.cuda_batch, max(args.warmup, 3), max(args.repeats, 10), args.mixers)
+        run("cuda", torch.bfloat16, args.cuda_batch, max(args.warmup, 3), max(args.repeats, 10), args.mixers, False)
 
 
 if __name__ == "__main__":

@@ -230,21 +230,32 @@ def _free(device: torch.device) -> None:
 
 @contextlib.contextmanager
 def _fast_backend(device: torch.device) -> Iterator[None]:
-    """TF32 + cudnn.benchmark as timm's benchmark sets them; restored afterwards (they are process-global)."""
+    """TF32 + cudnn.benchmark as timm's benchmark sets them; restored afterwards (they are process-global).
+
+    Uses the per-backend ``fp32_precision`` API where torch has it: reading the legacy getters raises once
+    anything in the process has used the new API ("mix of the legacy and new APIs").
+    """
     if device.type != "cuda":
         yield
         return
-    prev_prec, prev_bench = torch.get_float32_matmul_precision(), torch.backends.cudnn.benchmark
-    prev_cudnn_tf32 = torch.backends.cudnn.allow_tf32
-    torch.set_float32_matmul_precision("high")
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cudnn.allow_tf32 = True
+    matmul, conv, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn
+    new_api = hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision")
+    if new_api:
+        prev = (matmul.fp32_precision, conv.fp32_precision, cudnn.benchmark)
+        matmul.fp32_precision = conv.fp32_precision = "tf32"
+    else:
+        prev = (torch.get_float32_matmul_precision(), cudnn.allow_tf32, cudnn.benchmark)
+        torch.set_float32_matmul_precision("high")
+        cudnn.allow_tf32 = True
+    cudnn.benchmark = True
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(prev_prec)
-        torch.backends.cudnn.benchmark = prev_bench
-        torch.backends.cudnn.allow_tf32 = prev_cudnn_tf32
+        if new_api:
+            matmul.fp32_precision, conv.fp32_precision, cudnn.benchmark = prev
+        else:
+            torch.set_float32_matmul_precision(prev[0])
+            cudnn.allow_tf32, cudnn.benchmark = prev[1], prev[2]
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:

@@ -61,19 +61,21 @@ def test_study_completes_prunes_and_resumes(tmp_path, local_ray):
         if "reused_from" not in t.user_attrs:
             assert (tmp_path / "studies" / "e2e" / t.user_attrs["checkpoint"]).is_file()
         assert t.user_attrs["throughput"]["repeats"] == 2
-    # a dominating trial at the rung: every new trial is now pruned at epoch 1 (deterministic MO-ASHA decision)
-    study.add_trial(
-        optuna.trial.create_trial(
-            state=TrialState.COMPLETE,
-            values=[0.999, 1e9],
-            user_attrs={
-                "curve": [{"epoch": 1, "val_acc": 0.999}, {"epoch": 2, "val_acc": 0.999}],
-                "throughput": {"median": 1e9},
-                "full_fidelity": True,
-                "arch_id": "fake",
-            },
+    # six dominating trials at the rung: a new trial ranks >= 6 while keep = n // eta <= (6 + 5) // 2 = 5, so every
+    # new trial is pruned at epoch 1 (a deterministic MO-ASHA decision)
+    for i in range(6):
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.COMPLETE,
+                values=[0.99 + i / 1000, 1e9 - i],
+                user_attrs={
+                    "curve": [{"epoch": 1, "val_acc": 0.99 + i / 1000}, {"epoch": 2, "val_acc": 0.999}],
+                    "throughput": {"median": 1e9 - i},
+                    "full_fidelity": True,
+                    "arch_id": f"fake{i}",
+                },
+            )
         )
-    )
     before = {t.number: t.state for t in study.trials}
     s2 = run_study(path, overrides={"budget.n_trials": 2}, base_dir=tmp_path / "studies", progress=Progress(quiet=True))
     study = _study(tmp_path, "e2e")

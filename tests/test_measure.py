@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from nas.errors import ConfigError
-from nas.measure import ThroughputKey, ThroughputResult, make_key, measure_throughput
+from nas.measure import ThroughputKey, ThroughputResult, device_lock_id, make_key, measure_throughput
 from tests.test_devlock import CTX, WAIT, _stop, _try_shared
 
 SMALL = {"warmup": 2, "steps": 3, "repeats": 3}
@@ -70,6 +70,7 @@ def test_result_fields_stats_and_key():
     assert r.key == ThroughputKey("a1b2", r.device, 4, (6, 6), "fp32", "eager")
     assert r.key == make_key("a1b2", img_size=6, batch_size=4, device="cpu")
     assert ThroughputKey.from_str(str(r.key)) == r.key
+    assert device_lock_id("cpu") == "cpu"  # one CPU lock per node
     back = ThroughputResult.from_dict(json.loads(json.dumps(r.to_dict())))
     assert back == r
     stored = {"median", "iqr", "cv", "batch", "device", "precision", "resolution", "compile", "latency_ms_b1"}
@@ -215,3 +216,36 @@ def test_bad_arguments_are_config_errors(kwargs, match):
     base = {"img_size": 4, "in_chans": 3, "device": "cpu", **SMALL}
     with pytest.raises(ConfigError, match=match):
         measure_throughput(Probe(), **{**base, **kwargs})
+
+
+def test_fast_backend_sets_tf32_and_benchmark_then_restores():
+    # The CUDA branch only flips process-global flags, so it can be checked without a GPU.
+    from nas.measure import _fast_backend
+
+    matmul, conv, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn
+    before = (matmul.fp32_precision, conv.fp32_precision, cudnn.benchmark)
+    with _fast_backend(torch.device("cuda")):
+        assert (matmul.fp32_precision, conv.fp32_precision, cudnn.benchmark) == ("tf32", "tf32", True)
+    assert (matmul.fp32_precision, conv.fp32_precision, cudnn.benchmark) == before
+    torch.get_float32_matmul_precision()  # the legacy getter must still work (no "mix of APIs" error)
+
+
+def test_peak_train_memory_probe_leaves_the_model_untouched(monkeypatch):
+    # The CUDA memory counters are faked; what is checked is that the probe trains one step and then
+    # restores BN statistics, gradients and eval mode.
+    from nas import measure
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 12345)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)).eval()
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    seen_training = []
+    model.register_forward_hook(lambda m, i, o: seen_training.append(m.training))
+    peak = measure._peak_train_mem(model, torch.randn(3, 3, 6, 6), torch.device("cpu"), "fp32")
+    assert peak == 12345 and calls == ["reset"]
+    assert seen_training == [True]  # one training forward
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, stats[k]), k  # running mean/var and num_batches_tracked restored

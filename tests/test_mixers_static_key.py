@@ -194,7 +194,7 @@ CSKA_CASES = [
 ]
 
 
-@pytest.mark.parametrize("impl", ["conv", "unfold"])
+@pytest.mark.parametrize("impl", ["conv", "unfold", "sdpa"])
 @pytest.mark.parametrize("knobs", CSKA_CASES, ids=lambda k: "-".join(map(str, k.values())))
 @pytest.mark.parametrize("call_grid", [(5, 6), (7, 8), (4, 3)], ids=["build", "grow", "shrink"])
 def test_cska_both_impls_match_reference(impl, knobs, call_grid):
@@ -207,8 +207,11 @@ def test_cska_both_impls_match_reference(impl, knobs, call_grid):
     assert m.logit_conv.weight.grad.abs().sum() > 0, "gradient must reach the static (conv) key"
 
 
-def test_cska_default_impl_is_a_known_path():
-    assert get("cska").build(32, (4, 4)).impl in ("conv", "unfold")
+def test_cska_auto_impl_picks_the_measured_cpu_path():
+    m = get("cska").build(32, (4, 4))
+    assert m.impl == "auto"
+    assert m.resolved_impl(torch.device("cpu")) == "unfold"
+    assert m.resolved_impl(torch.device("meta")) == "unfold"
 
 
 def test_cska_reference_logits_follow_the_definition():
@@ -247,10 +250,11 @@ def test_cska_params_and_macs_match_formula(dim, grid, knobs):
     macs = d.macs(dim, grid, knobs)
     assert macs == 3 * n * dim**2 + k * k * n * n * dim + n * n * dim
     x = torch.randn(2, *grid, dim)
-    m.impl = "conv"
-    assert _macs_counted(m, x) == pytest.approx(macs, rel=0.01)
-    # the unfold path carries the bias as one extra key feature: exactly H*N^2 more multiply-adds
-    m.impl = "unfold"
+    for impl in ("conv", "unfold"):
+        m.impl = impl
+        assert _macs_counted(m, x) == pytest.approx(macs, rel=0.01), impl
+    # the SDPA path carries the bias as one extra key feature: exactly H*N^2 more multiply-adds
+    m.impl = "sdpa"
     assert _macs_counted(m, x) == macs + hh * n * n
 
 

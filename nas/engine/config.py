@@ -93,7 +93,7 @@ class StudyConfig(BaseModel):
     """A study file. ``space`` is a path relative to the study file (or absolute)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a folder name: no "..", no "/"
     space: str
     dataset: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -171,6 +171,11 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> tup
     space_path = Path(cfg.space)
     if not space_path.is_absolute():
         space_path = path.parent / space_path
+    if not space_path.is_file():
+        raise ConfigError(
+            f"{path}: space: search space file {cfg.space!r} not found (looked for {space_path}); "
+            "give its path relative to the study file"
+        )
     space = SearchSpace.load(space_path)
     check_storage_url(cfg.storage, str(path))
     return cfg, space

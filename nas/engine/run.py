@@ -29,8 +29,9 @@ class RunSummary:
     interrupted: list[int] = field(default_factory=list)
 
 
-def dataset_shape(cfg: StudyConfig, space: SearchSpace, where: str) -> int:
-    """Load the dataset once on the driver: number of classes, and a clear error if channels disagree."""
+def dataset_shape(cfg: StudyConfig, space: SearchSpace, where: str) -> tuple[int, dict[str, list[float]]]:
+    """Load the dataset once on the driver: number of classes and normalisation statistics (exports carry them),
+    and a clear error if the channel count disagrees with the space."""
     from trainers.data import load_dataset
     from trainers.errors import TrainerError
 
@@ -43,7 +44,7 @@ def dataset_shape(cfg: StudyConfig, space: SearchSpace, where: str) -> int:
             f"{where}: dataset '{cfg.dataset.name}' has {data.in_chans} input channel(s) but the search space "
             f"'{space.name}' says input.in_chans = {space.input.in_chans}; make them agree"
         )
-    return data.num_classes
+    return data.num_classes, {"mean": list(data.mean), "std": list(data.std)}
 
 
 def run_study(
@@ -58,11 +59,12 @@ def run_study(
     from nas.engine.tune import init_ray, local_lock_dir, run_tune
 
     cfg, space = load_study(path, overrides)
-    num_classes = dataset_shape(cfg, space, str(path))
+    num_classes, data_stats = dataset_shape(cfg, space, str(path))
     progress = progress or Progress()
     storage = make_storage(cfg.storage_url(base_dir))
     n_existing = _count_existing(storage, cfg.name)
     store = StudyStore(cfg, space, make_sampler(cfg, n_existing), make_pruner(cfg), base_dir)
+    store.study.set_user_attr("data_stats", data_stats)
     recovered = store.recover_stale()
     store.start()
     progress.begin(cfg, store, recovered)

@@ -140,15 +140,19 @@ class ConvStaticKeyAttention(nn.Module):
     ``proj`` Linear(C, C) without bias; ``logit_conv`` Conv2d(C, H*N0, k, groups=H, bias) whose output channel
     ``head*N0 + key`` at spatial position ``query`` is the logit; logits times ``(C/H)^-0.5`` when ``scaled``.
 
-    Two equal formulations (spec §4 "key identity"): ``impl="conv"`` runs the grouped conv directly;
-    ``impl="unfold"`` uses ``logits_h[n, m] = unfold(q)_h[n] . W_h[m] + b_h[m]``, i.e. SKA on the unfolded
-    query with the conv weights as a static key of dim ``k*k*d + 1`` (a constant-1 query feature carries the
-    bias) through SDPA. The default is the one measured faster on CPU at CAFormer-S18 stage shapes
-    (benchmarks/RESULTS.md). The conv output channels index *keys*, so at another grid the weight is resampled
-    along its key-position axis (R1) while the conv still slides over however many query positions there are.
+    Three equal formulations (spec §4 "key identity": ``logits_h[n, m] = unfold(q)_h[n] . W_h[m] + b_h[m]``,
+    i.e. SKA on the unfolded query with the conv weights as a static key of dim ``k*k*d``), chosen by ``impl``:
+    ``"conv"`` runs the grouped conv directly; ``"unfold"`` does one batched GEMM per head over the unfolded
+    query of every image (``baddbmm``; the bias rides along as the GEMM's addend), softmax, and ``@ V``;
+    ``"sdpa"`` feeds the unfolded query (plus a constant-1 feature carrying the bias) and the weights expanded
+    over the batch (stride 0) to SDPA, which can avoid materialising the ``[B, H, N, N]`` logits on GPU.
+    ``"auto"`` (default) uses ``unfold`` on CPU, where it measured fastest at CAFormer-S18 stage shapes
+    (benchmarks/RESULTS.md), and ``sdpa`` on CUDA (unmeasured there; benchmarks/mixers.py times all three).
+    The conv output channels index *keys*, so at another grid the weight is resampled along its key-position
+    axis (R1) while the conv still slides over however many query positions there are.
     """
 
-    default_impl = "unfold"
+    IMPLS = ("auto", "conv", "unfold", "sdpa")
 
     def __init__(
         self,
@@ -157,9 +161,11 @@ class ConvStaticKeyAttention(nn.Module):
         heads: int | None = None,
         kernel_size: int = 3,
         scaled: bool = True,
-        impl: str | None = None,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
+        if impl not in self.IMPLS:
+            raise ValueError(f"impl must be one of {self.IMPLS}, got {impl!r}")
         self.grid = (int(grid[0]), int(grid[1]))
         self.heads = heads or max(1, dim // 16)
         self.head_dim, self.kernel_size = dim // self.heads, kernel_size
@@ -168,7 +174,12 @@ class ConvStaticKeyAttention(nn.Module):
         self.logit_conv = nn.Conv2d(dim, self.heads * n0, kernel_size, padding=kernel_size // 2, groups=self.heads)
         self.proj = nn.Linear(dim, dim, bias=False)
         self.scale = self.head_dim**-0.5 if scaled else 1.0
-        self.impl = impl or self.default_impl
+        self.impl = impl
+
+    def resolved_impl(self, device: torch.device) -> str:
+        if self.impl != "auto":
+            return self.impl
+        return "sdpa" if device.type == "cuda" else "unfold"
 
     def conv_params(self, hw: Grid) -> tuple[torch.Tensor, torch.Tensor]:
         """Conv weight ``[H*N, d, k, k]`` and bias ``[H*N]`` for grid ``hw`` (resampled over the key axis)."""
@@ -187,16 +198,25 @@ class ConvStaticKeyAttention(nn.Module):
         v = v.reshape(b, n, hh, d).transpose(1, 2)
         qmap = q.permute(0, 3, 1, 2)  # [B, C, h, w]; channel = head*d + j as the conv groups expect
         weight, bias = self.conv_params((h, w))
-        if self.impl == "conv":
-            logits = F.conv2d(qmap, weight.to(q.dtype), bias.to(q.dtype), padding=self.kernel_size // 2, groups=hh)
+        weight, bias, kk = weight.to(q.dtype), bias.to(q.dtype), self.kernel_size
+        impl = self.resolved_impl(x.device)
+        if impl == "conv":
+            logits = F.conv2d(qmap, weight, bias, padding=kk // 2, groups=hh)
             # [B, H*N_key, h, w] -> [B, H, N_query, N_key]; free when conv2d returned channels-last memory
             logits = logits.permute(0, 2, 3, 1).reshape(b, n, hh, n).transpose(1, 2)
             o = (logits * self.scale).softmax(dim=-1) @ v
+        elif impl == "unfold":
+            # heads outermost so each head is one [B*N, k*k*d] x [k*k*d, N] GEMM against an un-expanded key
+            u = F.unfold(qmap, kk, padding=kk // 2).reshape(b, hh, d * kk * kk, n).permute(1, 0, 3, 2)
+            key_t = weight.reshape(hh, n, -1).transpose(1, 2)
+            logits = torch.baddbmm(
+                (bias * self.scale).reshape(hh, 1, n), u.reshape(hh, b * n, -1), key_t, alpha=self.scale
+            )
+            o = (logits.softmax(dim=-1).reshape(hh, b, n, n) @ v.transpose(0, 1)).transpose(0, 1)
         else:
-            kk = self.kernel_size
             u = F.unfold(qmap, kk, padding=kk // 2).reshape(b, hh, d * kk * kk, n).transpose(-1, -2)
             u = torch.cat([u, u.new_ones(b, hh, n, 1)], dim=-1)
-            key = torch.cat([weight.reshape(hh, n, -1), bias.reshape(hh, n, 1)], dim=-1).to(q.dtype)
+            key = torch.cat([weight.reshape(hh, n, -1), bias.reshape(hh, n, 1)], dim=-1)
             o = F.scaled_dot_product_attention(u, key.unsqueeze(0).expand(b, -1, -1, -1), v, scale=self.scale)
         return self.proj(o.transpose(1, 2).reshape(b, h, w, c))
 

@@ -162,7 +162,10 @@ def run(device: str, dtype, batch: int, warmup: int, repeats: int, mixers: list[
             impls = ["conv", "unfold", "sdpa"] if name == "cska" else [None]
             for impl in impls:
                 ours, ref, module = make_steps(name, h, w, c, batch, device, dtype, impl=impl)
-                kernel = attention_kernel(ours.forward)
+                if name in ("dwconv", "key_only") or impl in ("conv", "unfold"):
+                    kernel = "-" if impl is None else "explicit"  # no SDPA call in this formulation
+                else:
+                    kernel = attention_kernel(ours.forward)
                 t_ours, t_ref = time_pair(ours, ref, device, warmup, repeats, clock)
                 default = impl is None or impl == module.resolved_impl(torch.device(device))
                 tag = (f"{name}[{impl}]" if impl else name) + ("" if default else "*")

@@ -2,7 +2,7 @@
 
 Child processes load ``nas/devlock.py`` standalone (it imports only the standard library): importing the
 ``nas`` package registers timm models, which would cost seconds per spawned child on a small machine. One
-test ships a pickled lock through the real ``nas.devlock`` import, as Ray does.
+test ships a pickled lock to a child, as Ray does.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import importlib.util
 import multiprocessing as mp
 import os
 import pickle
+import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -64,7 +66,13 @@ def _hold_forever(name, lock_dir, ready):
 
 
 def _pickled_try_shared(blob, out):
-    lock = pickle.loads(blob)  # imports nas.devlock for real, as a Ray worker would
+    # A bare `nas` package stands in for the real one so that unpickling imports nas/devlock.py alone: the
+    # real nas/__init__ registers timm models (tens of seconds on a loaded machine). The pickle itself is
+    # what a Ray worker receives.
+    pkg = types.ModuleType("nas")
+    pkg.__path__ = [str(Path(__file__).resolve().parents[1] / "nas")]
+    sys.modules.setdefault("nas", pkg)
+    lock = pickle.loads(blob)
     try:
         with lock.shared(timeout=0.3):
             out.put("acquired")

@@ -192,9 +192,8 @@ def test_two_node_local_cluster_runs_trials_on_both_nodes(tmp_path):
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = _free_port()
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
-    temp = tmp_path / "ray_tmp"
     subprocess.run(
-        [ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}", *common],
+        [ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
         env=ENV,
         check=True,
         capture_output=True,

@@ -130,8 +130,11 @@ def test_pareto_pruner_keeps_front_prunes_dominated(sqlite_url: str) -> None:
     assert pruner.prune(study, _frozen(study, dominated))
     # 6 trials reached rung 1 -> keep 3: the three-point front {0.8/100, 0.7/250, 0.6/300}
     counted = (0, 1, 2, 3, front, dominated)
-    pts = {t.number: [t.user_attrs["curve"][0]["val_acc"], t.user_attrs["throughput"]["median"]] for t in study.trials}
-    pts = {n: v for n, v in pts.items() if n in counted}
+    pts = {
+        t.number: [t.user_attrs["curve"][0]["val_acc"], t.user_attrs["throughput"]["median"]]
+        for t in study.trials
+        if t.number in counted
+    }
     for n in (front, dominated):
         others = [v for m, v in pts.items() if m != n]
         assert pruner.prune(study, _frozen(study, n)) == brute_force_prune(pts[n], others, MAXMAX, 2, 1)
@@ -148,10 +151,11 @@ def test_pareto_pruner_only_at_rungs_and_respects_min_trials(sqlite_url: str) ->
     assert pruner.prune(study, _frozen(study, worst_at_1))
     assert not pruner.prune(study, _frozen(study, worst_at_2))
     assert not pruner.prune(study, _frozen(study, no_tp))
-    # worst_at_1 at rung 1 competes with the two complete trials (and no_tp is not counted): 3 points
-    strict = ParetoPruner(rungs=[1, 3], objectives=["accuracy", "throughput"], directions=MAXMAX, min_trials=4)
+    # at rung 1 worst_at_1 meets the two COMPLETE trials and worst_at_2 (which passed epoch 1); no_tp does not
+    # count: 4 points
+    strict = ParetoPruner(rungs=[1, 3], objectives=["accuracy", "throughput"], directions=MAXMAX, min_trials=5)
     assert not strict.prune(study, _frozen(study, worst_at_1))
-    enough = ParetoPruner(rungs=[1, 3], objectives=["accuracy", "throughput"], directions=MAXMAX, min_trials=3)
+    enough = ParetoPruner(rungs=[1, 3], objectives=["accuracy", "throughput"], directions=MAXMAX, min_trials=4)
     assert enough.prune(study, _frozen(study, worst_at_1))
     # a lone trial at a rung is the top max(1, 1 // eta) = 1: kept
     alone = optuna.create_study(study_name="alone", storage=sqlite_url, directions=MAXMAX)
@@ -164,8 +168,9 @@ def _random_population(
 ) -> dict[int, list[float]]:
     """Trials of every state; returns, for those that reached ``rung`` and count, their objective vector there."""
     reached: dict[int, list[float]] = {}
-    for _ in range(n):
-        state = rng.choice([TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL])
+    states = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL]
+    for k in range(n):
+        state = TrialState.RUNNING if k % 3 == 2 else rng.choice(states)  # at least n // 3 trials to judge
         length = {TrialState.COMPLETE: 4, TrialState.RUNNING: rung}.get(state, rng.choice([rung - 1, rung]))
         accs = [round(rng.random(), 6) for _ in range(length)]
         tp = round(rng.uniform(10, 1000), 3)
@@ -191,7 +196,7 @@ def test_pareto_pruner_matches_brute_force_mo_asha(
 ) -> None:
     rng = random.Random(len(objectives) * 10 + eta)
     decisions = []
-    for scenario in range(4):
+    for scenario in range(2):  # on SQLite; many more in-memory below
         study = optuna.create_study(
             study_name=f"bf-{len(objectives)}-{eta}-{scenario}", storage=sqlite_url, directions=directions
         )
@@ -256,9 +261,9 @@ def _median_rule(study: optuna.Study, trial: optuna.trial.FrozenTrial, n_startup
     return bool(at) and mine < float(np.median(at))
 
 
-def test_accuracy_pruner_median_on_multi_objective_study(sqlite_url: str) -> None:
+def test_accuracy_pruner_median_on_multi_objective_study() -> None:
     rng = random.Random(3)
-    study = optuna.create_study(study_name="median", storage=sqlite_url, directions=MAXMAX)
+    study = optuna.create_study(study_name="median", directions=MAXMAX)
     pruner = AccuracyPruner(optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0))
     for _ in range(9):
         _add(study, rng.choice([TrialState.COMPLETE, TrialState.PRUNED]), [rng.random() for _ in range(3)], 1.0)
@@ -272,7 +277,7 @@ def test_accuracy_pruner_median_on_multi_objective_study(sqlite_url: str) -> Non
         seen.add(expected)
     assert seen == {True, False}
     # fewer COMPLETE trials than n_startup_trials: never prunes
-    fresh = optuna.create_study(study_name="median-startup", storage=sqlite_url, directions=MAXMAX)
+    fresh = optuna.create_study(study_name="median-startup", directions=MAXMAX)
     _add(fresh, TrialState.COMPLETE, [0.9], 1.0)
     low = _add(fresh, TrialState.RUNNING, [0.01], 1.0)
     assert not pruner.prune(fresh, _frozen(fresh, low))
@@ -347,8 +352,11 @@ def test_make_pruner_builds_each_kind() -> None:
 
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random", "gp"])
 def test_samplers_survive_pruned_and_failed_trials_on_conditional_space(sampler: str) -> None:
-    """ask/tell with a define-by-run conditional space, a third PRUNED and some FAIL: no exception (the
-    optuna#2853 / #5260 kind of trap) and the sampler keeps proposing valid, varied architectures."""
+    """ask/tell with a define-by-run conditional space, a third PRUNED (with curves, as the store writes them)
+    and some FAIL: no exception (optuna#5260: TPE ranks pruned trials through ``study.direction``) and the sampler
+    keeps proposing valid, varied architectures."""
+    if sampler == "gp":
+        pytest.importorskip("scipy", reason="optuna's GPSampler needs scipy")
     space = SearchSpace.load(REPO / "search_spaces" / "fashion_mnist_tiny.yaml")
     cfg = _cfg(sampler={"name": sampler, "n_startup_trials": 5}, seed=4)
     study = optuna.create_study(directions=cfg.directions, sampler=make_sampler(cfg, n_existing=0))
@@ -374,6 +382,31 @@ def test_samplers_survive_pruned_and_failed_trials_on_conditional_space(sampler:
     states = [t.state for t in study.trials]
     assert states.count(TrialState.PRUNED) >= 6 and states.count(TrialState.FAIL) >= 2
     assert len(ids) >= 18 and len(set(ids[5:])) >= 4
+
+
+def test_plain_optuna_tpe_trips_on_pruned_curves_but_ours_does_not() -> None:
+    """The regression behind MultiObjectiveTPE: stock TPE raises once a PRUNED trial has intermediate values."""
+
+    def run(sampler: optuna.samplers.BaseSampler) -> None:
+        study = optuna.create_study(directions=MAXMAX, sampler=sampler)
+        for i in range(6):
+            t = study.ask()
+            x = t.suggest_categorical("x", ["a", "b", "c"])
+            study._storage.set_trial_intermediate_value(t._trial_id, 1, 0.5)
+            study.tell(t, state=TrialState.PRUNED) if i % 2 else study.tell(t, [float(x != "a"), 1.0])
+
+    with pytest.raises(RuntimeError, match="multi-objective"):
+        run(optuna.samplers.TPESampler(n_startup_trials=2, seed=0))
+    run(make_sampler(_cfg(sampler={"name": "tpe", "n_startup_trials": 2}), n_existing=0))
+
+
+def test_gp_sampler_without_scipy_is_a_config_error() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("scipy") is not None:
+        pytest.skip("scipy is installed")
+    with pytest.raises(ConfigError, match=r"sampler\.name: 'gp' needs scipy"):
+        make_sampler(_cfg(sampler={"name": "gp"}), n_existing=0)
 
 
 def test_make_sampler_reseeds_by_existing_trials() -> None:

@@ -45,7 +45,7 @@ def _few_tokens(grid: Grid) -> list[str]:
     if n < 4:
         return [
             f"grid {h}x{w} has N = {n} < 4 tokens: the static key would mix fewer than 4 tokens; "
-            "use it on a stage with a grid of at least 2x2"
+            "use it on a stage with at least 4 tokens (e.g. a 2x2 grid)"
         ]
     return []
 

@@ -1,0 +1,382 @@
+"""Driver + StudyStore on a real SQLite study, without Ray: the Tune calls are simulated in the order Tune makes
+them (searcher.suggest -> next_config; scheduler.on_trial_result -> on_result + should_stop; searcher
+on_trial_complete -> on_result again + on_complete), with the payload a worker would report (``tp_json``)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import sqlalchemy as sa
+from optuna.pruners import BasePruner, NopPruner
+from optuna.trial import TrialState
+
+from nas import results
+from nas.engine import driver as driver_mod
+from nas.engine.config import StudyConfig
+from nas.engine.driver import FINISHED, Driver
+from nas.engine.pruners import make_pruner, make_sampler
+from nas.engine.store import THROUGHPUT_TABLE, StudyStore
+from nas.errors import StudyError
+from nas.space import SearchSpace
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+EPOCHS = 3
+DEVICE = "cpu:test"
+TWO_ARCHS = {  # s0.mixer is the only searched parameter: two architectures
+    "name": "two",
+    "input": {"img_size": 16, "in_chans": 1},
+    "stem": {"kernel": 3, "stride": 2},
+    "mlp_ratio": 2,
+    "knobs": {"mhsa": {"head_dim": 16}},
+    "stages": [{"depth": 1, "dim": 16, "mixers": ["dwconv", "mhsa"]}],
+}
+ONE_ARCH = {**TWO_ARCHS, "name": "one", "stages": [{"depth": 1, "dim": 16, "mixers": ["dwconv"]}]}
+# cska heads=3 divides 48 but not 32: the space is valid, the sample (dim 32, heads 3) is not
+SOMETIMES_INFEASIBLE = {
+    **TWO_ARCHS,
+    "name": "some",
+    "knobs": {"cska": {"heads": [2, 3]}},
+    "stages": [{"depth": 1, "dim": [32, 48], "mixers": ["dwconv", "cska"]}],
+}
+
+
+class PruneNumbers(BasePruner):
+    """Prunes exactly the listed trial numbers (the driver's bookkeeping is under test, not a pruning rule)."""
+
+    def __init__(self, numbers: set[int]) -> None:
+        self.numbers = numbers
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return trial.number in self.numbers
+
+
+@pytest.fixture
+def make(tmp_path: Path):
+    stores: list[StudyStore] = []
+
+    def _make(
+        space: dict[str, Any] = TWO_ARCHS,
+        n_trials: int | None = 10,
+        pruner: BasePruner | None = None,
+        name: str = "drv",
+        **cfg: Any,
+    ) -> Driver:
+        config = StudyConfig.model_validate(
+            {
+                "name": name,
+                "space": "inline.yaml",
+                "train": {"epochs": EPOCHS},
+                "fidelity": {"rungs": [1, 2]},
+                "sampler": {"name": "random"},
+                **cfg,
+            }
+        )
+        sp = SearchSpace.from_dict(space)
+        pr = pruner if pruner is not None else NopPruner()
+        store = StudyStore(config, sp, make_sampler(config, 0), pr, base_dir=tmp_path)
+        stores.append(store)
+        return Driver(config, sp, store, pr, num_classes=4, n_trials=n_trials)
+
+    yield _make
+    for s in stores:
+        s.close()
+
+
+def _result(payload: dict[str, Any], epoch: int, acc: float, tp: float = 1000.0) -> dict[str, Any]:
+    """What nas.engine.trainable reports for one epoch: the cached throughput when the payload carries it."""
+    key = f"{payload['arch_id']}|{DEVICE}|b64|16x16|fp32|none"
+    hit = payload["cached_throughput"].get(key)
+    tp_dict = {**hit, "cached": True} if hit else {"key": key, "median": tp, "device": DEVICE, "cached": False}
+    return {
+        "epoch": epoch,
+        "val_acc": acc,
+        "val_loss": 1 - acc,
+        "train_loss": 1.1 - acc,
+        "seconds": 0.5,
+        "images_per_s": 64.0,
+        "tp_json": json.dumps(tp_dict),
+        "device": DEVICE,
+    }
+
+
+def _run(driver: Driver, tid: str, accs: list[float], tp: float = 1000.0) -> dict[str, Any]:
+    payload = driver.next_config(tid)
+    assert isinstance(payload, dict), payload
+    last = None
+    for epoch, acc in enumerate(accs, 1):
+        last = _result(payload, epoch, acc, tp)
+        driver.on_result(tid, last)  # scheduler.on_trial_result
+        driver.on_result(tid, last)  # the callback sees it too: must be idempotent
+        if driver.should_stop(tid, last):
+            break
+    driver.on_result(tid, last)  # searcher.on_trial_complete(result=last)
+    driver.on_complete(tid)
+    return payload
+
+
+def _trial(driver: Driver, number: int) -> optuna.trial.FrozenTrial:
+    return driver.store.frozen(number)
+
+
+def _rows(driver: Driver) -> list[Any]:
+    with driver.store.engine.connect() as c:
+        return c.execute(sa.select(THROUGHPUT_TABLE)).fetchall()
+
+
+# ---------------------------------------------------------------------------------------------- states
+def test_complete_only_at_full_fidelity_pruned_at_rung_keeps_curve(make) -> None:
+    d = make(pruner=PruneNumbers({1}))
+    a = _run(d, "a", [0.5, 0.6, 0.7], tp=900.0)
+    b = _run(d, "b", [0.95, 0.97, 0.99], tp=5000.0)  # would dominate everything, but is pruned at rung 1
+    ta, tb = _trial(d, a["number"]), _trial(d, b["number"])
+    assert ta.state == TrialState.COMPLETE and ta.values == [0.7, 900.0]
+    assert ta.user_attrs["full_fidelity"] is True and ta.user_attrs["fidelity"] == EPOCHS
+    assert [r["epoch"] for r in ta.user_attrs["curve"]] == [1, 2, 3]  # duplicated deliveries recorded once
+    assert ta.intermediate_values == {1: 0.5, 2: 0.6, 3: 0.7}
+    assert tb.state == TrialState.PRUNED and tb.values is None
+    assert tb.user_attrs["pruned_at"] == 1 and tb.user_attrs["fidelity"] == 1
+    assert tb.user_attrs["full_fidelity"] is False
+    sent = _result(b, 1, 0.95)
+    assert tb.user_attrs["curve"] == [
+        {k: sent[k] for k in ("epoch", "val_acc", "val_loss", "train_loss", "seconds", "images_per_s")}
+    ]
+    assert tb.intermediate_values == {1: 0.95}
+    assert tb.user_attrs["throughput"]["median"] == 5000.0
+    # the front (COMPLETE at full fidelity only) has trial a, never the better-looking pruned b
+    front = results.front(results.records(d.store.study), results.objectives_of(d.store.study))
+    assert [r.number for r in front] == [a["number"]]
+    from nas.engine.run import summarize
+
+    summary = summarize(d.store, d.cfg, d.added, 1.0, [], [])
+    assert [row["number"] for row in summary.front] == [a["number"]]
+    assert summary.counts == {"COMPLETE": 1, "PRUNED": 1}
+
+
+def test_failed_report_and_dead_worker_are_fail_with_reason(make) -> None:
+    d = make()
+    p = d.next_config("x")
+    d.on_result("x", _result(p, 1, 0.4))
+    d.should_stop("x", _result(p, 1, 0.4))
+    bad = {"epoch": 1, "failed": "RuntimeError: loss is NaN at step 12"}
+    d.on_result("x", bad)
+    assert d.should_stop("x", bad)
+    d.on_complete("x")
+    t = _trial(d, p["number"])
+    assert t.state == TrialState.FAIL and t.user_attrs["failure"] == "RuntimeError: loss is NaN at step 12"
+    assert [r["epoch"] for r in t.user_attrs["curve"]] == [1]  # what it learned before failing is kept
+
+    q = d.next_config("y")
+    d.on_result("y", _result(q, 1, 0.4))
+    d.on_complete("y", error=True)
+    t = _trial(d, q["number"])
+    assert t.state == TrialState.FAIL and "worker process died" in t.user_attrs["failure"]
+
+    r = d.next_config("z")
+    d.on_complete("z", error=True, error_msg="worker failed: OutOfMemoryError")
+    assert _trial(d, r["number"]).user_attrs["failure"] == "worker failed: OutOfMemoryError"
+    d.on_complete("z", error=True)  # told once; a second completion changes nothing
+    assert _trial(d, r["number"]).user_attrs["failure"] == "worker failed: OutOfMemoryError"
+
+
+def test_missing_objective_at_full_fidelity_is_fail(make) -> None:
+    d = make()
+    p = d.next_config("n")
+    for e in range(1, EPOCHS + 1):
+        row = _result(p, e, 0.5)
+        row.pop("tp_json")  # throughput never reported
+        d.on_result("n", row)
+    d.on_complete("n")
+    t = _trial(d, p["number"])
+    assert t.state == TrialState.FAIL and "objective was not measured" in t.user_attrs["failure"]
+
+
+# ---------------------------------------------------------------------------------------------- reuse
+def test_same_arch_twice_is_reused_not_retrained(make) -> None:
+    d = make(space=ONE_ARCH, n_trials=3)
+    first = _run(d, "a", [0.3, 0.4, 0.5], tp=777.0)
+    assert d.next_config("b") == FINISHED  # trials 1 and 2 were the same arch: reused, the budget is spent
+    trials = d.store.study.trials
+    assert len(trials) == 3 and d.added == 3
+    for t in trials[1:]:
+        assert t.state == TrialState.COMPLETE and t.values == [0.5, 777.0]
+        assert t.user_attrs["reused_from"] == first["number"]
+        assert t.user_attrs["arch_id"] == first["arch_id"]
+        assert t.user_attrs["curve"] == trials[0].user_attrs["curve"]
+    assert "b" not in d.numbers
+
+
+def test_reuse_then_the_next_new_arch(make) -> None:
+    d = make(space=TWO_ARCHS, n_trials=5, pruner=PruneNumbers({0}))
+    study = d.store.study
+    study.enqueue_trial({"s0.mixer": "dwconv"})
+    first = _run(d, "a", [0.2, 0.3, 0.4])  # pruned at rung 1
+    assert _trial(d, first["number"]).state == TrialState.PRUNED
+    study.enqueue_trial({"s0.mixer": "dwconv"})  # proposed again
+    study.enqueue_trial({"s0.mixer": "mhsa"})
+    nxt = d.next_config("b")
+    assert isinstance(nxt, dict) and nxt["number"] == 2 and nxt["arch"]["stages"][0]["mixer"] == "mhsa"
+    copy = _trial(d, 1)
+    assert copy.state == TrialState.PRUNED and copy.user_attrs["reused_from"] == 0
+    assert copy.user_attrs["pruned_at"] == 1 and copy.user_attrs["arch_id"] == first["arch_id"]
+    assert d.added == 3
+
+
+# ---------------------------------------------------------------------------------------------- infeasible
+def test_infeasible_samples_fail_and_do_not_count(make) -> None:
+    d = make(space=SOMETIMES_INFEASIBLE, n_trials=1)
+    study = d.store.study
+    study.enqueue_trial({"s0.mixer": "cska", "s0.dim": 32, "s0.cska.heads": 3})
+    study.enqueue_trial({"s0.mixer": "cska", "s0.dim": 48, "s0.cska.heads": 3})
+    p = d.next_config("a")
+    assert isinstance(p, dict) and p["number"] == 1 and p["arch"]["stages"][0]["dim"] == 48
+    bad = _trial(d, 0)
+    assert bad.state == TrialState.FAIL and bad.user_attrs["infeasible"] is True
+    assert bad.user_attrs["failure"].startswith("infeasible: ") and "heads 3" in bad.user_attrs["failure"]
+    assert d.added == 1
+    assert d.next_config("b") == FINISHED and len(study.trials) == 2  # budget used: nothing more asked
+
+
+def test_over_budget_everywhere_exhausts(make, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(driver_mod, "MAX_REJECTS", 4)
+    tiny = {**TWO_ARCHS, "name": "tiny", "constraints": {"max_params": 10}}
+    d = make(space=tiny, n_trials=None)
+    assert d.next_config("a") == FINISHED and d.exhausted and d.added == 0
+    trials = d.store.study.trials
+    assert len(trials) == 4 and all(t.state == TrialState.FAIL for t in trials)
+    assert all(" > max_params 10" in t.user_attrs["failure"] for t in trials)
+
+
+# ---------------------------------------------------------------------------------------------- recovery
+def test_recover_stale_fails_and_requeues_once(make) -> None:
+    old = make(name="rec")
+    live = make(name="rec")
+    stale = old.next_config("s")
+    running = live.next_config("l")
+    study = old.store.study
+    study.set_user_attr(f"heartbeat:{old.store.driver_id}", time.time() - 3600)  # stopped beating an hour ago
+    live.store._write_heartbeat()
+
+    new = make(name="rec")
+    assert new.store.recover_stale() == [stale["number"]]
+    t = _trial(new, stale["number"])
+    assert t.state == TrialState.FAIL and t.user_attrs["failure"].startswith("interrupted")
+    assert _trial(new, running["number"]).state == TrialState.RUNNING  # a live driver's trial is left alone
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == stale["number"]
+    assert waiting[0].system_attrs["fixed_params"] == t.params
+    assert new.store.recover_stale() == []  # idempotent
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
+
+    retry = new.next_config("r")  # the retry is the next trial and has the same architecture
+    assert isinstance(retry, dict) and retry["arch_id"] == stale["arch_id"]
+    assert _trial(new, retry["number"]).user_attrs["retry_of"] == stale["number"]
+    # a retry that is interrupted again (its driver never beat) is failed but not queued a third time
+    later = make(name="rec")
+    assert later.store.recover_stale() == [retry["number"]]
+    assert study.get_trials(states=(TrialState.WAITING,)) == []
+
+
+def test_recover_stale_trial_of_a_dead_local_process(make) -> None:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = f"{socket.gethostname()}:{int(proc.stdout)}:cafe00"
+    d = make(name="dead")
+    d.store.driver_id = dead
+    p = d.next_config("a")
+    d.store._write_heartbeat()  # a fresh heartbeat, but its process is gone
+    other = make(name="dead")
+    assert other.store.recover_stale() == [p["number"]]
+
+
+def test_finish_fails_and_requeues_unfinished(make) -> None:
+    d = make(n_trials=5)
+    done = _run(d, "a", [0.1, 0.2, 0.3])
+    b = d.next_config("b")
+    c = d.next_config("c")
+    d.on_result("c", _result(c, 1, 0.2))
+    assert sorted(d.finish()) == [b["number"], c["number"]]
+    assert _trial(d, done["number"]).state == TrialState.COMPLETE
+    study = d.store.study
+    for n in (b["number"], c["number"]):
+        t = _trial(d, n)
+        assert t.state == TrialState.FAIL and "queued again" in t.user_attrs["failure"]
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert sorted(w.user_attrs["retry_of"] for w in waiting) == [b["number"], c["number"]]
+    assert d.finish() == []  # everything is told now
+
+
+# ---------------------------------------------------------------------------------------------- cache
+def test_throughput_cached_once_per_arch_and_offered_to_later_trials(make) -> None:
+    d = make(n_trials=10)
+    study = d.store.study
+    study.enqueue_trial({"s0.mixer": "dwconv"})
+    a = d.next_config("a")
+    assert a["cached_throughput"] == {}
+    for e in (1, 2):
+        d.on_result("a", _result(a, e, 0.3, tp=1234.5))
+    d.on_result("a", {"epoch": 2, "failed": "killed"})
+    d.on_complete("a")
+    rows = _rows(d)
+    assert len(rows) == 1 and rows[0].arch_id == a["arch_id"] and rows[0].device == DEVICE
+    # the same architecture again (its first trial failed, so nothing to reuse): measured value offered
+    study.enqueue_trial({"s0.mixer": "dwconv"})
+    b = d.next_config("b")
+    key = f"{a['arch_id']}|{DEVICE}|b64|16x16|fp32|none"
+    assert b["arch_id"] == a["arch_id"] and b["cached_throughput"][key]["median"] == 1234.5
+    assert "cached" not in b["cached_throughput"][key]
+    for e in (1, 2, 3):
+        d.on_result("b", _result(b, e, 0.5))
+    d.on_complete("b")
+    assert _trial(d, b["number"]).values == [0.5, 1234.5]
+    assert len(_rows(d)) == 1  # a cached hit is not stored again
+    study.enqueue_trial({"s0.mixer": "mhsa"})
+    _run(d, "c", [0.1, 0.2, 0.3], tp=400.0)
+    assert sorted(r.arch_id for r in _rows(d)) == sorted([a["arch_id"], d.store.frozen(2).user_attrs["arch_id"]])
+
+
+# ---------------------------------------------------------------------------------------------- store
+def test_existing_study_with_other_directions_is_refused(make) -> None:
+    d = make(name="dirs")
+    _run(d, "a", [0.1, 0.2, 0.3])
+    again = make(name="dirs")  # same objectives: continues the same study
+    assert len(again.store.study.trials) == 1
+    with pytest.raises(StudyError, match=r"study 'dirs' already exists .* directions \['maximize', 'maximize'\]"):
+        make(name="dirs", objectives=[{"name": "accuracy"}, {"name": "params"}])
+
+
+def test_study_attributes_follow_storage_doc(make) -> None:
+    d = make(name="attrs")
+    attrs = d.store.study.user_attrs
+    assert attrs["nas_version"] == 1
+    assert attrs["objectives"] == [
+        {"name": "accuracy", "direction": "maximize"},
+        {"name": "throughput", "direction": "maximize"},
+    ]
+    assert attrs["space"]["name"] == "two" and attrs["space_hash"] == d.space.space_hash()
+    assert attrs["config"]["name"] == "attrs" and {"torch", "optuna"} <= set(attrs["versions"])
+    p = _run(d, "a", [0.1, 0.2, 0.3])
+    t = _trial(d, p["number"])
+    for key in ("arch", "arch_id", "placement", "curve", "fidelity", "full_fidelity", "throughput", "params", "flops"):
+        assert key in t.user_attrs, key
+    assert t.user_attrs["params"] > 0 and t.user_attrs["flops"] > 0
+
+
+def test_make_pruner_pareto_in_the_loop(make) -> None:
+    """The real MO-ASHA pruner through the driver: a trial dominated at rung 1 is stopped there."""
+    d = make(name="asha")
+    d.pruner = make_pruner(d.cfg)  # the default: pareto, eta 3
+    assert d.cfg.pruner.name == "pareto"
+    d.store.study.enqueue_trial({"s0.mixer": "dwconv"})
+    d.store.study.enqueue_trial({"s0.mixer": "mhsa"})
+    good = _run(d, "a", [0.6, 0.7, 0.8], tp=2000.0)
+    bad = _run(d, "b", [0.3, 0.4, 0.5], tp=1000.0)  # dominated at rung 1 by the good one; max(1, 2 // 3) kept
+    assert _trial(d, good["number"]).state == TrialState.COMPLETE
+    tb = _trial(d, bad["number"])
+    assert tb.state == TrialState.PRUNED and tb.user_attrs["pruned_at"] == 1

@@ -88,6 +88,9 @@ class VariantResult:
     warm_overheads: list[float] = field(default_factory=list)
     stopped_early: int = 0
     invariant_errors: list[str] = field(default_factory=list)
+    proposals: list[str] = field(default_factory=list)  # arch_id of each feasible trial, in trial-number order
+    curves: dict[str, list[float]] = field(default_factory=dict)  # arch_id -> val_acc per epoch (trained trials)
+    throughputs: dict[str, float] = field(default_factory=dict)  # arch_id -> median images/s used
 
     @property
     def total_epochs(self) -> int:
@@ -272,6 +275,12 @@ def load_trials(
                     res.invariant_errors.append(f"trial {t.number} stopped at epoch {n_epochs} but is {t.state.name}")
         if t.state == TrialState.COMPLETE and not full:
             res.invariant_errors.append(f"trial {t.number} is COMPLETE below full fidelity")
+        if not infeasible and "arch_id" in a:
+            res.proposals.append(a["arch_id"])
+            if trained and curve:
+                res.curves[a["arch_id"]] = [float(r["val_acc"]) for r in curve]
+            if (a.get("throughput") or {}).get("median"):
+                res.throughputs[a["arch_id"]] = float(a["throughput"]["median"])
         rows.append(
             {
                 "number": t.number,
@@ -349,6 +358,7 @@ def report(results: list[VariantResult], args: argparse.Namespace, rungs: list[i
             f"(n={len(r.warm_overheads)}), fresh worker {cold:.2f} s (n={len(r.cold_overheads)})"
         )
 
+    fairness = fairness_report(results, base)
     problems = [f"{r.name}: {e}" for r in results for e in r.invariant_errors]
     asha = next((r for r in results if r.name == "asha"), None)
     if asha is not None:
@@ -369,9 +379,34 @@ def report(results: list[VariantResult], args: argparse.Namespace, rungs: list[i
         "compute_to_target": need,
         "ratios": ratios,
         "overheads": overheads,
+        "fairness": fairness,
         "problems": problems,
         "variants": [asdict(r) | {"total_epochs": r.total_epochs, "final_hv": r.final_hv} for r in results],
     }
+
+
+def fairness_report(results: list[VariantResult], base: VariantResult) -> dict[str, Any]:
+    """Did the variants see the same architectures, with the same throughput and the same training curves?"""
+    out: dict[str, Any] = {}
+    print("\nfairness (against the baseline run):")
+    for r in results:
+        if r is base:
+            continue
+        n = min(len(r.proposals), len(base.proposals))
+        same = sum(a == b for a, b in zip(r.proposals, base.proposals, strict=False))
+        shared = [k for k in r.curves if k in base.curves]
+        d_acc = max(
+            (abs(x - y) for k in shared for x, y in zip(r.curves[k], base.curves[k], strict=False)), default=0.0
+        )
+        tp_shared = [k for k in r.throughputs if k in base.throughputs]
+        d_tp = max((abs(r.throughputs[k] / base.throughputs[k] - 1) for k in tp_shared), default=0.0)
+        out[r.name] = {"same_proposals": same, "of": n, "max_abs_dacc": d_acc, "max_rel_dtp": d_tp}
+        print(
+            f"  {r.name:8} same architecture as {base.name} at {same}/{n} trial positions; "
+            f"same arch, same epoch: max |d val_acc| = {d_acc:.4f} over {len(shared)} archs; "
+            f"max |d throughput| = {d_tp:.1%}"
+        )
+    return out
 
 
 def _median(xs: list[float]) -> float:

@@ -479,13 +479,8 @@ class DeviceData:
     def _finish(self, x: Tensor) -> Tensor:
         x = (x.float() - self._mean) * self._inv_std
         if self.img_size != x.shape[-1]:
-            x = F.interpolate(
-                x,
-                size=(self.img_size, self.img_size),
-                mode="bilinear",
-                align_corners=False,
-                antialias=self.img_size < x.shape[-1],
-            )
+            size, shrink = (self.img_size, self.img_size), self.img_size < x.shape[-1]
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
@@ -502,6 +497,3 @@ def _random_crop(x: Tensor, pad: int, offsets: Tensor) -> Tensor:
 def to_device_data(data: TensorSplits | DeviceData, device: str | torch.device) -> DeviceData:
     """``data`` as a DeviceData on ``device`` (moved or wrapped as needed)."""
     return data.to(device) if isinstance(data, DeviceData) else DeviceData(data, device)
-
-
-__all__ = ["DATASETS", "DeviceData", "TensorSplits", "load_dataset", "read_idx", "stratified_subset", "to_device_data"]

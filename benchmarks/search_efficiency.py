@@ -57,6 +57,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# With no address, ray.init joins the newest Ray instance it finds on this machine (another user's, another
+# benchmark's) — and refuses num_cpus when it does. "local" always starts our own.
+os.environ["RAY_ADDRESS"] = "local"
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 

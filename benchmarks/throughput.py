@@ -85,9 +85,9 @@ def cv(values: list[float]) -> float:
 def run_device(args: argparse.Namespace, device: torch.device) -> dict:
     model, desc, size, in_chans = build_model(args.model, args.img_size)
     on_gpu = device.type == "cuda"
-    batch = args.batch or (256 if on_gpu else 16)
-    steps = args.steps or (40 if on_gpu else 20)
-    warmup = args.warmup if args.warmup is not None else (10 if on_gpu else 5)
+    batch = args.batch or (256 if on_gpu else 32)
+    steps = args.steps or 40
+    warmup = args.warmup if args.warmup is not None else 10
     model = model.to(device).eval()
     if on_gpu:
         model = model.to(memory_format=torch.channels_last)
@@ -154,11 +154,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="timm model name (default: a small mixerformer)")
     p.add_argument("--img-size", type=int, default=None)
-    p.add_argument("--batch", type=int, default=None, help="default 16 on CPU, 256 on GPU")
+    p.add_argument("--batch", type=int, default=None, help="default 32 on CPU, 256 on GPU")
     p.add_argument("--measurements", type=int, default=5)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--steps", type=int, default=None, help="timed steps per repeat (CPU 20, GPU 40)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps (CPU 5, GPU 10)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per repeat (timm: 40)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps (timm: 10)")
     p.add_argument("--cpu-only", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="also write the summaries here")
     args = p.parse_args()

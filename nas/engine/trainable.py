@@ -21,13 +21,11 @@ _DATA_CACHE: dict[str, Any] = {}  # dataset JSON -> decoded splits (CPU), reused
 
 
 def device_lock_name(device: Any) -> str:
-    """One lock per physical device on this node (fractional GPU trials share it)."""
-    if getattr(device, "type", str(device)) == "cuda":
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        idx = device.index or 0
-        phys = visible.split(",")[idx] if visible else str(idx)
-        return f"{socket.gethostname()}-cuda{phys}"
-    return f"{socket.gethostname()}-cpu"
+    """One lock per physical device on this node (fractional-GPU trials share it; a GPU is named by its UUID
+    because CUDA_VISIBLE_DEVICES remaps indices per Ray worker)."""
+    from nas.measure import device_lock_id
+
+    return f"{socket.gethostname()}-{device_lock_id(device)}"
 
 
 def _node_id() -> str:

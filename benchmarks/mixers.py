@@ -10,7 +10,7 @@ CPU runs fp32 always; with CUDA present it also runs bf16 autocast (batch 64 by 
 SDPA-based static-key mixers, forces each ``sdpa_kernel`` backend in turn to show which accept the stride-0
 static key. The "kernel" column names the attention op that actually ran (read from FlopCounterMode's op
 table: ``flash_for_cpu``, ``efficient``, ``flash``, ``cudnn``; ``math`` = explicit bmm + softmax). CSKA is
-timed in each of its formulations; ``*`` marks one that is not the default on that device.
+timed in each of its formulations; ``*`` marks the ones that are not its default.
 
     python benchmarks/mixers.py                    # CPU (batch 8) + CUDA when available
     python benchmarks/mixers.py --batch 4 --mixers ska cska --repeats 9
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import platform
 import statistics
 import sys
@@ -167,7 +168,7 @@ def run(device: str, dtype, batch: int, warmup: int, repeats: int, mixers: list[
                 else:
                     kernel = attention_kernel(ours.forward)
                 t_ours, t_ref = time_pair(ours, ref, device, warmup, repeats, clock)
-                default = impl is None or impl == module.resolved_impl(torch.device(device))
+                default = impl is None or impl == inspect.signature(type(module)).parameters["impl"].default
                 tag = (f"{name}[{impl}]" if impl else name) + ("" if default else "*")
                 print(
                     f"{tag:<16}{f'{h}x{w}x{c}':<14}{kernel:<16}{t_ours:>10.1f}{t_ref:>10.1f}{t_ref / t_ours:>10.2f}",

@@ -146,13 +146,14 @@ class ConvStaticKeyAttention(nn.Module):
     query of every image (``baddbmm``; the bias rides along as the GEMM's addend), softmax, and ``@ V``;
     ``"sdpa"`` feeds the unfolded query (plus a constant-1 feature carrying the bias) and the weights expanded
     over the batch (stride 0) to SDPA, which can avoid materialising the ``[B, H, N, N]`` logits on GPU.
-    ``"auto"`` (default) uses ``unfold`` on CPU, where it measured fastest at CAFormer-S18 stage shapes
-    (benchmarks/RESULTS.md), and ``sdpa`` on CUDA (unmeasured there; benchmarks/mixers.py times all three).
+    The default ``unfold`` measured fastest on CPU at CAFormer-S18 stage shapes (benchmarks/RESULTS.md); on
+    GPU it is plain batched GEMMs too, while ``sdpa`` only pays off if a fused kernel accepts key dim
+    ``k*k*d + 1`` != value dim ``d`` (unverified: benchmarks/mixers.py times all three and probes the backends).
     The conv output channels index *keys*, so at another grid the weight is resampled along its key-position
     axis (R1) while the conv still slides over however many query positions there are.
     """
 
-    IMPLS = ("auto", "conv", "unfold", "sdpa")
+    IMPLS = ("conv", "unfold", "sdpa")
 
     def __init__(
         self,
@@ -161,7 +162,7 @@ class ConvStaticKeyAttention(nn.Module):
         heads: int | None = None,
         kernel_size: int = 3,
         scaled: bool = True,
-        impl: str = "auto",
+        impl: str = "unfold",
     ) -> None:
         super().__init__()
         if impl not in self.IMPLS:
@@ -175,11 +176,6 @@ class ConvStaticKeyAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=False)
         self.scale = self.head_dim**-0.5 if scaled else 1.0
         self.impl = impl
-
-    def resolved_impl(self, device: torch.device) -> str:
-        if self.impl != "auto":
-            return self.impl
-        return "sdpa" if device.type == "cuda" else "unfold"
 
     def conv_params(self, hw: Grid) -> tuple[torch.Tensor, torch.Tensor]:
         """Conv weight ``[H*N, d, k, k]`` and bias ``[H*N]`` for grid ``hw`` (resampled over the key axis)."""
@@ -199,13 +195,12 @@ class ConvStaticKeyAttention(nn.Module):
         qmap = q.permute(0, 3, 1, 2)  # [B, C, h, w]; channel = head*d + j as the conv groups expect
         weight, bias = self.conv_params((h, w))
         weight, bias, kk = weight.to(q.dtype), bias.to(q.dtype), self.kernel_size
-        impl = self.resolved_impl(x.device)
-        if impl == "conv":
+        if self.impl == "conv":
             logits = F.conv2d(qmap, weight, bias, padding=kk // 2, groups=hh)
             # [B, H*N_key, h, w] -> [B, H, N_query, N_key]; free when conv2d returned channels-last memory
             logits = logits.permute(0, 2, 3, 1).reshape(b, n, hh, n).transpose(1, 2)
             o = (logits * self.scale).softmax(dim=-1) @ v
-        elif impl == "unfold":
+        elif self.impl == "unfold":
             # heads outermost so each head is one [B*N, k*k*d] x [k*k*d, N] GEMM against an un-expanded key
             u = F.unfold(qmap, kk, padding=kk // 2).reshape(b, hh, d * kk * kk, n).permute(1, 0, 3, 2)
             key_t = weight.reshape(hh, n, -1).transpose(1, 2)

@@ -132,7 +132,9 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     else:
+        # address="local": always start our own runtime, never join another Ray instance found on the machine
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
             log_to_driver=False,

@@ -97,12 +97,7 @@ class SearchSpace(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: search space file not found; check the path (relative to the study file)")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+        raw = read_yaml(path, "search space file not found; check the path (relative to the study file)")
         return cls.from_dict(raw, where=str(path))
 
     @classmethod
@@ -262,6 +257,16 @@ class SearchSpace(BaseModel):
 
     def space_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_yaml(path: Path, missing_hint: str) -> Any:
+    """Parse a YAML file; a missing file or a syntax error is a one-line ConfigError naming the file."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: {missing_hint}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
 
 
 def _pick(suggest: Suggest, name: str, choices: list[Any]) -> Any:

@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nas.errors import ConfigError
-from nas.space import SearchSpace, pydantic_line
+from nas.space import SearchSpace, pydantic_line, read_yaml
 from trainers.config import DataConfig, TrainConfig
 
 ObjectiveName = Literal["accuracy", "throughput", "params", "flops", "latency"]
@@ -150,12 +149,7 @@ class StudyConfig(BaseModel):
 def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[StudyConfig, SearchSpace]:
     """Load and validate a study file and its search space; raises ConfigError (one line) on any problem."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: study file not found; pass the path of a studies/*.yaml file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    raw = read_yaml(path, "study file not found; pass the path of a studies/*.yaml file")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():

@@ -64,6 +64,11 @@ class Knob:
         return value
 
 
+def heads_knob(per_head: int, doc: str) -> Knob:
+    """An integer head count that must divide the width; defaults to ``dim // per_head`` (at least 1)."""
+    return Knob("heads", int, None, None, doc, dim_default=lambda dim: max(1, dim // per_head), check=lambda v: v >= 1)
+
+
 @dataclass(frozen=True)
 class MixerDef:
     """Registry entry of one mixer family (name, class, knobs, feasibility and analytic costs)."""

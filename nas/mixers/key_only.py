@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nas.mixers.base import Grid, Knob, Knobs, MixerDef, divides, register
+from nas.mixers.base import Grid, Knob, Knobs, MixerDef, divides, heads_knob, register
 
 
 class KeyOnlyAttention(nn.Module):
@@ -74,15 +74,7 @@ KEY_ONLY = register(
         name="key_only",
         cls=KeyOnlyAttention,
         knobs={
-            "heads": Knob(
-                "heads",
-                int,
-                None,
-                None,
-                "heads, must be >= 1 and divide dim",
-                dim_default=lambda dim: max(1, dim // 32),
-                check=lambda v: v >= 1,
-            ),
+            "heads": heads_knob(32, "heads, must be >= 1 and divide dim"),
             "mode": Knob(
                 "mode",
                 str,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.mixers.base import Grid, Knob, Knobs, MixerDef, divides, register
+from nas.mixers.base import Grid, Knob, Knobs, MixerDef, divides, heads_knob, register
 
 
 def resample_key_grid(t: torch.Tensor, src: Grid, dst: Grid) -> torch.Tensor:
@@ -246,15 +246,7 @@ CSKA = register(
         name="cska",
         cls=ConvStaticKeyAttention,
         knobs={
-            "heads": Knob(
-                "heads",
-                int,
-                None,
-                None,
-                "heads = conv groups, must be >= 1 and divide dim",
-                dim_default=lambda dim: max(1, dim // 16),
-                check=lambda v: v >= 1,
-            ),
+            "heads": heads_knob(16, "heads = conv groups, must be >= 1 and divide dim"),
             "kernel_size": Knob("kernel_size", int, 3, (1, 3, 5), "logit conv kernel (paper: 3)"),
             "scaled": Knob("scaled", bool, True, (True, False), "multiply logits by head_dim^-0.5 (CSTU)"),
         },

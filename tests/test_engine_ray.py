@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from nas.engine.progress import Progress
@@ -147,7 +148,7 @@ def test_kill_driver_then_resume_loses_and_duplicates_nothing(tmp_path):
             return False
         try:
             st = optuna.load_study(study_name="kill_driver", storage=f"sqlite:///{db}")
-        except KeyError:
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the driver is still creating the schema
             return False
         states = [t.state for t in st.trials]
         running = [t for t in st.trials if t.state == TrialState.RUNNING and t.user_attrs.get("curve")]

@@ -74,10 +74,19 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
         kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}}
     else:
         kwargs = {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except Exception as e:  # connection refused, bad credentials, missing driver...
-        raise StudyError(f"storage {_redact(url)}: cannot open ({' '.join(str(e).split())[:200]})") from None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError) as e:
+            # two drivers creating the schema of an empty database at once: the loser sees the winner's tables
+            # half-made; once the winner is done the schema is simply there
+            racing = not isinstance(e, sa.exc.OperationalError) or "locked" in str(e)
+            if attempt == 4 or not racing:
+                raise StudyError(f"storage {_redact(url)}: cannot open ({' '.join(str(e).split())[:200]})") from None
+            time.sleep(1.0 + attempt)
+        except Exception as e:  # connection refused, bad credentials, missing driver...
+            raise StudyError(f"storage {_redact(url)}: cannot open ({' '.join(str(e).split())[:200]})") from None
+    raise AssertionError("unreachable")
 
 
 def _redact(url: str) -> str:

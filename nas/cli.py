@@ -105,7 +105,7 @@ def show(
 @app.command()
 @cli_errors
 def bench(
-    which: str = typer.Argument(..., help="mixers | model | trainer | throughput | search"),
+    which: str = typer.Argument(..., help="mixers | model | trainer | throughput | search | accuracy"),
     args: list[str] = typer.Argument(None, help="arguments passed to the benchmark script"),
 ) -> None:
     """Run a benchmark script from benchmarks/ (each prints ratios against a named peer measured in the same run).
@@ -118,6 +118,7 @@ def bench(
         "throughput": "throughput.py",
         "trainer": "trainer.py",
         "search": "search_efficiency.py",
+        "accuracy": "accuracy.py",
     }
     if which not in scripts:
         raise ConfigError(f"bench: unknown benchmark '{which}'; choose one of {sorted(scripts)}")

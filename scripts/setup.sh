@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian-like machine: OS packages (Fashion-MNIST, Chromium for the dashboard test,
-# PostgreSQL for the shared-storage test) when run as root, then a virtualenv .venv with the project installed.
+# PostgreSQL for the shared-storage test) when run as root, then a virtualenv .venv with the locked dependency
+# set (requirements/lock.txt) and the project installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,10 +21,14 @@ fi
 
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+# The lock (requirements/lock.txt, hash-checked, every package pinned) is what gets installed: the same versions on
+# every machine. `--no-deps` because the lock already lists every dependency; `pip check` proves it is consistent.
 stamp=.venv/.installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c "import nas, torchvision, optuna, ray" 2>/dev/null; then
-  echo "setup: installing the project and its dependencies into .venv (first time: a few minutes)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+if [ ! -f "$stamp" ] || [ requirements/lock.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
+    || ! .venv/bin/python -c "import nas, torchvision, optuna, ray" 2>/dev/null; then
+  echo "setup: installing the locked dependency set into .venv (first time: a few minutes, torch is large)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r requirements/lock.txt
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+  .venv/bin/python -m pip check
   touch "$stamp"
 fi

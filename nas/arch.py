@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nas import mixers
 from nas.errors import ConfigError, InfeasibleArchError
+from nas.model_args import default_res_scale
 
-RESCALE_FROM_STAGE = 2  # CAFormer: learnable residual scale in stages 3-4 (index >= 2) only
 _UNION_TAG = re.compile(r"^(int|float|str|bool|none|.*\[.*\])$")  # pydantic names union members in error locs
 
 
@@ -153,7 +153,7 @@ class ArchSpec(BaseModel):
                     raise InfeasibleArchError(
                         f"{loc}: mixer '{name}' at dim={st.dim}, grid={grid}: {'; '.join(reasons)}"
                     )
-            res = st.res_scale if st.res_scale is not None or i < RESCALE_FROM_STAGE else 1.0
+            res = st.res_scale if st.res_scale is not None else default_res_scale(i)
             stages.append(st.model_copy(update={"knobs": knobs, "res_scale": res}))
         return self.model_copy(update={"stages": tuple(stages)})
 

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nas.cost import model_flops
 from nas.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -278,15 +279,6 @@ def _input(batch: int, in_chans: int, res: tuple[int, int], device: torch.device
     return x.contiguous(memory_format=torch.channels_last) if cl else x
 
 
-def _count_flops(model: nn.Module, x1: torch.Tensor) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    # fp32 and no autocast: FLOPs are a property of the architecture, not of the precision.
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(x1)
-    return int(counter.get_total_flops())
-
-
 def _peak_train_mem(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str) -> int:
     """Peak CUDA memory of one forward+backward; buffers (BN stats) and grads are restored afterwards."""
     saved = {k: v.detach().clone() for k, v in model.named_buffers()}
@@ -369,7 +361,8 @@ def measure_throughput(
             model = model.to(memory_format=torch.channels_last)
         model.eval()
         params = sum(p.numel() for p in model.parameters())
-        flops = _count_flops(model, _input(1, in_chans, res, dev, cl))
+        # fp32, no autocast: FLOPs are a property of the architecture (analytic for ours), not of the precision
+        flops = model_flops(model, _input(1, in_chans, res, dev, cl))
 
         peak_mem: int | None = None
         if train_batch_size is not None:

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from nas.cost import count_flops
 from nas.errors import ConfigError, InfeasibleArchError
 from nas.mixers import get
 from tests.reference_mixers import cska_logits_ref, cska_ref, leaf_copy, ska_ref
@@ -51,9 +51,8 @@ def _check_against_ref(module, ref_fn, knobs, grid, x, atol=1e-5):
 
 
 def _macs_counted(module, x) -> float:
-    with FlopCounterMode(display=False) as fc:
-        module(x)
-    return fc.get_total_flops() / 2 / x.shape[0]
+    with torch.no_grad():
+        return count_flops(module, x)[""] / 2 / x.shape[0]
 
 
 # ----------------------------------------------------------------------------------------------------- SKA
@@ -75,6 +74,15 @@ def test_ska_matches_reference(knobs, call_grid):
     y = _check_against_ref(m, ska_ref, resolved, grid, x)
     assert y.shape == x.shape and torch.isfinite(y).all()
     assert m.key.grad is not None and m.key.grad.abs().sum() > 0, "gradient must reach the static key"
+
+
+def test_ska_default_is_the_authors_stu_form():
+    """The default is one of the two published pairs (STU: identity q, no biases, 1/sqrt(d)), not a mix."""
+    defaults = get("ska").resolve_knobs(64, {}, "t")
+    assert (defaults["q_proj"], defaults["scale"]) == ("repo", "inv_sqrt_d")
+    m = get("ska").build(64, (4, 4))
+    assert isinstance(m.q, torch.nn.Identity) and m.v.bias is None and m.proj.bias is None
+    assert m.fixed_scale == 32**-0.5 and m.scale_mode == "inv_sqrt_d"
 
 
 def test_ska_learned_scale_gets_gradient_and_starts_at_inv_sqrt_d():
@@ -103,17 +111,22 @@ def test_ska_params_and_macs_match_formula(dim, grid, knobs):
     expected = (3 * dim**2 + 3 * dim if r["q_proj"] == "paper" else 2 * dim**2) + n * dim
     assert d.params(dim, grid, knobs) == expected + (r["scale"] == "learned")
     counted = _macs_counted(m, torch.randn(2, *grid, dim))
-    assert counted == pytest.approx(d.macs(dim, grid, knobs), rel=0.01)
+    assert counted == d.macs(dim, grid, knobs)
     assert d.macs(dim, grid, knobs) == (3 if r["q_proj"] == "paper" else 2) * n * dim**2 + 2 * n * n * dim
 
 
 def test_ska_uses_a_counted_sdpa_kernel_with_stride0_key():
-    """The fused CPU kernel accepts the stride-0 key and FlopCounterMode counts it (no silent zero)."""
+    """The fused CPU kernel accepts the stride-0 key, and nas.cost's formulas count it (no silent zero)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nas.cost import sdpa_flop_formulas
+
     m = get("ska").build(64, (4, 4))
-    with FlopCounterMode(display=False) as fc:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=sdpa_flop_formulas()) as fc:
         m(torch.randn(3, 4, 4, 64))
-    ops = {str(k) for k in fc.get_flop_counts()["Global"]}
-    assert any("scaled_dot_product" in o for o in ops), ops
+    ops = {str(k): v for k, v in fc.get_flop_counts()["Global"].items()}
+    sdpa = {k: v for k, v in ops.items() if "scaled_dot_product" in k}
+    assert sdpa and all(v == 2 * 2 * 3 * 16 * 16 * 64 for v in sdpa.values()), ops  # 2 x (QK^T + PV) MACs
 
 
 def test_static_key_resize_is_identity_at_build_grid():
@@ -249,7 +262,7 @@ def test_cska_params_and_macs_match_formula(dim, grid, knobs):
     x = torch.randn(2, *grid, dim)
     for impl in ("conv", "unfold"):
         m.impl = impl
-        assert _macs_counted(m, x) == pytest.approx(macs, rel=0.01), impl
+        assert _macs_counted(m, x) == macs, impl
     # the SDPA path carries the bias as one extra key feature: exactly H*N^2 more multiply-adds
     m.impl = "sdpa"
     assert _macs_counted(m, x) == macs + hh * n * n

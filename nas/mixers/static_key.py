@@ -56,15 +56,21 @@ def _few_tokens(grid: Grid) -> list[str]:
 class StaticKeyAttention(nn.Module):
     """SKA: attention whose key is a learned static matrix per head (arXiv 2412.07049 §4.1, Alg. 1).
 
-    ``q_proj="paper"`` follows Alg. 1 (Linear q and v with bias, proj with bias); ``q_proj="repo"`` follows the
-    authors' ImageNet code (class ``STU`` in zizhao-hu/SKA ``metaformer_baselines.py``: identity query, v and
-    proj without bias). ``scale``: ``inv_sqrt_d`` (repo), ``none`` (Alg. 1 as printed) or ``learned`` (LSA-style
-    temperature, init log(d^-0.5), from the repo's small-scale ViT). The static key ``[H, N0, d]`` is drawn
-    from ``randn`` as in Alg. 1; it is expanded over the batch with stride 0 into SDPA.
+    The two published forms are two knob pairs (spec §13; the paper's §6.1 finds the scale makes little difference):
+
+    * ``q_proj="repo", scale="inv_sqrt_d"`` — **the default**: the authors' ImageNet code (class ``STU`` in
+      zizhao-hu/SKA ``metaformer_baselines.py``): identity query, ``v`` and ``proj`` without bias, logits times
+      ``head_dim ** -0.5``;
+    * ``q_proj="paper", scale="none"`` — Alg. 1 as printed: Linear ``q`` and ``v`` with bias, ``proj`` with bias,
+      no logit scale.
+
+    Other combinations are allowed as search knobs but are neither form. ``scale="learned"`` is an LSA-style
+    temperature (init log(d^-0.5)) from the repo's small-scale ViT. The static key ``[H, N0, d]`` is drawn from
+    ``randn`` as in Alg. 1; it is expanded over the batch with stride 0 into SDPA.
     """
 
     def __init__(
-        self, dim: int, grid: Grid, head_dim: int = 32, q_proj: str = "paper", scale: str = "inv_sqrt_d"
+        self, dim: int, grid: Grid, head_dim: int = 32, q_proj: str = "repo", scale: str = "inv_sqrt_d"
     ) -> None:
         super().__init__()
         self.grid = (int(grid[0]), int(grid[1]))
@@ -119,8 +125,16 @@ SKA = register(
         cls=StaticKeyAttention,
         knobs={
             "head_dim": Knob("head_dim", int, 32, (16, 32, 64), "channels per head; dim must divide by it"),
-            "q_proj": Knob("q_proj", str, "paper", ("paper", "repo"), "paper: Alg. 1; repo: STU (identity q)"),
-            "scale": Knob("scale", str, "inv_sqrt_d", ("inv_sqrt_d", "none", "learned"), "logit scale"),
+            "q_proj": Knob(
+                "q_proj", str, "repo", ("paper", "repo"), "repo: STU's identity q (default); paper: Alg. 1's Linear q"
+            ),
+            "scale": Knob(
+                "scale",
+                str,
+                "inv_sqrt_d",
+                ("inv_sqrt_d", "none", "learned"),
+                "logit scale (STU: inv_sqrt_d; Alg. 1: none)",
+            ),
         },
         feasibility_fn=_ska_feasibility,
         params_fn=_ska_params,
@@ -136,9 +150,11 @@ SKA = register(
 class ConvStaticKeyAttention(nn.Module):
     """CSKA: a grouped convolution over the query map produces the attention logits (arXiv 2412.07049 §4.2).
 
-    Layout as the authors' ``CSTU`` (zizhao-hu/SKA ``metaformer_baselines.py``): ``qv`` Linear(C, 2C) and
+    Follows the authors' ``CSTU`` (zizhao-hu/SKA ``metaformer_baselines.py``), which is where the paper's Alg. 2
+    differs: logits times ``(C/H)^-0.5`` when ``scaled`` (Alg. 2: no scale; ``scaled=False`` gives that) and a
+    bias-free output projection (Alg. 2: ``nn.Linear(dim, dim)`` with bias). Layout: ``qv`` Linear(C, 2C) and
     ``proj`` Linear(C, C) without bias; ``logit_conv`` Conv2d(C, H*N0, k, groups=H, bias) whose output channel
-    ``head*N0 + key`` at spatial position ``query`` is the logit; logits times ``(C/H)^-0.5`` when ``scaled``.
+    ``head*N0 + key`` at spatial position ``query`` is the logit.
 
     Three equal formulations (spec §4 "key identity": ``logits_h[n, m] = unfold(q)_h[n] . W_h[m] + b_h[m]``,
     i.e. SKA on the unfolded query with the conv weights as a static key of dim ``k*k*d``), chosen by ``impl``:

@@ -28,7 +28,10 @@ from nas.results import Objective, TrialRecord
 
 FRONT_NAME = "Pareto front"
 FADED = "rgba(120,120,120,0.35)"
-_HOVER = "trial %{customdata[0]}<br>%{customdata[1]}<br>params %{customdata[2]}<br>FLOPs %{customdata[3]}"
+_HOVER = (
+    "trial %{customdata[0]}<br>%{customdata[1]}<br>params %{customdata[2]}<br>FLOPs %{customdata[3]}"
+    "<br>%{customdata[4]}"
+)
 
 
 def _fmt_int(v: int | None) -> str:
@@ -41,7 +44,16 @@ def _fmt_int(v: int | None) -> str:
 
 
 def _custom(recs: Sequence[TrialRecord]) -> list[list[Any]]:
-    return [[r.number, r.placement or "?", _fmt_int(r.params), _fmt_int(r.flops)] for r in recs]
+    return [
+        [
+            r.number,
+            r.placement or "?",
+            _fmt_int(r.params),
+            _fmt_int(r.flops),
+            f"also proposed as trial(s) {', '.join(map(str, r.reused_by))}" if r.reused_by else "",
+        ]
+        for r in recs
+    ]
 
 
 def _axes(objectives: Sequence[Objective]) -> tuple[Objective | None, Objective]:
@@ -324,6 +336,8 @@ def parcoords_figure(recs: Sequence[TrialRecord], objectives: Sequence[Objective
 
 
 def figures(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) -> dict[str, go.Figure]:
+    """Every figure of the page; a reused trial is not drawn again (its source's hover lists it)."""
+    recs = results.distinct(recs)
     return {
         "pareto": pareto_figure(recs, objectives),
         "hypervolume": hypervolume_figure(recs, objectives),

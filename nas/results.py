@@ -63,6 +63,7 @@ class TrialRecord:
     pruned_at: int | None = None
     failure: str | None = None
     reused_from: int | None = None
+    reused_by: list[int] = field(default_factory=list)  # later trials that copied this one's result
     checkpoint: str | None = None
     datetime_start: datetime | None = None
     datetime_complete: datetime | None = None
@@ -265,9 +266,20 @@ def _to_record(t, objectives: Sequence[Objective]) -> TrialRecord:
 
 
 def records(study) -> list[TrialRecord]:
-    """Every trial of ``study`` as a :class:`TrialRecord`, in trial-number order."""
+    """Every trial of ``study`` as a :class:`TrialRecord`, in trial-number order (reused copies included: they are
+    the honest record of what the sampler proposed; see :func:`distinct`)."""
     objs = objectives_of(study)
-    return [_to_record(t, objs) for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)]
+    recs = [_to_record(t, objs) for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)]
+    by_number = {r.number: r for r in recs}
+    for r in recs:
+        if r.reused_from is not None and r.reused_from in by_number:
+            by_number[r.reused_from].reused_by.append(r.number)
+    return recs
+
+
+def distinct(recs: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """One record per evaluation: reused copies are left out (their numbers are in the source's ``reused_by``)."""
+    return [r for r in recs if r.reused_from is None]
 
 
 def get_record(study, number: int) -> TrialRecord:
@@ -282,15 +294,22 @@ def get_record(study, number: int) -> TrialRecord:
 
 
 def eligible(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) -> list[TrialRecord]:
-    """COMPLETE trials at full fidelity with every objective value: the only ones allowed on the front."""
+    """COMPLETE trials at full fidelity with every objective value: the only ones allowed on the front.
+
+    One architecture, one point: reused copies are left out, and if an architecture was trained more than once
+    (e.g. by two drivers sharing a PostgreSQL study) its first trial stands for it."""
     names = [o.name for o in objectives]
-    return [
-        r
-        for r in recs
-        if r.state == "COMPLETE"
-        and r.full_fidelity
-        and all(n in r.values and math.isfinite(r.values[n]) for n in names)
-    ]
+    out, seen = [], set()
+    for r in sorted(distinct(recs), key=lambda r: r.number):
+        ok = (
+            r.state == "COMPLETE"
+            and r.full_fidelity
+            and all(n in r.values and math.isfinite(r.values[n]) for n in names)
+        )
+        if ok and (r.arch_id is None or r.arch_id not in seen):
+            out.append(r)
+            seen.add(r.arch_id)
+    return out
 
 
 def _points(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) -> list[list[float]]:
@@ -466,6 +485,7 @@ def front_rows(fr: Sequence[TrialRecord], objectives: Sequence[Objective]) -> li
         row["flops"] = r.flops
         row["placement"] = r.placement
         row["arch_id"] = r.arch_id
+        row["reused_by"] = list(r.reused_by)
         rows.append(row)
     return rows
 

@@ -16,16 +16,16 @@ import itertools
 import json
 import math
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from nas import mixers
+from nas import cost, mixers
 from nas.arch import ArchSpec, ConvSpec, HeadSpec, StageSpec, pydantic_problem
 from nas.errors import ConfigError, InfeasibleArchError
+from nas.model_args import default_res_scale
+from nas.yamlfile import read_yaml
 
 Suggest = Callable[[str, list[Any]], Any]
 PATTERN_SEP = "+"
@@ -92,6 +92,7 @@ class SearchSpace(BaseModel):
     knobs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     stages: list[StageSpace] = Field(min_length=1)
     constraints: Constraints = Constraints()
+    _where: str = PrivateAttr(default="search space")  # the file it was read from, for messages
 
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
@@ -109,6 +110,7 @@ class SearchSpace(BaseModel):
         except ValidationError as e:
             raise ConfigError(pydantic_line(where, e)) from None
         space.validate_semantics(where)
+        space._where = where
         return space
 
     # ------------------------------------------------------------------------------------------ semantics
@@ -168,6 +170,16 @@ class SearchSpace(BaseModel):
                     defn = mixers.get(name, where=f"{loc}.mixers[{j}]")
                     self._check_mixer(defn, i, grid, f"{loc}.mixers[{j}] '{name}'")
 
+    def knob_combos(self, i: int, name: str) -> tuple[list[dict[str, Any]], bool]:
+        """Every combination of the knob values stage i allows for mixer ``name`` (unlisted knobs keep their
+        default), and whether that is all of them: beyond MAX_KNOB_COMBOS, one knob varies at a time."""
+        allowed = self.stage_knobs(i, name)
+        names = list(allowed)
+        if math.prod(len(allowed[k]) for k in names) <= MAX_KNOB_COMBOS:
+            return [dict(zip(names, vs, strict=True)) for vs in itertools.product(*(allowed[k] for k in names))], True
+        base = {k: vs[0] for k, vs in allowed.items()}
+        return [{**base, k: v} for k, vs in allowed.items() for v in vs], False
+
     def _check_mixer(self, defn: mixers.MixerDef, i: int, grid: tuple[int, int], loc: str) -> None:
         """Each allowed knob value must take part in at least one feasible build at some searched width.
 
@@ -178,12 +190,7 @@ class SearchSpace(BaseModel):
         for knob, values in allowed.items():
             for v in values:
                 defn.knobs[knob].resolve(dims[0], v, f"{loc}: knob")
-        names = list(allowed)
-        if math.prod(len(allowed[k]) for k in names) <= MAX_KNOB_COMBOS:
-            combos = [dict(zip(names, vs, strict=True)) for vs in itertools.product(*(allowed[k] for k in names))]
-        else:  # too many to enumerate: vary one knob at a time around the first allowed values
-            base = {k: vs[0] for k, vs in allowed.items()}
-            combos = [{**base, k: v} for k, vs in allowed.items() for v in vs]
+        combos, _ = self.knob_combos(i, defn.name)
         feasible, reason = [], ""
         for combo in combos:
             reasons = [defn.feasibility_fn(d, grid, defn.resolve_knobs(d, combo, loc)) for d in dims]
@@ -205,6 +212,79 @@ class SearchSpace(BaseModel):
                         f"{loc} with {knob}={v!r} is infeasible at grid {grid} for every dim {dims}: {why}; "
                         f"drop {v!r} from knobs.{defn.name}.{knob} or override it in stages[{i}].knobs"
                     )
+
+    # ------------------------------------------------------------------------------------------ cheapest
+    def cheapest(self, num_classes: int) -> cost.Cost:
+        """A lower bound on the parameters and, separately, on the MACs of every architecture of the space (each
+        minimised on its own), from the cost formulas alone: a dynamic programme over the stages whose state is
+        the previous stage's width (the downsampling conv couples neighbouring stages). Exact unless a stage
+        allows more than MAX_KNOB_COMBOS knob combinations (then that mixer counts as free: still a bound)."""
+        grids = self.grids()
+        best = {}
+        for key in ("params", "macs"):
+            table: dict[int, int] = {}  # width of the last stage -> cheapest cost of everything up to it
+            for i, st in enumerate(self.stages):
+                new: dict[int, int] = {}
+                for dim in _as_choices(st.dim):
+                    blocks = self._cheapest_blocks(i, dim, grids[i], key)
+                    if blocks is None:
+                        continue
+                    if i == 0:
+                        new[dim] = getattr(cost.stem(self.input.in_chans, dim, self.stem.model_dump(), grids[0]), key)
+                    elif table:
+                        down = self.downsample.model_dump()
+                        new[dim] = min(
+                            v + getattr(cost.downsample(p, dim, down, grids[i]), key) for p, v in table.items()
+                        )
+                    else:
+                        continue
+                    new[dim] += blocks
+                table = new
+            head = self.head.model_dump()
+            best[key] = min((v + getattr(cost.head(d, head, num_classes), key) for d, v in table.items()), default=0)
+        return cost.Cost(best["params"], best["macs"])
+
+    def _cheapest_blocks(self, i: int, dim: int, grid: tuple[int, int], key: str) -> int | None:
+        """Cheapest blocks of stage i at width ``dim`` over its depths, mixer entries and feasible knobs."""
+        st = self.stages[i]
+        res = st.res_scale if st.res_scale is not None else default_res_scale(i)
+        rest = getattr(cost.block_rest(dim, grid, self.mlp_ratio, res, None), key)
+        per_mixer: dict[str, int | None] = {}
+        for name in {n for e in st.mixers for n in _as_choices(e)}:
+            defn = mixers.get(name)
+            combos, complete = self.knob_combos(i, name)
+            values = []
+            for combo in combos:
+                knobs = defn.resolve_knobs(dim, combo, name)
+                if not defn.feasibility_fn(dim, grid, knobs):
+                    values.append(getattr(cost.mixer(name, dim, grid, grid, knobs), key))
+            per_mixer[name] = (min(values) if complete else 0) if values else None
+        best = None
+        for depth in _as_choices(st.depth):
+            for entry in st.mixers:
+                pattern = _as_choices(entry)
+                if any(per_mixer[n] is None for n in pattern):
+                    continue
+                total = depth * rest + sum(per_mixer[pattern[b % len(pattern)]] for b in range(depth))
+                best = total if best is None else min(best, total)
+        return best
+
+    def check_reachable(self, num_classes: int) -> None:
+        """Raise a one-line error when no architecture of the space can meet its constraints (see cheapest)."""
+        c = self.constraints
+        if c.max_params is None and c.max_flops is None:
+            return
+        low = self.cheapest(num_classes)
+        for field, limit, smallest, unit in (
+            ("max_params", c.max_params, low.params, "params"),
+            ("max_flops", c.max_flops, low.flops, "FLOPs"),
+        ):
+            if limit is not None and smallest > limit:
+                raise InfeasibleArchError(
+                    f"{self._where}: constraints.{field} {int(limit):,} is below the smallest architecture of space "
+                    f"'{self.name}' ({smallest:,} {unit} with {num_classes} classes); raise {field} to at least "
+                    f"{smallest:,} or allow smaller stages"
+                )
 
     # ------------------------------------------------------------------------------------------ sampling
     def sample(self, suggest: Suggest, num_classes: int) -> ArchSpec:
@@ -247,7 +327,8 @@ class SearchSpace(BaseModel):
         c = self.constraints
         if c.max_params is None and c.max_flops is None:
             return []
-        params, flops = arch_cost(arch.canonical_json())
+        total = cost.arch_cost(arch.to_model_args())
+        params, flops = total.params, total.flops
         reasons = []
         if c.max_params is not None and params > c.max_params:
             reasons.append(f"params {params:,} > max_params {int(c.max_params):,}")
@@ -259,40 +340,9 @@ class SearchSpace(BaseModel):
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def read_yaml(path: Path, missing_hint: str) -> Any:
-    """Parse a YAML file; a missing file or a syntax error is a one-line ConfigError naming the file."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: {missing_hint}")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-
-
 def _pick(suggest: Suggest, name: str, choices: list[Any]) -> Any:
     """Fixed values (one choice) are not Optuna parameters; real choices are."""
     return choices[0] if len(choices) == 1 else suggest(name, choices)
-
-
-@lru_cache(maxsize=4096)
-def arch_cost(canonical_json: str) -> tuple[int, int]:
-    """(params, FLOPs for one image) of an architecture, built on the meta device (no memory, no init cost)."""
-    import timm
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    import nas.models  # noqa: F401  (registers the entrypoint)
-
-    args = json.loads(canonical_json)
-    size = args["img_size"]
-    h, w = (size, size) if isinstance(size, int) else size
-    with torch.device("meta"):
-        model = timm.create_model("mixerformer", **args)
-        x = torch.empty(1, args["in_chans"], h, w)
-        params = sum(p.numel() for p in model.parameters())
-        with FlopCounterMode(display=False) as counter:
-            model(x)
-    return params, int(counter.get_total_flops())
 
 
 def pydantic_line(where: str, err: ValidationError) -> str:

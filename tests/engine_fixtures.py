@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
 import yaml
 
 FMNIST_DIR = Path(os.environ.get("FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist"))
@@ -53,8 +52,10 @@ def study_dict(name: str, **over: object) -> dict:
 
 
 def write_study(folder: Path, name: str, **over: object) -> Path:
-    if not (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"Fashion-MNIST not installed at {FMNIST_DIR} (apt-get install dataset-fashion-mnist)")
+    assert (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file(), (
+        f"Fashion-MNIST is not installed at {FMNIST_DIR}: run scripts/setup.sh (apt-get install dataset-fashion-mnist)"
+        " or set FASHION_MNIST_ROOT"
+    )
     (folder / "space.yaml").write_text(yaml.safe_dump(SPACE))
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(study_dict(name, **over)))

@@ -1,10 +1,9 @@
 """Driver + StudyStore on a real SQLite study, without Ray: the Tune calls are simulated in the order Tune makes
 them (searcher.suggest -> next_config; scheduler.on_trial_result -> on_result + should_stop; searcher
-on_trial_complete -> on_result again + on_complete), with the payload a worker would report (``tp_json``)."""
+on_trial_complete -> on_result again + on_complete), with the EpochReport a worker would send."""
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -22,7 +21,9 @@ from nas import results
 from nas.engine import driver as driver_mod
 from nas.engine.config import StudyConfig
 from nas.engine.driver import FINISHED, Driver
-from nas.engine.pruners import make_pruner, make_sampler
+from nas.engine.messages import EpochReport, TrialPayload
+from nas.engine.pruners import make_pruner
+from nas.engine.samplers import make_sampler
 from nas.engine.store import THROUGHPUT_TABLE, StudyStore
 from nas.errors import StudyError
 from nas.space import SearchSpace
@@ -90,26 +91,30 @@ def make(tmp_path: Path):
         s.close()
 
 
-def _result(payload: dict[str, Any], epoch: int, acc: float, tp: float = 1000.0) -> dict[str, Any]:
+def _payload(config: dict[str, Any] | str) -> TrialPayload:
+    assert isinstance(config, dict), config
+    return TrialPayload.from_config(config)
+
+
+def _result(payload: TrialPayload, epoch: int, acc: float, tp: float = 1000.0) -> dict[str, Any]:
     """What nas.engine.trainable reports for one epoch: the cached throughput when the payload carries it."""
-    key = f"{payload['arch_id']}|{DEVICE}|b64|16x16|fp32|none"
-    hit = payload["cached_throughput"].get(key)
+    key = f"{payload.arch_id}|{DEVICE}|b64|16x16|fp32|none"
+    hit = payload.cached_throughput.get(key)
     tp_dict = {**hit, "cached": True} if hit else {"key": key, "median": tp, "device": DEVICE, "cached": False}
-    return {
-        "epoch": epoch,
-        "val_acc": acc,
-        "val_loss": 1 - acc,
-        "train_loss": 1.1 - acc,
-        "seconds": 0.5,
-        "images_per_s": 64.0,
-        "tp_json": json.dumps(tp_dict),
-        "device": DEVICE,
-    }
+    report = EpochReport(
+        epoch=epoch,
+        val_acc=acc,
+        val_loss=1 - acc,
+        train_loss=1.1 - acc,
+        seconds=0.5,
+        images_per_s=64.0,
+        throughput=tp_dict,
+    )
+    return report.to_result()
 
 
-def _run(driver: Driver, tid: str, accs: list[float], tp: float = 1000.0) -> dict[str, Any]:
-    payload = driver.next_config(tid)
-    assert isinstance(payload, dict), payload
+def _run(driver: Driver, tid: str, accs: list[float], tp: float = 1000.0) -> TrialPayload:
+    payload = _payload(driver.next_config(tid))
     last = None
     for epoch, acc in enumerate(accs, 1):
         last = _result(payload, epoch, acc, tp)
@@ -136,7 +141,7 @@ def test_complete_only_at_full_fidelity_pruned_at_rung_keeps_curve(make) -> None
     d = make(pruner=PruneNumbers({1}))
     a = _run(d, "a", [0.5, 0.6, 0.7], tp=900.0)
     b = _run(d, "b", [0.95, 0.97, 0.99], tp=5000.0)  # would dominate everything, but is pruned at rung 1
-    ta, tb = _trial(d, a["number"]), _trial(d, b["number"])
+    ta, tb = _trial(d, a.number), _trial(d, b.number)
     assert ta.state == TrialState.COMPLETE and ta.values == [0.7, 900.0]
     assert ta.user_attrs["full_fidelity"] is True and ta.user_attrs["fidelity"] == EPOCHS
     assert [r["epoch"] for r in ta.user_attrs["curve"]] == [1, 2, 3]  # duplicated deliveries recorded once
@@ -152,49 +157,49 @@ def test_complete_only_at_full_fidelity_pruned_at_rung_keeps_curve(make) -> None
     assert tb.user_attrs["throughput"]["median"] == 5000.0
     # the front (COMPLETE at full fidelity only) has trial a, never the better-looking pruned b
     front = results.front(results.records(d.store.study), results.objectives_of(d.store.study))
-    assert [r.number for r in front] == [a["number"]]
+    assert [r.number for r in front] == [a.number]
     from nas.engine.run import summarize
 
     summary = summarize(d.store, d.cfg, d.added, 1.0, [], [])
-    assert [row["number"] for row in summary.front] == [a["number"]]
+    assert [row["number"] for row in summary.front] == [a.number]
     assert summary.counts == {"COMPLETE": 1, "PRUNED": 1}
 
 
 def test_failed_report_and_dead_worker_are_fail_with_reason(make) -> None:
     d = make()
-    p = d.next_config("x")
+    p = _payload(d.next_config("x"))
     d.on_result("x", _result(p, 1, 0.4))
     d.should_stop("x", _result(p, 1, 0.4))
     bad = {"epoch": 1, "failed": "RuntimeError: loss is NaN at step 12"}
     d.on_result("x", bad)
     assert d.should_stop("x", bad)
     d.on_complete("x")
-    t = _trial(d, p["number"])
+    t = _trial(d, p.number)
     assert t.state == TrialState.FAIL and t.user_attrs["failure"] == "RuntimeError: loss is NaN at step 12"
     assert [r["epoch"] for r in t.user_attrs["curve"]] == [1]  # what it learned before failing is kept
 
-    q = d.next_config("y")
+    q = _payload(d.next_config("y"))
     d.on_result("y", _result(q, 1, 0.4))
     d.on_complete("y", error=True)
-    t = _trial(d, q["number"])
+    t = _trial(d, q.number)
     assert t.state == TrialState.FAIL and "worker process died" in t.user_attrs["failure"]
 
-    r = d.next_config("z")
-    d.on_complete("z", error=True, error_msg="worker failed: OutOfMemoryError")
-    assert _trial(d, r["number"]).user_attrs["failure"] == "worker failed: OutOfMemoryError"
+    r = _payload(d.next_config("z"))
+    d.on_error("z", "worker failed: OutOfMemoryError")
+    d.on_complete("z", error=True)
+    assert _trial(d, r.number).user_attrs["failure"] == "worker failed: OutOfMemoryError"
     d.on_complete("z", error=True)  # told once; a second completion changes nothing
-    assert _trial(d, r["number"]).user_attrs["failure"] == "worker failed: OutOfMemoryError"
+    assert _trial(d, r.number).user_attrs["failure"] == "worker failed: OutOfMemoryError"
 
 
 def test_missing_objective_at_full_fidelity_is_fail(make) -> None:
     d = make()
-    p = d.next_config("n")
+    p = _payload(d.next_config("n"))
     for e in range(1, EPOCHS + 1):
-        row = _result(p, e, 0.5)
-        row.pop("tp_json")  # throughput never reported
+        row = {k: v for k, v in _result(p, e, 0.5).items() if not k.startswith("throughput/")}  # never measured
         d.on_result("n", row)
     d.on_complete("n")
-    t = _trial(d, p["number"])
+    t = _trial(d, p.number)
     assert t.state == TrialState.FAIL and "objective was not measured" in t.user_attrs["failure"]
 
 
@@ -207,10 +212,10 @@ def test_same_arch_twice_is_reused_not_retrained(make) -> None:
     assert len(trials) == 3 and d.added == 3
     for t in trials[1:]:
         assert t.state == TrialState.COMPLETE and t.values == [0.5, 777.0]
-        assert t.user_attrs["reused_from"] == first["number"]
-        assert t.user_attrs["arch_id"] == first["arch_id"]
+        assert t.user_attrs["reused_from"] == first.number
+        assert t.user_attrs["arch_id"] == first.arch_id
         assert t.user_attrs["curve"] == trials[0].user_attrs["curve"]
-    assert "b" not in d.numbers
+    assert "b" not in d.running
 
 
 def test_reuse_then_the_next_new_arch(make) -> None:
@@ -218,14 +223,14 @@ def test_reuse_then_the_next_new_arch(make) -> None:
     study = d.store.study
     study.enqueue_trial({"s0.mixer": "dwconv"})
     first = _run(d, "a", [0.2, 0.3, 0.4])  # pruned at rung 1
-    assert _trial(d, first["number"]).state == TrialState.PRUNED
+    assert _trial(d, first.number).state == TrialState.PRUNED
     study.enqueue_trial({"s0.mixer": "dwconv"})  # proposed again
     study.enqueue_trial({"s0.mixer": "mhsa"})
-    nxt = d.next_config("b")
-    assert isinstance(nxt, dict) and nxt["number"] == 2 and nxt["arch"]["stages"][0]["mixer"] == "mhsa"
+    nxt = _payload(d.next_config("b"))
+    assert nxt.number == 2 and nxt.arch["stages"][0]["mixer"] == "mhsa"
     copy = _trial(d, 1)
     assert copy.state == TrialState.PRUNED and copy.user_attrs["reused_from"] == 0
-    assert copy.user_attrs["pruned_at"] == 1 and copy.user_attrs["arch_id"] == first["arch_id"]
+    assert copy.user_attrs["pruned_at"] == 1 and copy.user_attrs["arch_id"] == first.arch_id
     assert d.added == 3
 
 
@@ -235,8 +240,8 @@ def test_infeasible_samples_fail_and_do_not_count(make) -> None:
     study = d.store.study
     study.enqueue_trial({"s0.mixer": "cska", "s0.dim": 32, "s0.cska.heads": 3})
     study.enqueue_trial({"s0.mixer": "cska", "s0.dim": 48, "s0.cska.heads": 3})
-    p = d.next_config("a")
-    assert isinstance(p, dict) and p["number"] == 1 and p["arch"]["stages"][0]["dim"] == 48
+    p = _payload(d.next_config("a"))
+    assert p.number == 1 and p.arch["stages"][0]["dim"] == 48
     bad = _trial(d, 0)
     assert bad.state == TrialState.FAIL and bad.user_attrs["infeasible"] is True
     assert bad.user_attrs["failure"].startswith("infeasible: ") and "heads 3" in bad.user_attrs["failure"]
@@ -244,43 +249,96 @@ def test_infeasible_samples_fail_and_do_not_count(make) -> None:
     assert d.next_config("b") == FINISHED and len(study.trials) == 2  # budget used: nothing more asked
 
 
-def test_over_budget_everywhere_exhausts(make, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(driver_mod, "MAX_REJECTS", 4)
+def test_consecutive_infeasible_samples_stop_the_run_with_a_reason(make, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(driver_mod, "MAX_CONSECUTIVE_REJECTS", 4)
     tiny = {**TWO_ARCHS, "name": "tiny", "constraints": {"max_params": 10}}
     d = make(space=tiny, n_trials=None)
-    assert d.next_config("a") == FINISHED and d.exhausted and d.added == 0
+    assert d.next_config("a") == FINISHED and d.stop_is_error and d.added == 0
+    assert "the last 4 proposals were all infeasible" in d.stop_reason and "relax constraints" in d.stop_reason
+    assert d.next_config("b") == FINISHED  # stays stopped: no more FAIL rows
     trials = d.store.study.trials
     assert len(trials) == 4 and all(t.state == TrialState.FAIL for t in trials)
     assert all(" > max_params 10" in t.user_attrs["failure"] for t in trials)
+
+
+def test_rejections_are_counted_across_calls_and_reset_by_a_trial(make, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(driver_mod, "MAX_CONSECUTIVE_REJECTS", 3)
+    d = make(space=SOMETIMES_INFEASIBLE, n_trials=None)
+    study = d.store.study
+    bad, good = {"s0.mixer": "cska", "s0.dim": 32, "s0.cska.heads": 3}, {"s0.mixer": "dwconv", "s0.dim": 32}
+    for params in (bad, bad, good, bad, bad, {**good, "s0.dim": 48}):
+        study.enqueue_trial(params)
+    assert _payload(d.next_config("a")).number == 2  # two rejects, then a trial: the count starts again
+    assert _payload(d.next_config("b")).number == 5 and d.stop_reason is None
+    for _ in range(3):
+        study.enqueue_trial(bad)
+    assert d.next_config("c") == FINISHED and d.stop_is_error
+
+
+def test_an_architecture_in_training_is_waited_for_not_trained_twice(make) -> None:
+    d = make(space=ONE_ARCH, n_trials=3)
+    first = _payload(d.next_config("a"))
+    assert d.next_config("b") == FINISHED  # the 2 later proposals are the same arch: they wait, budget spent
+    waiting = [t for t in d.store.study.trials if t.number != first.number]
+    assert [t.state for t in waiting] == [TrialState.RUNNING] * 2
+    assert all(t.user_attrs["waiting_for"] == first.number for t in waiting)
+    assert list(d.running) == ["a"]  # only one trial was handed to Tune
+    for epoch, acc in enumerate([0.3, 0.4, 0.5], 1):
+        d.on_result("a", _result(first, epoch, acc, tp=321.0))
+    d.on_complete("a")
+    for t in d.store.study.trials:
+        assert t.state == TrialState.COMPLETE and t.values == [0.5, 321.0]
+    assert [t.user_attrs.get("reused_from") for t in d.store.study.trials] == [None, 0, 0]
+
+
+def test_waiters_of_an_unfinished_trial_fail_without_a_second_retry(make) -> None:
+    d = make(space=ONE_ARCH, n_trials=2)
+    first = _payload(d.next_config("a"))
+    assert d.next_config("b") == FINISHED
+    assert sorted(d.finish()) == [0, 1]
+    states = {t.number: (t.state, t.user_attrs.get("failure", "")) for t in d.store.study.trials}
+    assert states[first.number][0] == TrialState.FAIL and "queued again" in states[first.number][1]
+    assert states[1][0] == TrialState.FAIL and "waited for trial 0" in states[1][1]
+    queued = d.store.study.get_trials(states=(TrialState.WAITING,))
+    assert [w.user_attrs["retry_of"] for w in queued] == [first.number]  # one retry, not one per waiter
+
+
+def test_an_exhausted_space_stops_sampling_without_error(make, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(driver_mod, "MAX_CONSECUTIVE_REUSES", 3)
+    d = make(space=ONE_ARCH, n_trials=None)
+    _run(d, "a", [0.3, 0.4, 0.5])
+    assert d.next_config("b") == FINISHED and not d.stop_is_error
+    assert "looks exhausted" in d.stop_reason and d.added == 4
+    assert [t.user_attrs.get("reused_from") for t in d.store.study.trials] == [None, 0, 0, 0]
 
 
 # ---------------------------------------------------------------------------------------------- recovery
 def test_recover_stale_fails_and_requeues_once(make) -> None:
     old = make(name="rec")
     live = make(name="rec")
-    stale = old.next_config("s")
-    running = live.next_config("l")
+    stale = _payload(old.next_config("s"))
+    running = _payload(live.next_config("l"))
     study = old.store.study
     study.set_user_attr(f"heartbeat:{old.store.driver_id}", time.time() - 3600)  # stopped beating an hour ago
     live.store._write_heartbeat()
 
     new = make(name="rec")
-    assert new.store.recover_stale() == [stale["number"]]
-    t = _trial(new, stale["number"])
+    assert new.store.recover_stale() == [stale.number]
+    t = _trial(new, stale.number)
     assert t.state == TrialState.FAIL and t.user_attrs["failure"].startswith("interrupted")
-    assert _trial(new, running["number"]).state == TrialState.RUNNING  # a live driver's trial is left alone
+    assert _trial(new, running.number).state == TrialState.RUNNING  # a live driver's trial is left alone
     waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == stale["number"]
+    assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == stale.number
     assert waiting[0].system_attrs["fixed_params"] == t.params
     assert new.store.recover_stale() == []  # idempotent
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
 
-    retry = new.next_config("r")  # the retry is the next trial and has the same architecture
-    assert isinstance(retry, dict) and retry["arch_id"] == stale["arch_id"]
-    assert _trial(new, retry["number"]).user_attrs["retry_of"] == stale["number"]
+    retry = _payload(new.next_config("r"))  # the retry is the next trial and has the same architecture
+    assert retry.arch_id == stale.arch_id
+    assert _trial(new, retry.number).user_attrs["retry_of"] == stale.number
     # a retry that is interrupted again (its driver never beat) is failed but not queued a third time
     later = make(name="rec")
-    assert later.store.recover_stale() == [retry["number"]]
+    assert later.store.recover_stale() == [retry.number]
     assert study.get_trials(states=(TrialState.WAITING,)) == []
 
 
@@ -289,26 +347,28 @@ def test_recover_stale_trial_of_a_dead_local_process(make) -> None:
     dead = f"{socket.gethostname()}:{int(proc.stdout)}:cafe00"
     d = make(name="dead")
     d.store.driver_id = dead
-    p = d.next_config("a")
+    p = _payload(d.next_config("a"))
     d.store._write_heartbeat()  # a fresh heartbeat, but its process is gone
     other = make(name="dead")
-    assert other.store.recover_stale() == [p["number"]]
+    assert other.store.recover_stale() == [p.number]
 
 
 def test_finish_fails_and_requeues_unfinished(make) -> None:
-    d = make(n_trials=5)
+    d = make(space=SOMETIMES_INFEASIBLE, n_trials=5)
+    for params in ({"s0.dim": 32}, {"s0.dim": 48}, {"s0.mixer": "cska", "s0.dim": 48, "s0.cska.heads": 2}):
+        d.store.study.enqueue_trial({"s0.mixer": "dwconv", **params})  # three different architectures
     done = _run(d, "a", [0.1, 0.2, 0.3])
-    b = d.next_config("b")
-    c = d.next_config("c")
+    b = _payload(d.next_config("b"))
+    c = _payload(d.next_config("c"))
     d.on_result("c", _result(c, 1, 0.2))
-    assert sorted(d.finish()) == [b["number"], c["number"]]
-    assert _trial(d, done["number"]).state == TrialState.COMPLETE
+    assert sorted(d.finish()) == [b.number, c.number]
+    assert _trial(d, done.number).state == TrialState.COMPLETE
     study = d.store.study
-    for n in (b["number"], c["number"]):
+    for n in (b.number, c.number):
         t = _trial(d, n)
         assert t.state == TrialState.FAIL and "queued again" in t.user_attrs["failure"]
     waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert sorted(w.user_attrs["retry_of"] for w in waiting) == [b["number"], c["number"]]
+    assert sorted(w.user_attrs["retry_of"] for w in waiting) == [b.number, c.number]
     assert d.finish() == []  # everything is told now
 
 
@@ -317,28 +377,28 @@ def test_throughput_cached_once_per_arch_and_offered_to_later_trials(make) -> No
     d = make(n_trials=10)
     study = d.store.study
     study.enqueue_trial({"s0.mixer": "dwconv"})
-    a = d.next_config("a")
-    assert a["cached_throughput"] == {}
+    a = _payload(d.next_config("a"))
+    assert a.cached_throughput == {}
     for e in (1, 2):
         d.on_result("a", _result(a, e, 0.3, tp=1234.5))
     d.on_result("a", {"epoch": 2, "failed": "killed"})
     d.on_complete("a")
     rows = _rows(d)
-    assert len(rows) == 1 and rows[0].arch_id == a["arch_id"] and rows[0].device == DEVICE
+    assert len(rows) == 1 and rows[0].arch_id == a.arch_id and rows[0].device == DEVICE
     # the same architecture again (its first trial failed, so nothing to reuse): measured value offered
     study.enqueue_trial({"s0.mixer": "dwconv"})
-    b = d.next_config("b")
-    key = f"{a['arch_id']}|{DEVICE}|b64|16x16|fp32|none"
-    assert b["arch_id"] == a["arch_id"] and b["cached_throughput"][key]["median"] == 1234.5
-    assert "cached" not in b["cached_throughput"][key]
+    b = _payload(d.next_config("b"))
+    key = f"{a.arch_id}|{DEVICE}|b64|16x16|fp32|none"
+    assert b.arch_id == a.arch_id and b.cached_throughput[key]["median"] == 1234.5
+    assert "cached" not in b.cached_throughput[key]
     for e in (1, 2, 3):
         d.on_result("b", _result(b, e, 0.5))
     d.on_complete("b")
-    assert _trial(d, b["number"]).values == [0.5, 1234.5]
+    assert _trial(d, b.number).values == [0.5, 1234.5]
     assert len(_rows(d)) == 1  # a cached hit is not stored again
     study.enqueue_trial({"s0.mixer": "mhsa"})
     _run(d, "c", [0.1, 0.2, 0.3], tp=400.0)
-    assert sorted(r.arch_id for r in _rows(d)) == sorted([a["arch_id"], d.store.frozen(2).user_attrs["arch_id"]])
+    assert sorted(r.arch_id for r in _rows(d)) == sorted([a.arch_id, d.store.frozen(2).user_attrs["arch_id"]])
 
 
 # ---------------------------------------------------------------------------------------------- store
@@ -362,7 +422,7 @@ def test_study_attributes_follow_storage_doc(make) -> None:
     assert attrs["space"]["name"] == "two" and attrs["space_hash"] == d.space.space_hash()
     assert attrs["config"]["name"] == "attrs" and {"torch", "optuna"} <= set(attrs["versions"])
     p = _run(d, "a", [0.1, 0.2, 0.3])
-    t = _trial(d, p["number"])
+    t = _trial(d, p.number)
     for key in ("arch", "arch_id", "placement", "curve", "fidelity", "full_fidelity", "throughput", "params", "flops"):
         assert key in t.user_attrs, key
     assert t.user_attrs["params"] > 0 and t.user_attrs["flops"] > 0
@@ -377,6 +437,22 @@ def test_make_pruner_pareto_in_the_loop(make) -> None:
     d.store.study.enqueue_trial({"s0.mixer": "mhsa"})
     good = _run(d, "a", [0.6, 0.7, 0.8], tp=2000.0)
     bad = _run(d, "b", [0.3, 0.4, 0.5], tp=1000.0)  # dominated at rung 1 by the good one; max(1, 2 // 3) kept
-    assert _trial(d, good["number"]).state == TrialState.COMPLETE
-    tb = _trial(d, bad["number"])
+    assert _trial(d, good.number).state == TrialState.COMPLETE
+    tb = _trial(d, bad.number)
     assert tb.state == TrialState.PRUNED and tb.user_attrs["pruned_at"] == 1
+
+
+def test_epoch_report_reads_back_from_tunes_flat_and_nested_forms() -> None:
+    """Tune hands schedulers/searchers a flattened result ('throughput/median') and callbacks the nested one."""
+    from ray.tune.utils import flatten_dict
+
+    tp = {"key": "k", "median": 12.5, "values": [12.0, 13.0], "resolution": [28, 28], "cached": False}
+    sent = EpochReport(epoch=2, val_acc=0.5, val_loss=1.0, train_loss=1.1, seconds=2.0, images_per_s=9.0, throughput=tp)
+    wire = sent.to_result()
+    assert all(not isinstance(v, dict) for v in wire.values())  # nothing for Tune to flatten
+    nested = {k: v for k, v in wire.items() if not k.startswith("throughput/")} | {"throughput": tp}
+    for form in (wire, flatten_dict(dict(wire)), nested, {**wire, "done": True, "time_this_iter_s": 0.1}):
+        assert EpochReport.from_result(form) == sent
+    assert EpochReport.from_result({"done": True, "time_this_iter_s": 0.1}) is None
+    payload = TrialPayload(1, {"a": 1}, "id", {}, {}, {}, "ckpt", 1.0)
+    assert TrialPayload.from_config(payload.to_config()) == payload

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import socket
@@ -22,6 +23,10 @@ from tests.engine_fixtures import write_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+# Multi-node test clusters: Ray's single-machine switch (tests/conftest.py) refuses a second node, and Ray rewrites
+# 127.0.0.1 into the host's network address; other loopback addresses are kept, so each node gets its own.
+CLUSTER_ENV = {**ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +56,9 @@ def _no_retraining(study: optuna.Study) -> None:
 def test_study_completes_prunes_and_resumes(tmp_path, local_ray):
     path = write_study(tmp_path, "e2e")
     s1 = run_study(path, base_dir=tmp_path / "studies", progress=Progress(quiet=True))
+    import ray
+
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}  # the local runtime stays on loopback
     study = _study(tmp_path, "e2e")
     assert s1.added == 3 and len(study.trials) >= 3
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -185,29 +193,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_node_local_cluster_runs_trials_on_both_nodes(tmp_path):
+@contextlib.contextmanager
+def local_cluster(head_cpus: int, worker_cpus: int, worker_port: int | None = None, worker_cwd: Path | None = None):
+    """A head (HEAD_IP) and one worker node (WORKER_IP), both on loopback addresses; yields the head's address. The
+    worker's raylet listens on ``worker_port`` so a test can kill that node alone."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = _free_port()
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    common = ["--disable-usage-stats"]
     subprocess.run(
-        [ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
-        env=ENV,
+        [ray_bin, "start", "--head", f"--port={port}", f"--node-ip-address={HEAD_IP}", "--include-dashboard=false",
+         f"--num-cpus={head_cpus}", *common],
+        env=CLUSTER_ENV,
         check=True,
         capture_output=True,
         timeout=120,
-    )
+    )  # fmt: skip
     try:
+        extra = [f"--node-manager-port={worker_port}"] if worker_port else []
         subprocess.run(
-            [ray_bin, "start", f"--address=127.0.0.1:{port}", *common],
-            env=ENV,
+            [ray_bin, "start", f"--address={HEAD_IP}:{port}", f"--node-ip-address={WORKER_IP}",
+             f"--num-cpus={worker_cpus}", *common, *extra],
+            env=CLUSTER_ENV,
             check=True,
             capture_output=True,
             timeout=120,
-        )
+            cwd=worker_cwd,
+        )  # fmt: skip
+        yield f"{HEAD_IP}:{port}"
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=CLUSTER_ENV, capture_output=True, timeout=120)
+
+
+def test_two_node_local_cluster_runs_trials_on_both_nodes(tmp_path):
+    with local_cluster(1, 1) as address:
         path = write_study(
             tmp_path,
             "cluster",
@@ -216,9 +238,9 @@ def test_two_node_local_cluster_runs_trials_on_both_nodes(tmp_path):
             train={"max_batches_per_epoch": 20},
         )
         out = subprocess.run(
-            [sys.executable, "-m", "nas.cli", "search", str(path), "--address", f"127.0.0.1:{port}", "--quiet"],
+            [sys.executable, "-m", "nas.cli", "search", str(path), "--address", address, "--quiet"],
             cwd=tmp_path,
-            env=ENV,
+            env=CLUSTER_ENV,
             capture_output=True,
             text=True,
             timeout=600,
@@ -229,8 +251,58 @@ def test_two_node_local_cluster_runs_trials_on_both_nodes(tmp_path):
         )
         nodes = {t.user_attrs.get("node") for t in st.trials if t.state == TrialState.COMPLETE}
         assert len(nodes - {None}) == 2, f"trials ran on nodes {nodes}"
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=ENV, capture_output=True, timeout=120)
+        import ray
+
+        ray.init(address=address)
+        try:  # every node of the cluster is on a loopback address
+            assert {n["NodeManagerAddress"] for n in ray.nodes()} == {HEAD_IP, WORKER_IP}
+        finally:
+            ray.shutdown()
+
+
+def test_losing_the_only_node_that_fits_fails_the_study_loudly(tmp_path):
+    """The head offers no CPU; the one worker node is killed while a trial runs: the retry can never be placed,
+    and after the grace period the study stops with one line instead of waiting forever."""
+    worker_port = _free_port()
+    with local_cluster(0, 1, worker_port=worker_port) as address:
+        path = write_study(
+            tmp_path,
+            "lost",
+            budget={"n_trials": 3, "max_concurrent": 1},
+            pruner={"name": "none"},
+            train={"epochs": 3, "max_batches_per_epoch": 400},
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nas.cli", "search", str(path), "--address", address],
+            cwd=tmp_path,
+            env={**CLUSTER_ENV, "NAS_PLACEMENT_GRACE_S": "6"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            db = tmp_path / "studies" / "lost" / "study.db"
+            _wait_for(lambda: db.is_file() and _running(db), 180, "a trial running on the worker node")
+            killed = subprocess.run(["pkill", "-f", f"node_manager_port={worker_port}"], capture_output=True)
+            assert killed.returncode == 0, "the worker node's raylet was not found"
+            t0 = time.monotonic()
+            out, err = proc.communicate(timeout=300)
+        finally:
+            proc.kill()
+    assert proc.returncode == 2, (out[-1500:], err[-1500:])
+    assert "no node of the Ray cluster can place a trial of 1 CPU/0 GPU" in err.strip().splitlines()[-1], err[-1500:]
+    assert time.monotonic() - t0 < 240
+    st = optuna.load_study(study_name="lost", storage=f"sqlite:///{tmp_path / 'studies' / 'lost' / 'study.db'}")
+    assert not [t for t in st.trials if t.state == TrialState.RUNNING]  # told, not left dangling
+    assert st.get_trials(states=(TrialState.WAITING,)), "the interrupted trial is queued for the next run"
+
+
+def _running(db: Path) -> bool:
+    try:
+        st = optuna.load_study(study_name="lost", storage=f"sqlite:///{db}")
+        return any(t.state == TrialState.RUNNING and t.user_attrs.get("curve") for t in st.trials)
+    except Exception:
+        return False
 
 
 def test_postgresql_storage_shared_by_two_drivers(tmp_path):

@@ -19,7 +19,8 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from nas.engine.config import StudyConfig
-from nas.engine.pruners import AccuracyPruner, ParetoPruner, make_pruner, make_sampler
+from nas.engine.pruners import AccuracyPruner, ParetoPruner, make_pruner
+from nas.engine.samplers import make_sampler
 from nas.errors import ConfigError
 from nas.space import SearchSpace
 
@@ -398,15 +399,6 @@ def test_plain_optuna_tpe_trips_on_pruned_curves_but_ours_does_not() -> None:
     with pytest.raises(RuntimeError, match="multi-objective"):
         run(optuna.samplers.TPESampler(n_startup_trials=2, seed=0))
     run(make_sampler(_cfg(sampler={"name": "tpe", "n_startup_trials": 2}), n_existing=0))
-
-
-def test_gp_sampler_without_scipy_is_a_config_error() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("scipy") is not None:
-        pytest.skip("scipy is installed")
-    with pytest.raises(ConfigError, match=r"sampler\.name: 'gp' needs scipy"):
-        make_sampler(_cfg(sampler={"name": "gp"}), n_existing=0)
 
 
 def test_make_sampler_reseeds_by_existing_trials() -> None:

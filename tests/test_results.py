@@ -170,3 +170,33 @@ def test_list_studies(study_env: StudyFixture) -> None:
 def test_safe_url_drops_password() -> None:
     assert results.safe_url("postgresql+psycopg2://u:pw@h:5432/db") == "postgresql+psycopg2://u@h:5432/db"
     assert results.safe_url("sqlite:///studies/x/study.db") == "sqlite:///studies/x/study.db"
+
+
+def test_a_reused_architecture_is_one_point_with_its_reuses_listed_beside(tmp_path: Path, monkeypatch) -> None:
+    from nas import dashboard
+    from tests.conftest_study import EXPECTED_FRONT, make_study
+
+    state, acc, thr, full, stages, _ = PLAN[4]  # the most accurate front member, proposed again twice
+    plan = [
+        *PLAN,
+        (state, acc, thr, full, stages, {"reused_from": 4}),
+        (state, acc, thr, full, stages, {"reused_from": 4}),
+    ]
+    make_study(tmp_path, "dup", plan=plan)
+    monkeypatch.chdir(tmp_path)
+    study = results.load_study("dup")
+    recs, objs = results.records(study), results.objectives_of(study)
+    assert [r.number for r in results.front(recs, objs)] == EXPECTED_FRONT  # not 4 three times
+    assert next(r for r in recs if r.number == 4).reused_by == [8, 9]
+    rows = results.front_rows(results.front(recs, objs), objs)
+    assert rows[0]["trial"] == 4 and rows[0]["reused_by"] == [8, 9]
+    assert results.pick(recs, "max-accuracy", objectives=objs).number == 4
+    s = results.summarize(study)
+    assert s.reused == 2 and s.counts["COMPLETE"] == 8  # the copies stay in the study's record
+    drawn = [int(c[0]) for trace in dashboard.figures(recs, objs)["pareto"].data for c in (trace.customdata or [])]
+    assert 4 in drawn and 8 not in drawn and 9 not in drawn
+    assert any(
+        "also proposed as trial(s) 8, 9" in str(c)
+        for t in dashboard.figures(recs, objs)["pareto"].data
+        for c in (t.customdata or [])
+    )

@@ -17,9 +17,10 @@ import yaml
 
 from nas import mixers
 from nas.arch import ArchSpec
+from nas.cost import arch_cost
 from nas.engine.config import load_study
 from nas.errors import ConfigError, InfeasibleArchError
-from nas.space import PATTERN_SEP, SearchSpace, arch_cost
+from nas.space import PATTERN_SEP, SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
 BAD = Path(__file__).resolve().parent / "bad_files"
@@ -207,9 +208,15 @@ def test_sampled_archs_build_on_meta(name: str) -> None:
     space = SearchSpace.load(REPO / "search_spaces" / f"{name}.yaml")
     archs = _cover(_sample_many(space, 150, seed=5))
     assert len(archs) <= 10
+    import timm
+    import torch
+
     for arch in archs:
-        params, flops = arch_cost(arch.canonical_json())
-        assert params > 0 and flops > 0, arch.placement()
+        args = arch.to_model_args()
+        with torch.device("meta"):
+            model = timm.create_model("mixerformer", **args)
+        cost = arch_cost(args)
+        assert cost.params == sum(p.numel() for p in model.parameters()) > 0 and cost.flops > 0, arch.placement()
 
 
 def test_tiny_space_arch_runs_and_meta_count_matches_real_model() -> None:
@@ -224,7 +231,7 @@ def test_tiny_space_arch_runs_and_meta_count_matches_real_model() -> None:
     model = timm.create_model("mixerformer", **arch.to_model_args())
     out = model(torch.randn(2, 1, 28, 28))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
-    assert arch_cost(arch.canonical_json())[0] == sum(p.numel() for p in model.parameters())
+    assert arch_cost(arch.to_model_args()).params == sum(p.numel() for p in model.parameters())
 
 
 def test_fixed_knob_that_differs_from_default_is_feasible() -> None:
@@ -369,14 +376,71 @@ def test_constraints_reject_over_budget_archs_with_a_reason() -> None:
     big = space.arch_from_params({"s0.dim": 32}, num_classes=4)
     assert space.check_constraints(big) == []  # no budget, nothing to check
     n_small = sum(p.numel() for p in timm.create_model("mixerformer", **small.to_model_args()).parameters())
-    n_big = arch_cost(big.canonical_json())[0]
+    n_big = arch_cost(big.to_model_args()).params
     assert n_small < n_big
     limited = _budget_space(max_params=(n_small + n_big) / 2)
     assert limited.check_constraints(small) == []
     (reason,) = limited.check_constraints(big)
     assert reason.startswith(f"params {n_big:,} > max_params")
-    flops_big = arch_cost(big.canonical_json())[1]
+    flops_big = arch_cost(big.to_model_args()).flops
     both = _budget_space(max_params=n_small, max_flops=flops_big - 1)
     reasons = both.check_constraints(big)
     assert len(reasons) == 2 and reasons[1].startswith(f"FLOPs {flops_big:,} > max_flops")
     assert both.check_constraints(small) == []
+
+
+def _every_arch(space: SearchSpace, num_classes: int) -> list:
+    """Every architecture of a (small) space: depth-first over the define-by-run decisions."""
+    out, stack = [], [[]]
+    while stack:
+        prefix = stack.pop()
+        taken: list = []
+
+        def suggest(name: str, choices: list, prefix=prefix, taken=taken):
+            i = len(taken)
+            if i < len(prefix):
+                taken.append(prefix[i])
+            else:
+                stack.extend([*taken, alt] for alt in choices[1:])
+                taken.append(choices[0])
+            return taken[-1]
+
+        try:
+            out.append(space.sample(suggest, num_classes))
+        except ConfigError:
+            continue  # an infeasible combination (e.g. heads that do not divide this width)
+    return out
+
+
+def test_cheapest_is_the_exact_minimum_over_every_architecture() -> None:
+    space = SearchSpace.from_dict(
+        {
+            "name": "small",
+            "input": {"img_size": 16, "in_chans": 3},
+            "stem": {"kernel": 3, "stride": 2},
+            "knobs": {"cska": {"heads": [2, 3]}, "dwconv": {"kernel_size": [3, 5], "expansion": [1, 2]}},
+            "stages": [
+                {"depth": [1, 2], "dim": [12, 24], "mixers": ["dwconv", "key_only"]},
+                {"depth": [1, 3], "dim": [32, 48], "mixers": ["dwconv", "cska", ["mhsa", "dwconv"]],
+                 "knobs": {"mhsa": {"head_dim": 16}}},
+            ],
+        }
+    )  # fmt: skip
+    archs = _every_arch(space, num_classes=5)
+    assert len(archs) > 100 and len({a.arch_id for a in archs}) == len(archs)
+    costs = [arch_cost(a.to_model_args()) for a in archs]
+    low = space.cheapest(num_classes=5)
+    assert low.params == min(c.params for c in costs)
+    assert low.macs == min(c.macs for c in costs)
+    assert min(costs, key=lambda c: c.params) != min(costs, key=lambda c: c.macs)  # two different minima
+
+
+def test_check_reachable_accepts_the_boundary_and_refuses_below_it() -> None:
+    space = SearchSpace.load(REPO / "search_spaces" / "fashion_mnist_tiny.yaml")
+    low = space.cheapest(num_classes=10)
+    raw = space.model_dump(mode="json")
+    at = SearchSpace.from_dict({**raw, "constraints": {"max_params": low.params, "max_flops": low.flops}})
+    at.check_reachable(10)
+    below = SearchSpace.from_dict({**raw, "constraints": {"max_flops": low.flops - 1}}, where="sp.yaml")
+    with pytest.raises(InfeasibleArchError, match=rf"sp.yaml: constraints.max_flops .* \({low.flops:,} FLOPs"):
+        below.check_reachable(10)

@@ -12,7 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nas.errors import ConfigError
-from nas.space import SearchSpace, pydantic_line, read_yaml
+from nas.space import SearchSpace, pydantic_line
+from nas.yamlfile import read_yaml
 from trainers.config import DataConfig, TrainConfig
 
 ObjectiveName = Literal["accuracy", "throughput", "params", "flops", "latency"]

@@ -1,9 +1,12 @@
 """The driver's bookkeeping between Ray Tune and the Optuna study (no Ray imports: testable on its own).
 
 * ``next_config`` asks Optuna (define-by-run from the space), rejects infeasible or over-budget samples before any
-  training (stored as FAIL with the reason, not counted against the budget), and reuses the result of an
-  architecture already evaluated under the same training (same arch_id and training key) instead of training it
-  again.
+  training (stored as FAIL with the reason, not counted against the budget), and never trains an architecture
+  twice: one already evaluated under the same training (same arch_id and training key) is reused, and one that is
+  training right now is waited for and then reused (the new trial stays RUNNING until its source finishes).
+* Proposals that cannot train are bounded: ``MAX_CONSECUTIVE_REJECTS`` infeasible samples in a row stop the run
+  with a reason (the feasible part of the space is tiny), ``MAX_CONSECUTIVE_REUSES`` reuses in a row stop it as
+  exhausted (the sampler keeps proposing what was already evaluated).
 * ``on_result`` stores each epoch (user attrs + intermediate values) and the throughput (cached per device).
 * ``should_stop`` asks the pruner at every rung (one BasePruner makes every decision).
 * ``on_complete`` tells Optuna the truth: COMPLETE only at full fidelity, PRUNED for a trial stopped early (never
@@ -16,19 +19,23 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from nas.cost import arch_cost
 from nas.engine.config import StudyConfig
-from nas.engine.pruners import objective_vector
+from nas.engine.messages import EpochReport, TrialPayload
+from nas.engine.objectives import objective_vector
 from nas.engine.store import StudyStore
 from nas.errors import ConfigError
-from nas.space import SearchSpace, arch_cost
+from nas.space import SearchSpace
 
 FINISHED = "FINISHED"
-MAX_REJECTS = 200
+MAX_CONSECUTIVE_REJECTS = 50
+MAX_CONSECUTIVE_REUSES = 50
 COPIED_ATTRS = (
     "curve",
     "fidelity",
@@ -40,6 +47,22 @@ COPIED_ATTRS = (
     "wall_time_s",
     "failure",
 )
+
+
+@dataclass
+class RunningTrial:
+    """A trial this driver handed to Tune and has not told Optuna about yet."""
+
+    number: int
+    tune_id: str
+    arch_id: str
+    started: float = field(default_factory=time.time)
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    failure: str | None = None  # reported by the trainable
+    error: str | None = None  # worker error captured by the scheduler
+    pruned_at: int | None = None
+    measured: bool = False  # throughput recorded
+    waiters: dict[int, dict[str, Any]] = field(default_factory=dict)  # later trials of this arch -> their attrs
 
 
 class Driver:
@@ -60,24 +83,18 @@ class Driver:
         self.num_classes, self.n_trials, self.lock_dir = num_classes, n_trials, lock_dir
         self.log = log or (lambda kind, info: None)
         self.train_key = hashlib.sha256(json.dumps(cfg.training_key(), sort_keys=True).encode()).hexdigest()[:16]
-        self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
-        self.curves: dict[int, list[dict[str, Any]]] = {}
-        self.failed: dict[int, str] = {}  # reasons reported by the trainable
-        self.errors: dict[str, str] = {}  # Tune trial id -> worker error captured by the scheduler
-        self.pruned: dict[int, int] = {}
-        self.told: set[int] = set()
-        self.started: dict[int, float] = {}
+        self.running: dict[str, RunningTrial] = {}  # by Tune trial id
         self.added = 0
-        self.exhausted = False
+        self.rejects_in_a_row = self.reuses_in_a_row = 0
+        self.stop_reason: str | None = None  # why sampling stopped before the budget was spent
+        self.stop_is_error = False
 
     # ------------------------------------------------------------------------------------------ sampling
     def budget_left(self) -> bool:
         return self.n_trials is None or self.added < self.n_trials
 
-    def next_config(self, tune_id: str) -> dict[str, Any] | str | None:
-        for _ in range(MAX_REJECTS):
-            if not self.budget_left():
-                return FINISHED
+    def next_config(self, tune_id: str) -> dict[str, Any] | str:
+        while self.budget_left() and self.stop_reason is None:
             trial = self.store.ask()
             try:
                 arch = self.space.sample(trial.suggest_categorical, self.num_classes)
@@ -85,127 +102,155 @@ class Driver:
             except ConfigError as e:
                 arch, reasons = None, [str(e)]
             if reasons:
-                self.store.tell(
-                    trial.number,
-                    TrialState.FAIL,
-                    attrs={"failure": "infeasible: " + "; ".join(reasons), "infeasible": True},
-                )
-                self.log("infeasible", {"number": trial.number, "reason": "; ".join(reasons)})
+                self._reject(trial.number, "; ".join(reasons))
                 continue
-            params, flops = arch_cost(arch.canonical_json())
+            self.rejects_in_a_row = 0
+            args = arch.to_model_args()
+            cost = arch_cost(args)
             attrs = {
-                "arch": arch.to_model_args(),
+                "arch": args,
                 "arch_id": arch.arch_id,
                 "placement": arch.placement(),
                 "train_key": self.train_key,
-                "params": params,
-                "flops": flops,
+                "params": cost.params,
+                "flops": cost.flops,
             }
             self.added += 1
-            source = self.store.find_reusable(arch.arch_id, self.train_key)
-            if source is not None:
-                self._reuse(trial.number, attrs, source)
+            if self._reuse_or_wait(trial.number, attrs):
                 continue
+            self.reuses_in_a_row = 0
             self.store.set_attrs(trial.number, attrs)
-            self.numbers[tune_id] = trial.number
-            self.started[trial.number] = time.time()
-            self.log("start", {"number": trial.number, "placement": attrs["placement"], "params": params})
-            return self._payload(trial.number, arch.arch_id, attrs["arch"])
-        self.exhausted = True
-        self.log("exhausted", {"rejects": MAX_REJECTS})
+            self.running[tune_id] = RunningTrial(trial.number, tune_id, arch.arch_id)
+            self.log("start", {"number": trial.number, "placement": attrs["placement"], "params": cost.params})
+            return self._payload(trial.number, arch.arch_id, args).to_config()
         return FINISHED
+
+    def _reject(self, number: int, reason: str) -> None:
+        self.store.tell(number, TrialState.FAIL, attrs={"failure": "infeasible: " + reason, "infeasible": True})
+        self.log("infeasible", {"number": number, "reason": reason})
+        self.rejects_in_a_row += 1
+        if self.rejects_in_a_row >= MAX_CONSECUTIVE_REJECTS:
+            self.stop_is_error = True
+            self._stop(
+                f"the last {self.rejects_in_a_row} proposals were all infeasible (last: {reason}); only a tiny part "
+                f"of space '{self.space.name}' meets its constraints: relax constraints or narrow the space"
+            )
+
+    def _reuse_or_wait(self, number: int, attrs: dict[str, Any]) -> bool:
+        """Reuse a finished trial of the same architecture, or wait for the one training it now. True if so."""
+        source = self.store.find_reusable(attrs["arch_id"], self.train_key)
+        if source is not None:
+            self._reuse(number, attrs, source)
+        else:
+            training = next((r for r in self.running.values() if r.arch_id == attrs["arch_id"]), None)
+            if training is None:
+                return False
+            training.waiters[number] = attrs
+            self.store.set_attrs(number, {**attrs, "waiting_for": training.number})
+            self.log("waiting", {"number": number, "source": training.number, "placement": attrs["placement"]})
+        self.reuses_in_a_row += 1
+        if self.reuses_in_a_row >= MAX_CONSECUTIVE_REUSES:
+            self._stop(
+                f"the sampler proposed {self.reuses_in_a_row} already-evaluated architectures in a row: the space "
+                "looks exhausted"
+            )
+        return True
+
+    def _stop(self, reason: str) -> None:
+        self.stop_reason = reason
+        self.log("stopped", {"reason": reason})
 
     def _reuse(self, number: int, attrs: dict[str, Any], src: optuna.trial.FrozenTrial) -> None:
         copied = {k: src.user_attrs[k] for k in COPIED_ATTRS if k in src.user_attrs}
+        if src.state == TrialState.FAIL:
+            copied["failure"] = f"same architecture as trial {src.number}, which failed: {copied.get('failure', '?')}"
         self.store.tell(number, src.state, values=src.values, attrs={**attrs, **copied, "reused_from": src.number})
-        self.told.add(number)
         self.log(
             "reused", {"number": number, "source": src.number, "state": src.state.name, "placement": attrs["placement"]}
         )
 
-    def _payload(self, number: int, arch_id: str, arch: dict[str, Any]) -> dict[str, Any]:
+    def _payload(self, number: int, arch_id: str, arch: dict[str, Any]) -> TrialPayload:
         ckpt = self.store.study_dir / "checkpoints" / f"trial{number:05d}-{arch_id}.safetensors"
-        return {
-            "number": number,
-            "arch": arch,
-            "arch_id": arch_id,
-            "train": self.cfg.train.model_dump(mode="json"),
-            "dataset": self.cfg.dataset.model_dump(mode="json"),
-            "throughput": self.cfg.throughput.model_dump(mode="json"),
-            "cached_throughput": self.store.cached_throughput(arch_id),
-            "checkpoint_path": str(ckpt.resolve()),
-            "lock_dir": self.lock_dir,
-            "cpus": self.cfg.resources.cpus_per_trial,
-        }
+        return TrialPayload(
+            number=number,
+            arch=arch,
+            arch_id=arch_id,
+            train=self.cfg.train.model_dump(mode="json"),
+            dataset=self.cfg.dataset.model_dump(mode="json"),
+            throughput=self.cfg.throughput.model_dump(mode="json"),
+            checkpoint_path=str(ckpt.resolve()),
+            cpus=self.cfg.resources.cpus_per_trial,
+            lock_dir=self.lock_dir,
+            cached_throughput=self.store.cached_throughput(arch_id),
+        )
 
     # ------------------------------------------------------------------------------------------ results
     def on_result(self, tune_id: str, result: dict[str, Any]) -> None:
-        number = self.numbers.get(tune_id)
-        if number is None or number in self.told:
+        run = self.running.get(tune_id)
+        report = EpochReport.from_result(result)
+        if run is None or report is None:
             return
-        if (
-            self.curves.get(number)
-            and self.curves[number][-1]["epoch"] == result.get("epoch")
-            and not result.get("failed")
-        ):
+        if report.failed:
+            run.failure = str(report.failed)
+            return
+        if run.curve and run.curve[-1]["epoch"] == report.epoch:
             return  # already recorded (scheduler, searcher and callback all see each result)
-        if result.get("failed"):
-            self.failed[number] = str(result["failed"])
-            return
-        if "epoch" not in result or "val_acc" not in result:
-            return
-        if number not in self.curves and result.get("tp_json"):
-            tp = json.loads(result["tp_json"])
-            self.store.set_attrs(number, {"throughput": tp, "device": tp.get("device"), "node": result.get("node")})
+        if not run.measured and report.throughput:
+            tp = dict(report.throughput)
+            self.store.set_attrs(run.number, {"throughput": tp, "device": tp.get("device"), "node": report.node})
             if not tp.pop("cached", False):
-                self.store.put_throughput(tp["key"], self.store.frozen(number).user_attrs["arch_id"], tp["device"], tp)
-        row = {k: float(result[k]) for k in ("val_acc", "val_loss", "train_loss", "seconds", "images_per_s")}
-        row["epoch"] = int(result["epoch"])
-        curve = [r for r in self.curves.get(number, []) if r["epoch"] < row["epoch"]]  # a retried worker restarts
-        curve.append(row)
-        self.curves[number] = curve
-        self.store.record_epoch(number, curve)
-        self.log("epoch", {"number": number, **row, "pid": result.get("pid")})
+                self.store.put_throughput(tp["key"], run.arch_id, tp["device"], tp)
+            run.measured = True
+        row = report.curve_row()
+        run.curve = [r for r in run.curve if r["epoch"] < row["epoch"]] + [row]  # a retried worker restarts
+        self.store.record_epoch(run.number, run.curve)
+        self.log("epoch", {"number": run.number, **row, "pid": report.pid})
+
+    def on_error(self, tune_id: str, message: str) -> None:
+        """The scheduler saw the worker fail (its error text, or that the process died)."""
+        if tune_id in self.running:
+            self.running[tune_id].error = message
 
     def should_stop(self, tune_id: str, result: dict[str, Any]) -> bool:
-        number = self.numbers.get(tune_id)
-        if number is None:
+        run = self.running.get(tune_id)
+        if run is None:
             return False
-        if number in self.failed:
+        if run.failure is not None:
             return True
         epoch = int(result.get("epoch", 0))
         at_rung = epoch in self.cfg.fidelity.rungs and epoch < self.cfg.train.epochs and "val_acc" in result
-        if at_rung and self.pruner.prune(self.store.study, self.store.frozen(number)):
-            self.pruned[number] = epoch
+        if at_rung and self.pruner.prune(self.store.study, self.store.frozen(run.number)):
+            run.pruned_at = epoch
             return True
         return False
 
-    def on_complete(self, tune_id: str, error: bool = False, error_msg: str | None = None) -> None:
-        number = self.numbers.get(tune_id)
-        if number is None or number in self.told:
+    def on_complete(self, tune_id: str, error: bool = False) -> None:
+        run = self.running.pop(tune_id, None)
+        if run is None:
             return
-        curve = self.curves.get(number, [])
-        fidelity = curve[-1]["epoch"] if curve else 0
+        fidelity = run.curve[-1]["epoch"] if run.curve else 0
         attrs: dict[str, Any] = {
             "fidelity": fidelity,
             "full_fidelity": fidelity >= self.cfg.train.epochs,
-            "wall_time_s": time.time() - self.started.get(number, time.time()),
+            "wall_time_s": time.time() - run.started,
         }
-        if error or number in self.failed:
-            reason = self.failed.get(number) or error_msg or "worker process died (killed or crashed); see Ray logs"
-            self._tell(number, TrialState.FAIL, None, {**attrs, "failure": reason})
-            return
-        if attrs["full_fidelity"]:
-            ckpt = self._checkpoint(number)
+        if error or run.failure is not None:
+            reason = run.failure or run.error or "worker process died (killed or crashed); see Ray logs"
+            self._tell(run.number, TrialState.FAIL, None, {**attrs, "failure": reason})
+        elif attrs["full_fidelity"]:
+            ckpt = self._checkpoint(run.number)
             if ckpt:
                 attrs["checkpoint"] = ckpt
-            values = objective_vector(self.store.frozen(number), self.cfg.objective_names, self.cfg.train.epochs)
+            values = objective_vector(self.store.frozen(run.number), self.cfg.objective_names, self.cfg.train.epochs)
             if values is None:
-                self._tell(number, TrialState.FAIL, None, {**attrs, "failure": "an objective was not measured"})
+                self._tell(run.number, TrialState.FAIL, None, {**attrs, "failure": "an objective was not measured"})
             else:
-                self._tell(number, TrialState.COMPLETE, values, attrs)
-            return
-        self._tell(number, TrialState.PRUNED, None, {**attrs, "pruned_at": self.pruned.get(number, fidelity)})
+                self._tell(run.number, TrialState.COMPLETE, values, attrs)
+        else:
+            self._tell(run.number, TrialState.PRUNED, None, {**attrs, "pruned_at": run.pruned_at or fidelity})
+        source = self.store.frozen(run.number)
+        for number, waiter_attrs in run.waiters.items():
+            self._reuse(number, waiter_attrs, source)
 
     def _checkpoint(self, number: int) -> str | None:
         found = sorted((self.store.study_dir / "checkpoints").glob(f"trial{number:05d}-*.safetensors"))
@@ -213,20 +258,20 @@ class Driver:
 
     def _tell(self, number: int, state: TrialState, values: list[float] | None, attrs: dict[str, Any]) -> None:
         self.store.tell(number, state, values=values, attrs=attrs)
-        self.told.add(number)
         self.log(state.name.lower(), {"number": number, "values": values, **attrs})
 
     def finish(self) -> list[int]:
-        """Trials this run started but never finished (wall-time budget, Ctrl-C): FAIL now, retried next run."""
-        left = [n for n in self.numbers.values() if n not in self.told]
-        for number in left:
-            frozen = self.store.frozen(number)
-            self._tell(
-                number,
-                TrialState.FAIL,
-                None,
-                {"failure": "interrupted: the run ended before this trial finished; it is queued again"},
-            )
+        """Trials this run started but never finished (wall-time budget, Ctrl-C, an error): FAIL now; the trained
+        ones are queued again for the next run, the ones that waited for them are not (the retry covers them)."""
+        left = []
+        for run in list(self.running.values()):
+            frozen = self.store.frozen(run.number)
+            why = "interrupted: the run ended before this trial finished"
+            self._tell(run.number, TrialState.FAIL, None, {"failure": f"{why}; it is queued again"})
             if "retry_of" not in frozen.user_attrs:
-                self.store.study.enqueue_trial(frozen.params, user_attrs={"retry_of": number}, skip_if_exists=False)
+                self.store.study.enqueue_trial(frozen.params, user_attrs={"retry_of": run.number}, skip_if_exists=False)
+            for number in run.waiters:
+                self._tell(number, TrialState.FAIL, None, {"failure": f"{why} (it waited for trial {run.number})"})
+            left += [run.number, *run.waiters]
+        self.running.clear()
         return left

@@ -56,6 +56,10 @@ class Progress:
             msg = f"trial {n:>3} [red]FAIL[/]     {info.get('failure')}"
         elif kind == "reused":
             msg = f"trial {n:>3} [blue]reused[/]   {info['placement']} = trial {info['source']} ({info['state']})"
+        elif kind == "waiting":
+            msg = f"trial {n:>3} [blue]waits[/]    {info['placement']} = trial {info['source']}, still training"
+        elif kind == "stopped":
+            msg = f"[yellow]sampling stopped[/]: {info['reason']}"
         elif kind == "infeasible":
             msg = f"trial {n:>3} [dim]rejected before training: {info['reason']}[/]"
         else:
@@ -68,6 +72,8 @@ class Progress:
             f"[bold]done[/] in {summary.seconds:.1f}s: this run added {summary.added} trials; study now has "
             + ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
         )
+        if summary.stop_reason:
+            self.console.print(f"[yellow]stopped before the budget was spent[/]: {summary.stop_reason}")
         if not summary.front:
             self.console.print("no COMPLETE trial at full fidelity yet: no Pareto front")
             return

@@ -14,9 +14,6 @@ stores in trial user attributes; the Tune scheduler only asks it at each rung.
 
 from __future__ import annotations
 
-import copy
-import importlib.util
-import math
 import warnings
 from typing import Any
 
@@ -26,34 +23,8 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.engine.config import PrunerConfig, StudyConfig
-from nas.errors import ConfigError
+from nas.engine.objectives import objective_vector
 from nas.pareto import rank_for_pruning
-
-
-def curve_at(trial: FrozenTrial, epoch: int) -> float | None:
-    for row in trial.user_attrs.get("curve", []):
-        if row.get("epoch") == epoch:
-            return float(row["val_acc"])
-    return None
-
-
-def objective_vector(trial: FrozenTrial, objectives: list[str], epoch: int) -> list[float] | None:
-    """The trial's objectives with accuracy taken at ``epoch``; None when something is not measured yet."""
-    tp = trial.user_attrs.get("throughput") or {}
-    out = []
-    for name in objectives:
-        if name == "accuracy":
-            v = curve_at(trial, epoch)
-        elif name == "throughput":
-            v = tp.get("median")
-        elif name == "latency":
-            v = tp.get("latency_ms_b1")
-        else:
-            v = trial.user_attrs.get(name)
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return None
-        out.append(float(v))
-    return out
 
 
 class ParetoPruner(BasePruner):
@@ -107,6 +78,8 @@ class AccuracyPruner(BasePruner):
             curve = {int(r["epoch"]): float(r["val_acc"]) for r in t.user_attrs.get("curve", [])}
             # keep trial numbers aligned (hyperband assigns brackets by study name + number)
             state = t.state if t.state != TrialState.WAITING else TrialState.FAIL
+            if "reused_from" in t.user_attrs and t.number != trial.number:
+                curve, state = {}, TrialState.FAIL  # a copy of another trial's curve: count that curve once
             value = max(curve.values()) if state == TrialState.COMPLETE and curve else None
             if state == TrialState.COMPLETE and value is None:
                 state = TrialState.FAIL
@@ -149,57 +122,3 @@ def make_pruner(cfg: StudyConfig) -> BasePruner:
             optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.train.epochs, reduction_factor=p.eta)
         )
     return optuna.pruners.NopPruner()
-
-
-class _PrunedWithoutCurves:
-    """A read-only view of a study whose PRUNED trials show no intermediate values (see MultiObjectiveTPE)."""
-
-    def __init__(self, study: Study) -> None:
-        self._study = study
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
-        out = []
-        for t in self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache):
-            if t.state == TrialState.PRUNED and t.intermediate_values:
-                t = copy.copy(t)  # shallow: the stored trial is not touched
-                t.intermediate_values = {}
-            out.append(t)
-        return out
-
-
-class MultiObjectiveTPE(optuna.samplers.TPESampler):
-    """Optuna's TPE (Bergstra et al., NeurIPS 2011; MOTPE, Ozaki et al., GECCO 2020) made safe for the curves we
-    store: TPE ranks PRUNED trials by their last intermediate value through ``study.direction``, which raises on a
-    multi-objective study (optuna#5260). MOTPE does not use pruned trials' steps anyway, so it sees them without
-    intermediate values (all ranked alike, after the COMPLETE ones)."""
-
-    def _sample(self, study: Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
-        if study._is_multi_objective():
-            study = _PrunedWithoutCurves(study)  # type: ignore[assignment]
-        return super()._sample(study, trial, search_space)
-
-
-def make_sampler(cfg: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampler:
-    """The study's sampler, reseeded by the number of trials already stored so a resumed run does not re-propose
-    the points of the first run (optuna#3255)."""
-    seed = cfg.seed + n_existing
-    s = cfg.sampler
-    kw: dict[str, Any] = {"seed": seed}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if s.name == "tpe":
-            return MultiObjectiveTPE(
-                n_startup_trials=s.n_startup_trials, multivariate=True, group=True, constant_liar=True, **kw
-            )
-        if s.name == "nsga2":
-            return optuna.samplers.NSGAIISampler(population_size=max(4, s.n_startup_trials), **kw)
-        if s.name == "gp":
-            if importlib.util.find_spec("scipy") is None:
-                raise ConfigError(
-                    "sampler.name: 'gp' needs scipy, which is not installed; pip install scipy or use tpe"
-                )
-            return optuna.samplers.GPSampler(n_startup_trials=s.n_startup_trials, **kw)
-        return optuna.samplers.RandomSampler(**kw)

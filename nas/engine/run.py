@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optuna.trial import TrialState
-
 from nas.engine.config import StudyConfig, load_study
 from nas.engine.progress import Progress
-from nas.engine.pruners import make_pruner, make_sampler
+from nas.engine.pruners import make_pruner
+from nas.engine.samplers import make_sampler
 from nas.engine.store import StudyStore, make_storage
-from nas.errors import ConfigError
+from nas.errors import ConfigError, StudyError
 from nas.space import SearchSpace
 
 
@@ -27,6 +28,7 @@ class RunSummary:
     seconds: float
     recovered: list[int] = field(default_factory=list)
     interrupted: list[int] = field(default_factory=list)
+    stop_reason: str | None = None
 
 
 def dataset_shape(cfg: StudyConfig, space: SearchSpace, where: str) -> tuple[int, dict[str, list[float]]]:
@@ -54,12 +56,22 @@ def run_study(
     progress: Progress | None = None,
     scheduler_factory: Any = None,
 ) -> RunSummary:
-    """Run (or continue) the study a file describes. Everything is validated before the storage is touched."""
-    from nas.engine.driver import Driver
-    from nas.engine.tune import init_ray, local_lock_dir, run_tune
+    """Run (or continue) the study a file describes.
 
+    Everything a user can get wrong is checked before the storage is touched (nothing written, one-line error):
+    the files, the sampler and pruner, the dataset, that some architecture of the space meets its constraints,
+    and that the Ray cluster can place the trials it asks for.
+    """
     cfg, space = load_study(path, overrides)
+    local_ray_on_loopback(cfg.ray.address)
+    from nas.engine.driver import Driver
+    from nas.engine.tune import check_resources, init_ray, local_lock_dir, run_tune
+
+    make_sampler(cfg, 0), make_pruner(cfg)  # configuration errors surface here, before any storage exists
     num_classes, data_stats = dataset_shape(cfg, space, str(path))
+    space.check_reachable(num_classes)
+    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    check_resources(cfg, str(path))
     progress = progress or Progress()
     storage = make_storage(cfg.storage_url(base_dir))
     n_existing = _count_existing(storage, cfg.name)
@@ -81,15 +93,28 @@ def run_study(
     t0 = time.time()
     interrupted: list[int] = []
     try:
-        init_ray(cfg.ray.address, cfg.ray.num_cpus)
         scheduler = scheduler_factory(driver) if scheduler_factory else None
         run_tune(driver, scheduler=scheduler, wall_time_s=cfg.budget.wall_time_s)
     finally:
         interrupted = driver.finish()
         store.close()
-    summary = summarize(store, cfg, driver.added, time.time() - t0, recovered, interrupted)
+    summary = summarize(store, cfg, driver.added, time.time() - t0, recovered, interrupted, driver.stop_reason)
     progress.end(summary)
+    if driver.stop_is_error:
+        raise StudyError(f"study '{cfg.name}': stopped early: {driver.stop_reason}")
     return summary
+
+
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def local_ray_on_loopback(address: str | None) -> None:
+    """Keep a local Ray runtime on 127.0.0.1. Ray 2.x turns 127.0.0.1 into this host's network address and listens
+    on every interface unless its single-machine switch is off (the switch Ray itself uses to keep macOS/Windows
+    runtimes local). It is read when ``ray`` is imported, so it is set before the engine imports it, and only for a
+    local runtime: joining a cluster (``address``) needs the real addresses. A value the user set is kept."""
+    if address is None:
+        os.environ.setdefault(LOOPBACK_SWITCH, "0")
 
 
 def _count_existing(storage: Any, name: str) -> int:
@@ -102,26 +127,22 @@ def _count_existing(storage: Any, name: str) -> int:
 
 
 def summarize(
-    store: StudyStore, cfg: StudyConfig, added: int, seconds: float, recovered: list[int], interrupted: list[int]
+    store: StudyStore,
+    cfg: StudyConfig,
+    added: int,
+    seconds: float,
+    recovered: list[int],
+    interrupted: list[int],
+    stop_reason: str | None = None,
 ) -> RunSummary:
-    from nas.pareto import pareto_front
+    """What this run did, and the study's front as nas.results reads it (one architecture, one point)."""
+    from nas import results
 
-    trials = store.study.get_trials(deepcopy=False)
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("full_fidelity")]
-    front = []
-    if done:
-        idx = pareto_front([t.values for t in done], cfg.directions)
-        for i in sorted(idx, key=lambda i: -done[i].values[0]):
-            t = done[i]
-            front.append(
-                {
-                    "number": t.number,
-                    "placement": t.user_attrs.get("placement"),
-                    **dict(zip(cfg.objective_names, t.values, strict=True)),
-                    "params": t.user_attrs.get("params"),
-                }
-            )
-    return RunSummary(cfg.name, store.url, added, counts, front, seconds, recovered, interrupted)
+    recs = results.records(store.study)
+    objs = results.objectives_of(store.study)
+    counts = dict(Counter(r.state for r in recs))
+    front = [
+        {"number": r.number, "placement": r.placement, **r.values, "params": r.params}
+        for r in results.front(recs, objs)
+    ]
+    return RunSummary(cfg.name, store.url, added, counts, front, seconds, recovered, interrupted, stop_reason)

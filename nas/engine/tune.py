@@ -32,6 +32,7 @@ from ray.tune.search import Searcher  # noqa: E402
 
 from nas.engine.driver import FINISHED, Driver  # noqa: E402
 from nas.engine.trainable import run_trial  # noqa: E402
+from nas.errors import ConfigError, StudyError  # noqa: E402
 
 _DRIVERS: dict[int, Driver] = {}
 
@@ -80,7 +81,7 @@ class NasSearcher(_DriverRef, Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result:
             self.driver.on_result(trial_id, result)
-        self.driver.on_complete(trial_id, error=error, error_msg=self.driver.errors.pop(trial_id, None))
+        self.driver.on_complete(trial_id, error=error)
 
 
 class RungScheduler(_DriverRef, FIFOScheduler):
@@ -105,8 +106,8 @@ def _capture_error(driver: Driver, trial: Any) -> None:
         msg = " ".join(str(err).split())[-400:] if err else None
     except Exception:
         msg = None
-    driver.errors[trial.trial_id] = (
-        f"worker failed: {msg}" if msg else "worker process died (killed or crashed); see Ray logs"
+    driver.on_error(
+        trial.trial_id, f"worker failed: {msg}" if msg else "worker process died (killed or crashed); see Ray logs"
     )
 
 
@@ -126,6 +127,85 @@ def _quiet_ray_loggers() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _alive_nodes() -> list[dict[str, float]]:
+    """Total resources of each alive node of the connected Ray cluster."""
+    return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+
+
+def _fits(node: dict[str, float], cpus: float, gpus: float) -> int:
+    """How many trials of (cpus, gpus) a node can hold at once (a small epsilon for fractional GPUs)."""
+    by_cpu = int(node.get("CPU", 0.0) / cpus + 1e-9) if cpus > 0 else 10**9
+    by_gpu = int(node.get("GPU", 0.0) / gpus + 1e-9) if gpus > 0 else 10**9
+    return min(by_cpu, by_gpu)
+
+
+def _describe(nodes: list[dict[str, float]]) -> str:
+    parts = [f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes]
+    return f"{len(nodes)} node(s): " + ", ".join(parts) if parts else "no alive node"
+
+
+def check_resources(cfg: Any, where: str) -> None:
+    """What the study asks of the cluster must be placeable, else one line naming the field (before anything
+    is written): GPUs where there are none, more CPUs/GPUs per trial than the largest node, or more trials at once
+    than the whole cluster can hold. Without this, Ray waits forever for resources that never come."""
+    nodes = _alive_nodes()
+    cpus, gpus = cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial
+    has = _describe(nodes)
+    if gpus > 0 and not any(n.get("GPU", 0) > 0 for n in nodes):
+        raise ConfigError(
+            f"{where}: resources.gpus_per_trial: {gpus:g} GPU per trial asked, but the Ray cluster has no GPU "
+            f"({has}); set gpus_per_trial: 0 or join a cluster with GPUs (--address)"
+        )
+    if not any(_fits(n, cpus, gpus) for n in nodes):
+        field, asked, most = (
+            ("gpus_per_trial", gpus, max(n.get("GPU", 0) for n in nodes))
+            if any(n.get("CPU", 0) >= cpus for n in nodes)
+            else ("cpus_per_trial", cpus, max((n.get("CPU", 0) for n in nodes), default=0))
+        )
+        raise ConfigError(
+            f"{where}: resources.{field}: {asked:g} per trial asked, but the largest node of the Ray cluster has "
+            f"{most:g} ({has}); lower {field} or add a larger node"
+        )
+    capacity = sum(_fits(n, cpus, gpus) for n in nodes)
+    if cfg.budget.max_concurrent > capacity:
+        raise ConfigError(
+            f"{where}: budget.max_concurrent: {cfg.budget.max_concurrent} trials at once asked, but the Ray cluster "
+            f"({has}) holds at most {capacity} trial(s) of {cpus:g} CPU/{gpus:g} GPU; lower max_concurrent to "
+            f"{capacity}, lower resources per trial, or add nodes"
+        )
+
+
+class PlacementWatchdog(tune.Callback):
+    """Fails the study loudly when a trial has waited ``grace_s`` for resources that no alive node has (nodes lost
+    mid-study), instead of letting Tune wait forever; a trial that merely queues behind others is left alone."""
+
+    def __init__(self, cpus: float, gpus: float, grace_s: float | None = None) -> None:
+        self.cpus, self.gpus = cpus, gpus
+        self.grace_s = float(os.environ.get("NAS_PLACEMENT_GRACE_S", 120)) if grace_s is None else grace_s
+        self._since: float | None = None
+        self._checked = 0.0
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not any(t.status == "PENDING" for t in trials):
+            self._since = None
+            return
+        now = time.monotonic()
+        if now - self._checked < min(5.0, self.grace_s / 2):
+            return
+        self._checked = now
+        nodes = _alive_nodes()
+        if any(_fits(n, self.cpus, self.gpus) for n in nodes):
+            self._since = None
+            return
+        self._since = self._since or now
+        if now - self._since >= self.grace_s:
+            raise StudyError(
+                f"no node of the Ray cluster can place a trial of {self.cpus:g} CPU/{self.gpus:g} GPU any more "
+                f"({_describe(nodes)}) and one has waited {now - self._since:.0f} s; the study stops (trials that "
+                "were running are queued again): restart the lost nodes and run the same command"
+            )
+
+
 def init_ray(address: str | None, num_cpus: int | None) -> None:
     if ray.is_initialized():
         return
@@ -139,7 +219,7 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
-            _node_ip_address="127.0.0.1",
+            _node_ip_address="127.0.0.1",  # kept as loopback only with the switch of run.local_ray_on_loopback
         )
 
 
@@ -172,7 +252,7 @@ def run_tune(
             storage_path=str(storage_path),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures),
-            callbacks=[RecordCallback(driver), *(callbacks or [])],
+            callbacks=[RecordCallback(driver), PlacementWatchdog(res["cpu"], res["gpu"]), *(callbacks or [])],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )

@@ -1,0 +1,83 @@
+"""The typed messages between the driver and a Ray worker.
+
+Ray Tune carries a trial's ``config`` and each ``tune.report`` as plain dicts, so each message has one
+``to_*``/``from_*`` pair here and nowhere else: the driver builds a :class:`TrialPayload` and the worker reads it
+back; the worker sends one :class:`EpochReport` per epoch (or a failure) and the driver reads it back. A result
+Tune adds on its own (a ``done`` marker without our fields) reads back as None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+PAYLOAD_KEY = "nas_trial"
+_TP = "throughput/"
+
+
+@dataclass(frozen=True)
+class TrialPayload:
+    """Everything a worker needs to run one trial (built by ``Driver.next_config``)."""
+
+    number: int
+    arch: dict[str, Any]  # resolved model_args
+    arch_id: str
+    train: dict[str, Any]  # TrainConfig, JSON form
+    dataset: dict[str, Any]  # DataConfig, JSON form
+    throughput: dict[str, Any]  # ThroughputConfig, JSON form
+    checkpoint_path: str
+    cpus: float
+    lock_dir: str | None = None
+    cached_throughput: dict[str, dict[str, Any]] = field(default_factory=dict)  # by ThroughputKey string
+
+    def to_config(self) -> dict[str, Any]:
+        """The Tune ``config`` of the trial."""
+        return {PAYLOAD_KEY: asdict(self)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TrialPayload:
+        return cls(**config[PAYLOAD_KEY])
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """One epoch of a trial as the worker reports it; ``throughput`` rides on every report of the trial (Tune
+    may drop intermediate results under load, the driver records it once). ``failed`` ends the trial as FAIL."""
+
+    epoch: int
+    val_acc: float | None = None
+    val_loss: float | None = None
+    train_loss: float | None = None
+    seconds: float | None = None
+    images_per_s: float | None = None
+    wall_time_s: float | None = None
+    throughput: dict[str, Any] | None = None  # ThroughputResult.to_dict() + "cached"
+    pid: int | None = None
+    node: str | None = None
+    failed: str | None = None
+
+    CURVE_FIELDS = ("val_acc", "val_loss", "train_loss", "seconds", "images_per_s")
+
+    def to_result(self) -> dict[str, Any]:
+        """What ``tune.report`` gets: flat metrics (None fields left out), the throughput as ``throughput/<field>``
+        keys — Tune flattens nested dicts that way before its schedulers and searchers see a result, so the
+        wire form is flat on purpose and reads back the same from either side."""
+        out = {k: v for k, v in asdict(self).items() if v is not None and k != "throughput"}
+        out.update({f"{_TP}{k}": v for k, v in (self.throughput or {}).items()})
+        return out
+
+    @classmethod
+    def from_result(cls, result: dict[str, Any]) -> EpochReport | None:
+        if "epoch" not in result or not ("val_acc" in result or "failed" in result):
+            return None
+        known = {f.name for f in fields(cls)} - {"throughput"}
+        tp = result.get("throughput")  # nested when a callback sees the result before Tune flattened it
+        if not isinstance(tp, dict):
+            tp = {k[len(_TP) :]: v for k, v in result.items() if k.startswith(_TP)} or None
+        return cls(**{k: v for k, v in result.items() if k in known}, throughput=tp)
+
+    def curve_row(self) -> dict[str, Any]:
+        """The row stored in the trial's ``curve`` user attribute (docs/storage.md)."""
+        row: dict[str, Any] = {k: float(getattr(self, k)) for k in self.CURVE_FIELDS}
+        row["epoch"] = int(self.epoch)
+        return row

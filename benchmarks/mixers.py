@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
-import platform
 import statistics
 import sys
 import time
@@ -35,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 
+from nas.measure import cpu_model_name  # noqa: E402
 from nas.mixers import get  # noqa: E402
 
 
@@ -48,16 +48,6 @@ def _load_references():
 REF = _load_references()
 MIXERS = ["dwconv", "mhsa", "ska", "cska", "manifold_key", "key_only"]
 GEOMETRIES = [(28, 28, 128), (14, 14, 320)]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _sync(device: str) -> None:
@@ -198,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, CPU: {cpu_name()}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, CPU: {cpu_model_name()}, {torch.get_num_threads()} threads")
     if args.device in ("all", "cpu"):
         run("cpu", torch.float32, args.batch, args.warmup, args.repeats, args.mixers, args.cpu_clock)
     if args.device in ("all", "cuda") and torch.cuda.is_available():

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -55,6 +54,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
+
+from nas.measure import cpu_model_name
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # With no address, ray.init joins the newest Ray instance it finds on this machine (another user's, another
@@ -299,16 +300,6 @@ def load_trials(
 
 
 # ---------------------------------------------------------------------------------------------- report
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def report(results: list[VariantResult], args: argparse.Namespace, rungs: list[int], tp_scale: float) -> dict:
     base = next((r for r in results if r.name == "none"), None)
     base_name = "none" if base else max(results, key=lambda r: r.final_hv).name
@@ -371,7 +362,7 @@ def report(results: list[VariantResult], args: argparse.Namespace, rungs: list[i
         print(f"  invariant violated: {p}")
     return {
         "date": date.today().isoformat(),
-        "cpu": cpu_model(),
+        "cpu": cpu_model_name(),
         "torch": _version("torch"),
         "ray": _version("ray"),
         "args": {k: v for k, v in vars(args).items() if k != "study"} | {"study": str(args.study)},

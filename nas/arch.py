@@ -1,8 +1,9 @@
-"""ArchSpec: one sampled architecture, validated, hashed, and turned into timm ``model_args``.
+"""ArchSpec: a typed, hashable view of one architecture's resolved ``model_args``.
 
-The JSON layout is the public contract in docs/model_args.md. ``arch_id`` is the sha256 of the canonical JSON of the
-*resolved* spec (every omitted knob filled with its default, knobs of mixers the stage does not use dropped), so two
-files that describe the same network hash the same.
+The JSON layout is the public contract in docs/model_args.md, and :func:`nas.model_args.resolve_model_args` is its one
+validator: ``ArchSpec.from_model_args`` runs it and only types the result. ``arch_id`` is the sha256 of the canonical
+JSON of the *resolved* args (every omitted knob filled with its default), so two files that describe the same network
+hash the same.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from nas import mixers
-from nas.errors import ConfigError, InfeasibleArchError
-from nas.model_args import default_res_scale
+from nas.model_args import resolve_model_args, stage_grids
 
 _UNION_TAG = re.compile(r"^(int|float|str|bool|none|.*\[.*\])$")  # pydantic names union members in error locs
 
@@ -106,67 +105,17 @@ class ArchSpec(BaseModel):
 
     @classmethod
     def from_model_args(cls, args: dict[str, Any], where: str = "model_args") -> ArchSpec:
-        try:
-            spec = cls.model_validate(args)
-        except ValidationError as e:
-            path, msg = pydantic_problem(e)
-            raise ConfigError(f"{where}{'.' if path and path[0] != '[' else ''}{path}: {msg}") from None
-        return spec.resolved(where)
-
-    # ----------------------------------------------------------------------------------------- geometry
-    @property
-    def img_hw(self) -> tuple[int, int]:
-        return (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)
+        """Validate and resolve ``args`` (one-line ConfigError naming the field, prefixed by ``where``)."""
+        return cls.model_validate(resolve_model_args(args, where=where))
 
     def grids(self) -> list[tuple[int, int]]:
-        """Token grid of every stage, by conv arithmetic (stem, then one downsample before each later stage)."""
-        out, (h, w) = [], self.img_hw
-        for i in range(len(self.stages)):
-            conv = self.stem if i == 0 else self.downsample
-            pad = (conv.kernel - conv.stride + 1) // 2
-            h = (h + 2 * pad - conv.kernel) // conv.stride + 1
-            w = (w + 2 * pad - conv.kernel) // conv.stride + 1
-            out.append((h, w))
-        return out
-
-    # ----------------------------------------------------------------------------------------- resolution
-    def resolved(self, where: str = "model_args") -> ArchSpec:
-        """Fill knob defaults, drop unused knobs, default res_scale; raise ConfigError for anything invalid."""
-        stages = []
-        grids = self.grids()
-        for i, (st, grid) in enumerate(zip(self.stages, grids, strict=True)):
-            loc = f"{where}.stages[{i}]"
-            if grid[0] < 1 or grid[1] < 1:
-                raise ConfigError(
-                    f"{loc}: token grid {grid} is empty at img_size {self.img_size}; "
-                    "use a larger img_size or fewer stages"
-                )
-            unused = sorted(set(st.knobs) - set(st.pattern))
-            for name in unused:
-                mixers.get(name, where=f"{loc}.knobs")  # an unknown name in knobs is an error, not a no-op
-            knobs = {}
-            for name in dict.fromkeys(st.pattern):
-                defn = mixers.get(name, where=f"{loc}.mixer")
-                knobs[name] = defn.resolve_knobs(st.dim, st.knobs.get(name), f"{loc}.knobs.{name}")
-                reasons = defn.feasibility_fn(st.dim, grid, knobs[name])
-                if reasons:
-                    raise InfeasibleArchError(
-                        f"{loc}: mixer '{name}' at dim={st.dim}, grid={grid}: {'; '.join(reasons)}"
-                    )
-            res = st.res_scale if st.res_scale is not None else default_res_scale(i)
-            stages.append(st.model_copy(update={"knobs": knobs, "res_scale": res}))
-        return self.model_copy(update={"stages": tuple(stages)})
+        """Token grid of every stage (nas.model_args.stage_grids)."""
+        return stage_grids(self.img_size, self.stem.model_dump(), self.downsample.model_dump(), len(self.stages))
 
     # ----------------------------------------------------------------------------------------- outputs
     def to_model_args(self) -> dict[str, Any]:
-        """JSON-safe kwargs for ``timm.create_model('mixerformer', **model_args)``."""
-        d = self.model_dump(mode="json")
-        for st in d["stages"]:
-            if isinstance(st["mixer"], list) and len(st["mixer"]) == 1:
-                st["mixer"] = st["mixer"][0]
-        if isinstance(d["img_size"], list):
-            d["img_size"] = list(d["img_size"])
-        return d
+        """JSON-safe kwargs for ``timm.create_model('mixerformer', **model_args)`` (already resolved)."""
+        return self.model_dump(mode="json")
 
     def canonical_json(self) -> str:
         return json.dumps(self.to_model_args(), sort_keys=True, separators=(",", ":"))

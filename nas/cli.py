@@ -1,7 +1,9 @@
 """The ``nas`` command line (typer). Errors a user can cause print one line and exit with code 2.
 
 Commands: ``search`` (run or continue a study), ``show`` (per-stage table of an architecture), ``bench`` (the
-benchmarks), and — from nas.cli_study — ``studies``, ``status``, ``pareto``, ``dashboard``, ``export``.
+benchmarks), and — from nas.cli_study — ``studies``, ``status``, ``pareto``, ``dashboard``, ``export``. Every
+command is a module-level function; heavy libraries (torch, timm, Ray, Optuna) are imported inside the commands
+that use them, so ``nas --help``, ``nas studies``, ``nas status`` and ``nas pareto`` start in well under a second.
 """
 
 from __future__ import annotations
@@ -17,19 +19,9 @@ import typer
 from nas.cli_study import STORAGE_HELP, cli_errors, register
 from nas.errors import ConfigError
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Multi-objective architecture search over token-mixer placement (Optuna + Ray Tune + timm).",
-)
-register(app)
-
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-@app.command()
-@cli_errors
 def search(
     study_file: Path = typer.Argument(..., help="a studies/*.yaml file"),
     n_trials: int = typer.Option(None, "--n-trials", "-n", help="trials this run adds (overrides budget.n_trials)"),
@@ -58,8 +50,6 @@ def search(
     run_study(study_file, overrides, progress=Progress(quiet=quiet))
 
 
-@app.command()
-@cli_errors
 def show(
     arch: Path = typer.Argument(None, help="a JSON file with model_args (or an exported config.json)"),
     study: str = typer.Option(None, "--study", help="study name, with --trial"),
@@ -73,7 +63,7 @@ def show(
     """
     import timm
 
-    import nas  # noqa: F401
+    import nas.models  # noqa: F401  (the mixerformer entrypoint)
     from nas.arch import ArchSpec
     from nas.cost import format_stage_table, stage_costs
 
@@ -102,8 +92,6 @@ def show(
     typer.echo(format_stage_table(stage_costs(model, img_size)))
 
 
-@app.command()
-@cli_errors
 def bench(
     which: str = typer.Argument(..., help="mixers | model | trainer | throughput | search | accuracy"),
     args: list[str] = typer.Argument(None, help="arguments passed to the benchmark script"),
@@ -127,6 +115,17 @@ def bench(
         raise ConfigError(f"bench: {script.name} not found next to the package (benchmarks/ ships with the repo)")
     sys.argv = [str(script), *(args or [])]
     runpy.run_path(str(script), run_name="__main__")
+
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Multi-objective architecture search over token-mixer placement (Optuna + Ray Tune + timm).",
+)
+for _command in (search, show, bench):
+    app.command(_command.__name__)(cli_errors(_command))
+register(app)
 
 
 def main() -> None:

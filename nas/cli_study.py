@@ -1,7 +1,9 @@
 """CLI commands for a running or finished study: ``studies``, ``status``, ``pareto``, ``dashboard``, ``export``.
 
-``register(app)`` adds them to the project's typer app; ``cli_errors`` turns a :class:`nas.errors.NasError`
-into one ``error: ...`` line on stderr and exit code 2 (never a traceback).
+Each command is a module-level function; ``register(app)`` adds them to the project's typer app. ``cli_errors``
+turns a :class:`nas.errors.NasError` into one ``error: ...`` line on stderr and exit code 2 (never a traceback).
+Heavy libraries (torch, timm, plotly) are imported inside the commands that need them: ``nas status`` and
+``nas pareto`` read the database and print, nothing more.
 """
 
 from __future__ import annotations
@@ -15,14 +17,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from nas.errors import NasError
+from nas.errors import ConfigError, NasError
+from nas.fmt import cell, duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_USER_ERROR = 2
-
 STORAGE_HELP = "SQLAlchemy storage URL (default: sqlite:///studies/STUDY/study.db)"
 
 
@@ -40,189 +40,161 @@ def cli_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _console() -> Console:
-    # soft_wrap: long placements stay on one line when piped; width fixed so tests see whole cells
-    return Console(soft_wrap=True, width=200)
+def _print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
 
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, list):
-        return ", ".join(map(str, v))
-    return str(v)
-
-
-def _table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
     t = Table(title=title)
     for k in rows[0] if rows else []:
         t.add_column(k, overflow="fold")
     for r in rows:
-        t.add_row(*(_fmt(v) for v in r.values()))
-    return t
+        t.add_row(*(cell(v) for v in r.values()))
+    # soft_wrap: long placements stay on one line when piped; width fixed so tests see whole cells
+    Console(soft_wrap=True, width=200).print(t)
 
 
-def _duration(s: float | None) -> str:
-    if s is None:
-        return "—"
-    h, rem = divmod(round(s), 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
+def studies(storage: str = typer.Option(None, "--storage", help="list this storage instead of studies/*/")) -> None:
+    """List the studies (name, trials by state, objectives, last activity).
+
+    Example: nas studies --storage postgresql://user@db-host/nas
+    """
+    from nas import results
+
+    rows = results.list_studies(storage)
+    if not rows:
+        typer.echo("no studies found (looked in " + (storage or "studies/*/study.db") + ")")
+        return
+    _print_table(rows)
+
+
+def status(
+    study: str = typer.Argument(..., help="study name"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+) -> None:
+    """Trials by state, compute spent, hypervolume and the current Pareto front.
+
+    Example: nas status fmnist_placement
+    """
+    from nas import results
+
+    s = results.summarize(results.load_study(study, storage))
+    counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(s.counts.items())) or "none"
+    typer.echo(f"study {s.name}  storage {s.storage}")
+    typer.echo(f"trials {s.n_trials} ({counts}); reused {s.reused}")
+    typer.echo(
+        f"trial time {duration(s.trial_seconds)}; trial-epochs {s.trial_epochs}; elapsed {duration(s.elapsed_seconds)}"
+    )
+    hv = f"{s.hypervolume:.6g}" if s.hypervolume is not None else "—"
+    typer.echo(f"objectives {', '.join(f'{o.name} ({o.direction})' for o in s.objectives)}; hypervolume {hv}")
+    rows = results.front_rows(s.front, s.objectives)
+    if rows:
+        _print_table(rows, title=f"Pareto front ({len(rows)} trials)")
+    else:
+        typer.echo("no COMPLETE full-fidelity trials yet: no front")
+
+
+def pareto(
+    study: str = typer.Argument(..., help="study name"),
+    fmt: str = typer.Option("table", "--format", help="table | csv | json"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+) -> None:
+    """Print the Pareto front (COMPLETE, full-fidelity trials only; each architecture once).
+
+    Example: nas pareto fmnist_placement --format csv > front.csv
+    """
+    from nas import results
+
+    if fmt not in ("table", "csv", "json"):
+        raise ConfigError(f"--format: unknown format {fmt!r}; use table, csv or json")
+    st = results.load_study(study, storage)
+    objs = results.objectives_of(st)
+    rows = results.front_rows(results.front(results.records(st), objs), objs)
+    if fmt == "json":
+        typer.echo(json.dumps(rows, indent=2))
+    elif fmt == "csv":
+        buf = io.StringIO()
+        cols = list(rows[0]) if rows else ["trial", *[o.name for o in objs]]
+        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        w.writerows({k: cell(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows)
+        typer.echo(buf.getvalue(), nl=False)
+    elif rows:
+        _print_table(rows, title=f"Pareto front of {study} ({len(rows)} trials)")
+    else:
+        typer.echo("no COMPLETE full-fidelity trials yet: no front")
+
+
+def dashboard(
+    study: str = typer.Argument(..., help="study name"),
+    out: Path = typer.Option(None, "--out", help="HTML file (default studies/STUDY/dashboard.html)"),
+    serve: bool = typer.Option(False, "--serve", help="serve a live page instead of writing a file"),
+    port: int = typer.Option(8050, "--port", help="port for --serve"),
+    host: str = typer.Option("127.0.0.1", "--host", help="interface for --serve (keep loopback)"),
+    refresh: int = typer.Option(30, "--refresh", help="seconds between page reloads with --serve"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+) -> None:
+    """Write the study dashboard as one self-contained HTML file (works offline), or serve it live.
+
+    Example: nas dashboard fmnist_placement --out front.html
+    (live: nas dashboard fmnist_placement --serve --port 8050)
+    """
+    from nas import dashboard as dash
+    from nas import layout, results
+
+    st = results.load_study(study, storage)
+    if serve:
+        dash.serve(
+            st, port, host, refresh, announce=lambda url: typer.echo(f"serving study {study} on {url} (Ctrl-C stops)")
+        )
+        return
+    path = dash.write_dashboard(st, out or layout.study_dir(study) / "dashboard.html")
+    typer.echo(f"wrote {path}")
+
+
+def export(
+    study: str = typer.Argument(..., help="study name"),
+    out: Path = typer.Option(..., "--out", help="new (or empty) folder to write"),
+    trial: int = typer.Option(None, "--trial", help="trial number to export"),
+    pick: str = typer.Option(None, "--pick", help="knee | max-accuracy (instead of --trial)"),
+    min_throughput: float = typer.Option(None, "--min-throughput", help="with --pick: images/s floor"),
+    max_params: int = typer.Option(None, "--max-params", help="with --pick: parameter-count cap"),
+    weights: bool = typer.Option(False, "--weights", help="also write the proxy-trained weights"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+) -> None:
+    """Export a trial as a timm local-dir folder (config.json [+ model.safetensors]).
+
+    Example: nas export fmnist_placement --pick knee --min-throughput 2000 --out exported/knee --weights
+    (then: import nas, timm; timm.create_model("local-dir:exported/knee", pretrained=True))
+    """
+    from nas import export as exp
+    from nas import results
+
+    if (trial is None) == (pick is None):
+        raise ConfigError("export: give exactly one of --trial N or --pick knee|max-accuracy")
+    if trial is not None and (min_throughput is not None or max_params is not None):
+        raise ConfigError("export: --min-throughput/--max-params apply to --pick only")
+    st = results.load_study(study, storage)
+    if pick is not None:
+        rec = results.pick(
+            results.records(st),
+            pick,
+            objectives=results.objectives_of(st),
+            min_throughput=min_throughput,
+            max_params=max_params,
+        )
+    else:
+        rec = results.get_record(st, trial)
+    path = exp.export_trial(st, rec, out, weights=weights)
+    vals = ", ".join(f"{k} {cell(v)}" for k, v in rec.values.items())
+    typer.echo(
+        f"exported trial {rec.number} ({rec.placement}; {vals}) to {path}" + (" with weights" if weights else "")
+    )
+
+
+COMMANDS = (studies, status, pareto, dashboard, export)
 
 
 def register(app: typer.Typer) -> None:
     """Add the study-reading commands to ``app``."""
-
-    @app.command("studies")
-    @cli_errors
-    def studies(storage: str = typer.Option(None, "--storage", help="list this storage instead of studies/*/")):
-        """List the studies (name, trials by state, objectives, last activity).
-
-        Example: nas studies --storage postgresql://user@db-host/nas
-        """
-        from nas import results
-
-        rows = results.list_studies(storage)
-        if not rows:
-            typer.echo("no studies found (looked in " + (storage or "studies/*/study.db") + ")")
-            return
-        _console().print(_table(rows))
-
-    @app.command("status")
-    @cli_errors
-    def status(
-        study: str = typer.Argument(..., help="study name"),
-        storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
-    ):
-        """Trials by state, compute spent, hypervolume and the current Pareto front.
-
-        Example: nas status fmnist_placement
-        """
-        from nas import results
-
-        s = results.summarize(results.load_study(study, storage))
-        c = _console()
-        counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(s.counts.items())) or "none"
-        c.print(f"study [bold]{s.name}[/bold]  storage {s.storage}")
-        c.print(f"trials {s.n_trials} ({counts}); reused {s.reused}")
-        c.print(
-            f"trial time {_duration(s.trial_seconds)}; trial-epochs {s.trial_epochs}; "
-            f"elapsed {_duration(s.elapsed_seconds)}"
-        )
-        hv = f"{s.hypervolume:.6g}" if s.hypervolume is not None else "—"
-        c.print(f"objectives {', '.join(f'{o.name} ({o.direction})' for o in s.objectives)}; hypervolume {hv}")
-        rows = results.front_rows(s.front, s.objectives)
-        if rows:
-            c.print(_table(rows, title=f"Pareto front ({len(rows)} trials)"))
-        else:
-            c.print("no COMPLETE full-fidelity trials yet: no front")
-
-    @app.command("pareto")
-    @cli_errors
-    def pareto(
-        study: str = typer.Argument(..., help="study name"),
-        fmt: str = typer.Option("table", "--format", help="table | csv | json"),
-        storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
-    ):
-        """Print the Pareto front (COMPLETE, full-fidelity trials only).
-
-        Example: nas pareto fmnist_placement --format csv > front.csv
-        """
-        from nas import results
-        from nas.errors import ConfigError
-
-        if fmt not in ("table", "csv", "json"):
-            raise ConfigError(f"--format: unknown format {fmt!r}; use table, csv or json")
-        st = results.load_study(study, storage)
-        objs = results.objectives_of(st)
-        rows = results.front_rows(results.front(results.records(st), objs), objs)
-        if fmt == "json":
-            typer.echo(json.dumps(rows, indent=2))
-        elif fmt == "csv":
-            buf = io.StringIO()
-            cols = list(rows[0]) if rows else ["trial", *[o.name for o in objs]]
-            w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-            w.writeheader()
-            w.writerows(rows)
-            typer.echo(buf.getvalue(), nl=False)
-        elif rows:
-            _console().print(_table(rows, title=f"Pareto front of {study} ({len(rows)} trials)"))
-        else:
-            typer.echo("no COMPLETE full-fidelity trials yet: no front")
-
-    @app.command("dashboard")
-    @cli_errors
-    def dashboard(
-        study: str = typer.Argument(..., help="study name"),
-        out: Path = typer.Option(None, "--out", help="HTML file (default studies/STUDY/dashboard.html)"),
-        serve: bool = typer.Option(False, "--serve", help="serve a live page instead of writing a file"),
-        port: int = typer.Option(8050, "--port", help="port for --serve"),
-        host: str = typer.Option("127.0.0.1", "--host", help="interface for --serve (keep loopback)"),
-        refresh: int = typer.Option(30, "--refresh", help="seconds between page reloads with --serve"),
-        storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
-    ):
-        """Write the study dashboard as one self-contained HTML file (works offline), or serve it live.
-
-        Example: nas dashboard fmnist_placement --out front.html
-        (live: nas dashboard fmnist_placement --serve --port 8050)
-        """
-        from nas import dashboard as dash
-        from nas import results
-
-        st = results.load_study(study, storage)
-        if serve:
-            server = dash.make_server(st, port, host, refresh)
-            typer.echo(f"serving study {study} on http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
-            try:
-                server.serve_forever()
-            except KeyboardInterrupt:
-                pass
-            finally:
-                server.server_close()
-            return
-        path = dash.write_dashboard(st, out or results.STUDIES_DIR / study / "dashboard.html")
-        typer.echo(f"wrote {path}")
-
-    @app.command("export")
-    @cli_errors
-    def export(
-        study: str = typer.Argument(..., help="study name"),
-        out: Path = typer.Option(..., "--out", help="new (or empty) folder to write"),
-        trial: int = typer.Option(None, "--trial", help="trial number to export"),
-        pick: str = typer.Option(None, "--pick", help="knee | max-accuracy (instead of --trial)"),
-        min_throughput: float = typer.Option(None, "--min-throughput", help="with --pick: images/s floor"),
-        max_params: int = typer.Option(None, "--max-params", help="with --pick: parameter-count cap"),
-        weights: bool = typer.Option(False, "--weights", help="also write the proxy-trained weights"),
-        storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
-    ):
-        """Export a trial as a timm local-dir folder (config.json [+ model.safetensors]).
-
-        Example: nas export fmnist_placement --pick knee --min-throughput 2000 --out exported/knee --weights
-        (then: import nas, timm; timm.create_model("local-dir:exported/knee", pretrained=True))
-        """
-        from nas import export as exp
-        from nas import results
-        from nas.errors import ConfigError
-
-        if (trial is None) == (pick is None):
-            raise ConfigError("export: give exactly one of --trial N or --pick knee|max-accuracy")
-        if trial is not None and (min_throughput is not None or max_params is not None):
-            raise ConfigError("export: --min-throughput/--max-params apply to --pick only")
-        st = results.load_study(study, storage)
-        if pick is not None:
-            rec = results.pick(
-                results.records(st),
-                pick,
-                objectives=results.objectives_of(st),
-                min_throughput=min_throughput,
-                max_params=max_params,
-            )
-        else:
-            rec = results.get_record(st, trial)
-        path = exp.export_trial(st, rec, out, weights=weights)
-        vals = ", ".join(f"{k} {_fmt(v)}" for k, v in rec.values.items())
-        typer.echo(
-            f"exported trial {rec.number} ({rec.placement}; {vals}) to {path}" + (" with weights" if weights else "")
-        )
+    for command in COMMANDS:
+        app.command(command.__name__)(cli_errors(command))

@@ -19,10 +19,11 @@ any other module (e.g. a timm model in a benchmark).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from nas import mixers
+from nas.fmt import si
 from nas.model_args import resolve_model_args, stage_grids
 
 Grid = tuple[int, int]
@@ -137,9 +138,6 @@ class StageCost:
     mixer_flops: int = 0
     counted_flops: int | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def _resolved(model_or_args: Any) -> dict[str, Any]:
     args = getattr(model_or_args, "model_args", None)
@@ -210,13 +208,6 @@ def arch_cost(model_or_args: Any, img_size: Any = None) -> Cost:
     return total + head(prev, a["head"], a["num_classes"])
 
 
-def _si(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:.0f}"
-
-
 def format_stage_table(rows: list[StageCost]) -> str:
     """Plain-text table of :func:`stage_costs` rows (what ``nas show`` prints)."""
     counted = any(r.counted_flops is not None for r in rows)
@@ -231,9 +222,9 @@ def format_stage_table(rows: list[StageCost]) -> str:
             f"{r.grid[0]}x{r.grid[1]}" if r.grid else "",
             str(r.dim or ""),
             str(r.depth or ""),
-            _si(r.params),
+            si(r.params),
             f"{r.flops / 1e9:.4f}",
-            _si(r.mixer_params) if inner else "",
+            si(r.mixer_params) if inner else "",
             f"{r.mixer_flops / 1e9:.4f}" if inner else "",
         ]
         if counted:

@@ -14,7 +14,7 @@ import http.server
 import math
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from plotly.subplots import make_subplots
 
 from nas import results
 from nas.errors import StudyError
+from nas.fmt import si
 from nas.results import Objective, TrialRecord
 
 FRONT_NAME = "Pareto front"
@@ -34,22 +35,13 @@ _HOVER = (
 )
 
 
-def _fmt_int(v: int | None) -> str:
-    if v is None:
-        return "?"
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(v) >= div:
-            return f"{v / div:.2f}{unit}"
-    return str(v)
-
-
 def _custom(recs: Sequence[TrialRecord]) -> list[list[Any]]:
     return [
         [
             r.number,
             r.placement or "?",
-            _fmt_int(r.params),
-            _fmt_int(r.flops),
+            si(r.params),
+            si(r.flops),
             f"also proposed as trial(s) {', '.join(map(str, r.reused_by))}" if r.reused_by else "",
         ]
         for r in recs
@@ -120,7 +112,7 @@ def pareto_figure(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) 
                 mode="markers",
                 name=f"failed ({len(failed)})",
                 marker={"color": "rgba(200,30,30,0.8)", "size": 9, "symbol": "triangle-down"},
-                customdata=[[p[1].number, p[1].failure or "?", _fmt_int(p[1].params), ""] for p in fx],
+                customdata=[[p[1].number, p[1].failure or "?", si(p[1].params), ""] for p in fx],
                 hovertemplate="trial %{customdata[0]}<br>%{customdata[1]}<extra>failed</extra>",
             )
         )
@@ -213,34 +205,24 @@ def placement_figure(recs: Sequence[TrialRecord], objectives: Sequence[Objective
         mixers = sorted(counts)
         fc = front_c[i] if i < len(front_c) else Counter()
         tot_a, tot_f = sum(counts.values()) or 1, sum(fc.values()) or 1
-        fig.add_trace(
-            go.Bar(
-                x=mixers,
-                y=[fc[m] / tot_f for m in mixers],
-                name="on the front",
-                marker_color="#d62728",
-                showlegend=i == 0,
-                legendgroup="front",
-                customdata=[fc[m] for m in mixers],
-                hovertemplate="%{x}: %{customdata} trials",
-            ),
-            row=1,
-            col=i + 1,
-        )
-        fig.add_trace(
-            go.Bar(
-                x=mixers,
-                y=[counts[m] / tot_a for m in mixers],
-                name="all complete",
-                marker_color=FADED,
-                showlegend=i == 0,
-                legendgroup="all",
-                customdata=[counts[m] for m in mixers],
-                hovertemplate="%{x}: %{customdata} trials",
-            ),
-            row=1,
-            col=i + 1,
-        )
+        for name, c, total, color, group in (
+            ("on the front", fc, tot_f, "#d62728", "front"),
+            ("all complete", counts, tot_a, FADED, "all"),
+        ):
+            fig.add_trace(
+                go.Bar(
+                    x=mixers,
+                    y=[c[m] / total for m in mixers],
+                    name=name,
+                    marker_color=color,
+                    showlegend=i == 0,
+                    legendgroup=group,
+                    customdata=[c[m] for m in mixers],
+                    hovertemplate="%{x}: %{customdata} trials",
+                ),
+                row=1,
+                col=i + 1,
+            )
     fig.update_layout(
         title="Mixer placement: share of trials per stage (front vs all complete)",
         barmode="group",
@@ -435,9 +417,18 @@ def make_server(study, port: int, host: str = "127.0.0.1", refresh_s: int = 30) 
         raise StudyError(f"dashboard: cannot listen on {host}:{port} ({e.strerror}); check --host/--port") from None
 
 
-def serve(study, port: int, host: str = "127.0.0.1", refresh_s: int = 30, ready: threading.Event | None = None) -> None:
-    """Serve the live dashboard until interrupted (Ctrl-C)."""
+def serve(
+    study,
+    port: int,
+    host: str = "127.0.0.1",
+    refresh_s: int = 30,
+    ready: threading.Event | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the live dashboard until interrupted (Ctrl-C); ``announce`` gets the URL once it listens."""
     server = make_server(study, port, host, refresh_s)
+    if announce is not None:
+        announce(f"http://{host}:{server.server_address[1]}/")
     if ready is not None:
         ready.set()
     try:

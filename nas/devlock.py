@@ -103,11 +103,8 @@ class DeviceLock:
         if h.mode is not None:
             # Nesting: the outer hold already excludes writers; re-taking the turnstile could deadlock
             # against a writer that waits on our own shared hold.
-            h.depth += 1
-            try:
+            with self._nested(h):
                 yield self
-            finally:
-                h.depth -= 1
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         assert h.turn_fd is not None and h.lock_fd is not None
@@ -116,14 +113,8 @@ class DeviceLock:
             self._flock(h.lock_fd, fcntl.LOCK_SH, deadline)
         finally:
             fcntl.flock(h.turn_fd, fcntl.LOCK_UN)
-        h.mode, h.depth = "shared", 1
-        try:
+        with self._holding(h, "shared", (h.lock_fd,)):
             yield self
-        finally:
-            h.depth -= 1
-            if h.depth == 0:
-                h.mode = None
-                fcntl.flock(h.lock_fd, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def exclusive(self, timeout: float | None = None) -> Iterator[DeviceLock]:
@@ -135,11 +126,8 @@ class DeviceLock:
                 "(would deadlock); release the shared hold first"
             )
         if h.mode == "exclusive":
-            h.depth += 1
-            try:
+            with self._nested(h):
                 yield self
-            finally:
-                h.depth -= 1
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         assert h.turn_fd is not None and h.lock_fd is not None
@@ -150,15 +138,8 @@ class DeviceLock:
         except BaseException:
             fcntl.flock(h.turn_fd, fcntl.LOCK_UN)
             raise
-        h.mode, h.depth = "exclusive", 1
-        try:
+        with self._holding(h, "exclusive", (h.lock_fd, h.turn_fd)):
             yield self
-        finally:
-            h.depth -= 1
-            if h.depth == 0:
-                h.mode = None
-                fcntl.flock(h.lock_fd, fcntl.LOCK_UN)
-                fcntl.flock(h.turn_fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         """Close this thread's descriptors (releases anything it holds)."""
@@ -171,6 +152,30 @@ class DeviceLock:
         h.pid, h.mode, h.depth = None, None, 0
 
     # -- internals --------------------------------------------------------------------------------------
+    @staticmethod
+    @contextlib.contextmanager
+    def _nested(h: _Held) -> Iterator[None]:
+        """Re-entering the mode this thread already holds: a counter, nothing to take."""
+        h.depth += 1
+        try:
+            yield
+        finally:
+            h.depth -= 1
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _holding(h: _Held, mode: str, release: tuple[int | None, ...]) -> Iterator[None]:
+        """This thread now holds ``mode``; the outermost exit unlocks ``release`` (in that order)."""
+        h.mode, h.depth = mode, 1
+        try:
+            yield
+        finally:
+            h.depth -= 1
+            if h.depth == 0:
+                h.mode = None
+                for fd in release:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+
     def _state(self) -> _Held:
         h = self._held
         if h.pid != os.getpid():

@@ -19,15 +19,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
 import shutil
 import uuid
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from nas import results
+from nas import layout, results
 from nas.errors import NasError, StudyError
 from nas.results import TrialRecord
 
@@ -40,20 +38,6 @@ def _pretrained_cfg_fields() -> set[str]:
     from timm.models._pretrained import PretrainedCfg
 
     return {f.name for f in dataclasses.fields(PretrainedCfg)}
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("mixer-nas", "torch", "timm", "optuna", "safetensors"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            continue
-    if "mixer-nas" not in out:
-        import nas
-
-        out["mixer-nas"] = getattr(nas, "__version__", "unknown")
-    return out
 
 
 def _norm_stats(study, in_chans: int) -> tuple[list[float], list[float]] | None:
@@ -108,7 +92,7 @@ def _resolve(study, trial: int | TrialRecord) -> TrialRecord:
 def _checkpoint_path(study, rec: TrialRecord) -> Path:
     if not rec.checkpoint:
         raise StudyError(f"study '{study.study_name}': trial {rec.number} kept no checkpoint; export without --weights")
-    study_dir = Path(study.user_attrs.get("study_dir") or results.STUDIES_DIR / study.study_name)
+    study_dir = Path(study.user_attrs.get("study_dir") or layout.study_dir(study.study_name))
     path = study_dir / rec.checkpoint
     if not path.is_file():
         raise StudyError(
@@ -158,8 +142,8 @@ def _provenance(study, rec: TrialRecord, storage_url: str, ckpt_sha: str | None)
         "reused_from": rec.reused_from,
         "search_space_hash": ua.get("space_hash"),
         "study_versions": ua.get("versions"),
-        "export_versions": _versions(),
-        "storage": results.safe_url(storage_url) if storage_url else None,
+        "export_versions": layout.package_versions(),
+        "storage": layout.safe_url(storage_url) if storage_url else None,
         "weights_sha256": ckpt_sha,
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -210,7 +194,7 @@ def export_trial(
             sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
             safetensors.torch.save_file(sd, str(path), metadata={"format": "pt"})
             sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        config["nas"] = _provenance(study, rec, storage_url or results.storage_url_of(study), sha)
+        config["nas"] = _provenance(study, rec, storage_url or layout.url_of(study), sha)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         _check_out(out)  # re-check: someone may have written into it meanwhile
         if out.is_dir():

@@ -112,20 +112,19 @@ class ThroughputResult:
 
 # -- resolution of "auto" settings (shared by the measurement and by cache-key construction) ---------------
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``auto`` -> the first CUDA device if any, else CPU; an unavailable CUDA request is a one-line error.
+    The one device resolver (trainers.proxy's, which the proxy trainer uses too)."""
+    from trainers.errors import TrainerConfigError
+    from trainers.proxy import resolve_device as _resolve
+
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(
-            f"measure: device={device!r} is not a torch device ({exc}); use auto, cpu or cuda[:N]"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"measure: device={device!r} but CUDA is not available; use device='cpu' or 'auto'")
-    return dev
+        return _resolve(str(device))
+    except (TrainerConfigError, RuntimeError) as exc:
+        raise ConfigError(f"measure: device={str(device)!r}: {exc}; use auto, cpu or cuda[:N]") from None
 
 
-def _cpu_model_name() -> str:
+def cpu_model_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
         for line in f:
             if line.lower().startswith("model name"):
@@ -139,7 +138,7 @@ def device_name(device: str | torch.device = "auto") -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
     if dev.type == "cpu":
-        return f"{_cpu_model_name()} ({torch.get_num_threads()} threads)"
+        return f"{cpu_model_name()} ({torch.get_num_threads()} threads)"
     return str(dev)
 
 
@@ -239,7 +238,8 @@ def _fast_backend(device: torch.device) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
-    matmul, conv, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    conv = getattr(cudnn, "conv", None)  # the per-backend API exists from torch 2.9 on
     new_api = hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision")
     if new_api:
         prev = (matmul.fp32_precision, conv.fp32_precision, cudnn.benchmark)
@@ -272,6 +272,13 @@ def _timed_loop(model: nn.Module, x: torch.Tensor, steps: int, device: torch.dev
         model(x)
     _sync(device)
     return time.perf_counter() - t0
+
+
+def _repeated(runner: Any, x: torch.Tensor, warmup: int, steps: int, repeats: int, dev: torch.device) -> list[float]:
+    """Seconds per timed loop of ``steps`` calls, ``repeats`` times, after ``warmup`` untimed calls."""
+    if warmup:
+        _timed_loop(runner, x, warmup, dev)
+    return [_timed_loop(runner, x, steps, dev) for _ in range(repeats)]
 
 
 def _input(batch: int, in_chans: int, res: tuple[int, int], device: torch.device, cl: bool) -> torch.Tensor:
@@ -383,9 +390,7 @@ def measure_throughput(
             try:
                 x = _input(batch, in_chans, res, dev, cl)
                 with torch.inference_mode(), _autocast(dev, prec):
-                    if warmup:
-                        _timed_loop(runner, x, warmup, dev)
-                    values = [batch * steps / _timed_loop(runner, x, steps, dev) for _ in range(repeats)]
+                    values = [batch * steps / t for t in _repeated(runner, x, warmup, steps, repeats, dev)]
                 break
             except Exception as exc:
                 if not _is_oom(exc) or batch == 1:
@@ -403,9 +408,7 @@ def measure_throughput(
         if latency:
             x1 = _input(1, in_chans, res, dev, cl)
             with torch.inference_mode(), _autocast(dev, prec):
-                if warmup:
-                    _timed_loop(runner, x1, warmup, dev)
-                lat = [1000.0 * _timed_loop(runner, x1, steps, dev) / steps for _ in range(repeats)]
+                lat = [1000.0 * t / steps for t in _repeated(runner, x1, warmup, steps, repeats, dev)]
             latency_ms = statistics.median(lat)
 
     med, iqr, cv = _stats(values)

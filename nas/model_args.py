@@ -79,9 +79,13 @@ def _float(v: Any, where: str, lo: float, hi: float | None = None, hi_open: bool
 def _dict(v: Any, where: str, fields: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(v, Mapping):
         raise ConfigError(f"{where}: must be a mapping with fields {list(fields)}, got {v!r}")
-    unknown = sorted(set(v) - set(fields))
+    unknown = sorted(set(v) - set(fields), key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; known fields: {list(fields)}")
+        more = f" (+{len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise ConfigError(
+            f"{where}: unknown field {where}.{unknown[0]}{more}; remove it or check its spelling "
+            f"(known: {list(fields)})"
+        )
     return dict(v)
 
 
@@ -107,86 +111,93 @@ def stage_grids(img_size: int | tuple[int, int] | list[int], stem: Mapping, down
 
 def _mixer_names(v: Any, where: str) -> list[str]:
     names = [v] if isinstance(v, str) else v
-    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
+    if not isinstance(names, (list, tuple)) or not names:
         raise ConfigError(f"{where}: must be a mixer name or a non-empty list of names, got {v!r}")
-    for n in names:
-        mixers.get(n, where=where)
+    for j, n in enumerate(names):
+        loc = where if isinstance(v, str) else f"{where}[{j}]"
+        if not isinstance(n, str):
+            raise ConfigError(f"{loc}: must be a mixer name, got {n!r}; known mixers: {sorted(mixers.names())}")
+        mixers.get(n, where=loc)
     return list(names)
 
 
-def resolve_model_args(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate ``model_args`` and return the fully-resolved JSON-safe dict (every default filled in).
+def resolve_model_args(raw: Mapping[str, Any], where: str = "model_args") -> dict[str, Any]:
+    """Validate ``model_args`` and return the fully-resolved JSON-safe dict (every default filled in, knobs of
+    mixers a stage does not use dropped, each stage's mixers checked for feasibility at its grid).
 
-    Raises ConfigError (InfeasibleArchError for well-formed but unbuildable stages) with a one-line message
-    naming the field or stage.
+    The one validation of an architecture: the model, ArchSpec and the cost formulas all go through it; it is
+    idempotent on its own output. Raises ConfigError (InfeasibleArchError for well-formed but unbuildable
+    stages) with a one-line message naming the field, prefixed by ``where``.
     """
-    a = _dict(raw, "model_args", TOP_FIELDS)
+    a = _dict(raw, where, TOP_FIELDS)
     a = dict(copy.deepcopy(DEFAULT_MODEL_ARGS), **copy.deepcopy(a))
     out: dict[str, Any] = {
-        "in_chans": as_int(a["in_chans"], "model_args.in_chans", 1),
-        "num_classes": as_int(a["num_classes"], "model_args.num_classes", 0),
+        "in_chans": as_int(a["in_chans"], f"{where}.in_chans", 1),
+        "num_classes": as_int(a["num_classes"], f"{where}.num_classes", 0),
     }
     img = a["img_size"]
     if isinstance(img, (list, tuple)) and len(img) == 2:
-        img = [as_int(s, "model_args.img_size", 1) for s in img]
+        img = [as_int(s, f"{where}.img_size", 1) for s in img]
         img = img[0] if img[0] == img[1] else img  # one canonical form (timm's save_for_hf writes [h, w])
     else:
-        img = as_int(img, "model_args.img_size", 1)
+        img = as_int(img, f"{where}.img_size", 1)
     out["img_size"] = img
     for conv, dflt in (("stem", (7, 4)), ("downsample", (3, 2))):
-        c = _dict(a[conv], f"model_args.{conv}", ("kernel", "stride"))
+        c = _dict(a[conv], f"{where}.{conv}", ("kernel", "stride"))
         out[conv] = {
-            "kernel": as_int(c.get("kernel", dflt[0]), f"model_args.{conv}.kernel", 1),
-            "stride": as_int(c.get("stride", dflt[1]), f"model_args.{conv}.stride", 1),
+            "kernel": as_int(c.get("kernel", dflt[0]), f"{where}.{conv}.kernel", 1),
+            "stride": as_int(c.get("stride", dflt[1]), f"{where}.{conv}.stride", 1),
         }
     if not isinstance(a["stages"], (list, tuple)) or not a["stages"]:
-        raise ConfigError(f"model_args.stages: must be a non-empty list of stages, got {a['stages']!r}")
+        raise ConfigError(f"{where}.stages: must be a non-empty list of stages, got {a['stages']!r}")
     grids = stage_grids(img, out["stem"], out["downsample"], len(a["stages"]))
-    stages = []
-    for i, (s, grid) in enumerate(zip(a["stages"], grids, strict=True)):
-        w = f"stages[{i}]"
-        s = _dict(s, w, STAGE_FIELDS)
-        for req in ("depth", "dim", "mixer"):
-            if req not in s:
-                raise ConfigError(f"{w}: missing required field '{req}'")
-        st: dict[str, Any] = {"depth": as_int(s["depth"], f"{w}.depth", 1), "dim": as_int(s["dim"], f"{w}.dim", 1)}
-        names = _mixer_names(s["mixer"], f"{w}.mixer")
-        st["mixer"] = names[0] if isinstance(s["mixer"], str) else names
-        knobs = s.get("knobs") or {}
-        if not isinstance(knobs, Mapping):
-            raise ConfigError(f"{w}.knobs: must map mixer names to knob dicts, got {knobs!r}")
-        for name in knobs:
-            mixers.get(name, where=f"{w}.knobs")
-            if name not in names:
-                raise ConfigError(f"{w}.knobs.{name}: mixer '{name}' is not used by this stage ({names}); remove it")
-            if not isinstance(knobs[name], Mapping):
-                raise ConfigError(f"{w}.knobs.{name}: must be a mapping of knob values, got {knobs[name]!r}")
-        st["knobs"] = {
-            n: mixers.get(n).resolve_knobs(st["dim"], knobs.get(n), f"{w}.knobs.{n}") for n in dict.fromkeys(names)
-        }
-        rs = s.get("res_scale", default_res_scale(i))
-        ls = s.get("layer_scale")
-        st["res_scale"] = None if rs is None else _float(rs, f"{w}.res_scale", -math.inf)
-        st["layer_scale"] = None if ls is None else _float(ls, f"{w}.layer_scale", -math.inf)
-        if grid[0] < 1 or grid[1] < 1:
-            raise InfeasibleArchError(
-                f"{w}: token grid would be {grid[0]}x{grid[1]} at img_size {img} (stem k{out['stem']['kernel']}"
-                f" s{out['stem']['stride']}, downsample k{out['downsample']['kernel']}"
-                f" s{out['downsample']['stride']}); use fewer stages, a larger img_size or smaller strides"
-            )
-        for n in st["knobs"]:
-            reasons = mixers.get(n).feasibility_fn(st["dim"], grid, st["knobs"][n])
-            if reasons:
-                raise InfeasibleArchError(
-                    f"{w}: mixer '{n}' at dim={st['dim']}, grid={grid[0]}x{grid[1]}: {'; '.join(reasons)}"
-                )
-        stages.append(st)
-    out["stages"] = stages
-    out["mlp_ratio"] = _float(a["mlp_ratio"], "model_args.mlp_ratio", 1e-9)
-    out["drop_path_rate"] = _float(a["drop_path_rate"], "model_args.drop_path_rate", 0.0, 1.0, hi_open=True)
-    h = _dict(a["head"], "model_args.head", ("hidden_ratio", "dropout"))
+    out["stages"] = [
+        _stage(s, i, grid, out, f"{where}.stages[{i}]")
+        for i, (s, grid) in enumerate(zip(a["stages"], grids, strict=True))
+    ]
+    out["mlp_ratio"] = _float(a["mlp_ratio"], f"{where}.mlp_ratio", 1e-9)
+    out["drop_path_rate"] = _float(a["drop_path_rate"], f"{where}.drop_path_rate", 0.0, 1.0, hi_open=True)
+    h = _dict(a["head"], f"{where}.head", ("hidden_ratio", "dropout"))
     out["head"] = {
-        "hidden_ratio": _float(h.get("hidden_ratio", 4.0), "model_args.head.hidden_ratio", 0.0),
-        "dropout": _float(h.get("dropout", 0.0), "model_args.head.dropout", 0.0, 1.0, hi_open=True),
+        "hidden_ratio": _float(h.get("hidden_ratio", 4.0), f"{where}.head.hidden_ratio", 0.0),
+        "dropout": _float(h.get("dropout", 0.0), f"{where}.head.dropout", 0.0, 1.0, hi_open=True),
     }
     return out
+
+
+def _stage(s: Any, i: int, grid: tuple[int, int], out: Mapping[str, Any], w: str) -> dict[str, Any]:
+    s = _dict(s, w, STAGE_FIELDS)
+    for req in ("depth", "dim", "mixer"):
+        if req not in s:
+            raise ConfigError(f"{w}: missing required field '{req}'; add it")
+    st: dict[str, Any] = {"depth": as_int(s["depth"], f"{w}.depth", 1), "dim": as_int(s["dim"], f"{w}.dim", 1)}
+    names = _mixer_names(s["mixer"], f"{w}.mixer")
+    st["mixer"] = names[0] if isinstance(s["mixer"], str) or len(names) == 1 else names
+    knobs = s.get("knobs") or {}
+    if not isinstance(knobs, Mapping):
+        raise ConfigError(f"{w}.knobs: must map mixer names to knob dicts, got {knobs!r}")
+    for name in knobs:
+        mixers.get(name, where=f"{w}.knobs")
+        if name not in names:
+            raise ConfigError(f"{w}.knobs.{name}: mixer '{name}' is not used by this stage ({names}); remove it")
+        if not isinstance(knobs[name], Mapping):
+            raise ConfigError(f"{w}.knobs.{name}: must be a mapping of knob values, got {knobs[name]!r}")
+    st["knobs"] = {
+        n: mixers.get(n).resolve_knobs(st["dim"], knobs.get(n), f"{w}.knobs.{n}") for n in dict.fromkeys(names)
+    }
+    rs, ls = s.get("res_scale", default_res_scale(i)), s.get("layer_scale")
+    st["res_scale"] = None if rs is None else _float(rs, f"{w}.res_scale", -math.inf)
+    st["layer_scale"] = None if ls is None else _float(ls, f"{w}.layer_scale", -math.inf)
+    if grid[0] < 1 or grid[1] < 1:
+        raise InfeasibleArchError(
+            f"{w}: token grid would be {grid[0]}x{grid[1]} at img_size {out['img_size']} (stem k{out['stem']['kernel']}"
+            f" s{out['stem']['stride']}, downsample k{out['downsample']['kernel']} s{out['downsample']['stride']}); "
+            "use fewer stages, a larger img_size or smaller strides"
+        )
+    for n in st["knobs"]:
+        reasons = mixers.get(n).feasibility_fn(st["dim"], grid, st["knobs"][n])
+        if reasons:
+            raise InfeasibleArchError(
+                f"{w}: mixer '{n}' at dim={st['dim']}, grid={grid[0]}x{grid[1]}: {'; '.join(reasons)}"
+            )
+    return st

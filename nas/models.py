@@ -28,6 +28,7 @@ from nas import mixers
 from nas.errors import ConfigError
 from nas.mixers.dwconv import SquaredReLU, StarReLU
 from nas.model_args import DEFAULT_MODEL_ARGS, as_int, conv_padding, resolve_model_args, s18_stages, stage_grids
+from nas.timm_compat import checkpoint_filter_fn
 
 __all__ = ["MixerFormer", "model_args_from", "resolve_model_args", "stage_grids"]
 
@@ -273,7 +274,12 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs(
-    {"mixerformer": _cfg(), "mixerformer_caformer_s18": _cfg(), "mixerformer_convformer_s18": _cfg()}
+    {
+        "mixerformer": _cfg(),
+        # pretrained=True loads timm's weights, mapped by nas.timm_compat.checkpoint_filter_fn
+        "mixerformer_caformer_s18": _cfg(hf_hub_id="timm/caformer_s18.sail_in1k"),
+        "mixerformer_convformer_s18": _cfg(hf_hub_id="timm/convformer_s18.sail_in1k"),
+    }
 )
 
 
@@ -282,7 +288,13 @@ def _create(variant: str, pretrained: bool, defaults: dict[str, Any], kwargs: di
     pool = kwargs.pop("global_pool", None)
     if pool not in (None, "avg"):
         raise ConfigError(f"{variant}: global_pool {pool!r} is not supported; use 'avg'")
-    model = build_model_with_cfg(MixerFormer, variant, pretrained, **dict(copy.deepcopy(defaults), **kwargs))
+    model = build_model_with_cfg(
+        MixerFormer,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        **dict(copy.deepcopy(defaults), **kwargs),
+    )
     # the design resolution is part of the architecture: let timm's data config see it
     a = model.model_args
     hw = (a["img_size"],) * 2 if isinstance(a["img_size"], int) else tuple(a["img_size"])

@@ -1,8 +1,7 @@
 """Reading a study back: open it by name, turn its trials into plain records, the front, a pick, a summary.
 
-Everything here reads the Optuna RDB layout of ``docs/storage.md`` through Optuna's public API only. A study
-named ``X`` lives in ``studies/X/`` (relative to the working directory) with the default storage URL
-``sqlite:///studies/X/study.db``; ``--storage URL`` points anywhere else (PostgreSQL, another file).
+Everything here reads the Optuna RDB layout of ``docs/storage.md`` through Optuna's public API only; where a study
+lives and how its storage is opened is :mod:`nas.layout`'s (the engine writes through the same module).
 
 Hypervolume reference point (documented choice): 0 for every maximised objective (accuracy in [0, 1] and
 throughput in images/s are both non-negative, so 0 is the natural worst value and the hypervolume stays
@@ -12,36 +11,19 @@ largest value among the eligible trials, since no natural bound exists.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from nas import pareto
+from nas import layout, pareto
 from nas.errors import StudyError
+from nas.layout import Objective
 
-STUDIES_DIR = Path("studies")
 PICKS = ("knee", "max-accuracy")
-# Used when a study predates the `objectives` attribute: the directions these names always have.
-KNOWN_DIRECTIONS = {
-    "accuracy": "maximize",
-    "throughput": "maximize",
-    "params": "minimize",
-    "flops": "minimize",
-    "latency": "minimize",
-}
-
-
-@dataclass(frozen=True)
-class Objective:
-    """One objective of a study, in the order of ``trial.values``."""
-
-    name: str
-    direction: str  # "maximize" | "minimize"
 
 
 @dataclass
@@ -83,66 +65,8 @@ class TrialRecord:
         med = self.throughput.get("median")
         return float(med) if med is not None else None
 
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("datetime_start", "datetime_complete"):
-            d[k] = d[k].isoformat() if d[k] is not None else None
-        return d
-
 
 # ---------------------------------------------------------------------------------------------- storage
-
-
-def default_storage_url(name: str) -> str:
-    return f"sqlite:///{(STUDIES_DIR / name / 'study.db').as_posix()}"
-
-
-def safe_url(url: str) -> str:
-    """The URL with any password removed (what may be printed or written into an export)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        u = make_url(url)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
-    if u.password is not None:
-        u = u._replace(password=None)  # URL is a namedtuple; URL.set() ignores None
-    return u.render_as_string(hide_password=False)
-
-
-def _sqlite_path(url: str) -> Path | None:
-    if not url.startswith("sqlite:///"):
-        return None
-    path = url[len("sqlite:///") :].split("?")[0]
-    return None if path in ("", ":memory:") else Path(path)
-
-
-def open_storage(url: str):
-    """An Optuna RDBStorage for ``url`` that never creates a database as a side effect of reading."""
-    import optuna
-    import sqlalchemy.exc
-
-    path = _sqlite_path(url)
-    if path is not None and not path.is_file():
-        raise StudyError(
-            f"storage {safe_url(url)}: no database file at {path}; run `nas search` first or pass --storage URL"
-        )
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        # A reader next to a running writer waits on SQLite's lock instead of failing at once.
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 30}}
-    try:
-        return optuna.storages.RDBStorage(url, skip_table_creation=True, **kwargs)
-    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError, ValueError, ImportError, RuntimeError) as e:
-        raise StudyError(f"storage {safe_url(url)}: cannot open ({_first_line(e)}); check the --storage URL") from None
-
-
-def _first_line(e: BaseException) -> str:
-    """The first line of the root cause (optuna wraps SQLAlchemy errors in a generic message)."""
-    while e.__cause__ is not None:
-        e = e.__cause__
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
 def study_names(storage) -> list[str]:
@@ -152,39 +76,37 @@ def study_names(storage) -> list[str]:
     try:
         return sorted(s.study_name for s in storage.get_all_studies())
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError) as e:
-        raise StudyError(f"storage {safe_url(storage.url)}: not an Optuna database ({_first_line(e)})") from None
+        raise StudyError(
+            f"storage {layout.safe_url(storage.url)}: not an Optuna database ({layout.first_line(e)})"
+        ) from None
 
 
-def local_study_names(root: Path = STUDIES_DIR) -> list[str]:
+def local_study_names(root: Path = layout.STUDIES_DIR) -> list[str]:
     """Study folders under ``studies/`` that hold a default SQLite storage."""
     if not root.is_dir():
         return []
-    return sorted(p.parent.name for p in root.glob("*/study.db"))
+    return sorted(p.parent.name for p in root.glob(f"*/{layout.DB_NAME}"))
 
 
 def load_study(name: str, storage: str | None = None):
     """The Optuna study ``name`` in ``storage`` (default: ``sqlite:///studies/<name>/study.db``)."""
     import optuna
 
-    url = storage or default_storage_url(name)
-    if storage is None and _sqlite_path(url) is not None and not _sqlite_path(url).is_file():
+    url = storage or layout.default_storage_url(name)
+    path = layout.sqlite_path(url)
+    if storage is None and path is not None and not path.is_file():
         known = local_study_names()
         raise StudyError(
-            f"unknown study '{name}': {_sqlite_path(url)} does not exist; studies under {STUDIES_DIR}/: "
+            f"unknown study '{name}': {path} does not exist; studies under {layout.STUDIES_DIR}/: "
             f"{', '.join(known) if known else '(none)'}; or pass --storage URL"
         )
-    st = open_storage(url)
+    st = layout.open_storage(url)
     names = study_names(st)
     if name not in names:
-        raise StudyError(f"unknown study '{name}' in {safe_url(url)}; studies there: {', '.join(names) or '(none)'}")
-    return optuna.load_study(study_name=name, storage=st)
-
-
-def storage_url_of(study) -> str:
-    """The storage URL of a loaded study ('' when Optuna does not expose one, e.g. in-memory)."""
-    st = getattr(study, "_storage", None)
-    st = getattr(st, "_backend", st)  # optuna wraps RDBStorage in a _CachedStorage
-    return getattr(st, "url", "") or ""
+        raise StudyError(
+            f"unknown study '{name}' in {layout.safe_url(url)}; studies there: {', '.join(names) or '(none)'}"
+        )
+    return layout.remember_url(optuna.load_study(study_name=name, storage=st), url)
 
 
 def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
@@ -192,20 +114,20 @@ def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
 
     With no ``storage``, every ``studies/*/study.db`` is read.
     """
-    urls = [storage] if storage else [default_storage_url(n) for n in local_study_names()]
+    urls = [storage] if storage else [layout.default_storage_url(n) for n in local_study_names()]
     rows = []
     for url in urls:
-        st = open_storage(url)
+        st = layout.open_storage(url)
         for fs in sorted(st.get_all_studies(), key=lambda s: s.study_name):
             trials = st.get_all_trials(st.get_study_id_from_name(fs.study_name), deepcopy=False)
             counts = Counter(t.state.name for t in trials)
-            objs = objectives_from_attrs(fs.user_attrs, [d.name.lower() for d in fs.directions])
+            objs = layout.objectives_from_attrs(fs.user_attrs, [d.name.lower() for d in fs.directions])
             ends = [t.datetime_complete or t.datetime_start for t in trials]
             ends = [e for e in ends if e is not None]
             rows.append(
                 {
                     "study": fs.study_name,
-                    "storage": safe_url(url),
+                    "storage": layout.safe_url(url),
                     "trials": len(trials),
                     "complete": counts.get("COMPLETE", 0),
                     "pruned": counts.get("PRUNED", 0),
@@ -221,15 +143,8 @@ def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------- records
 
 
-def objectives_from_attrs(user_attrs: dict[str, Any], directions: Sequence[str]) -> list[Objective]:
-    objs = user_attrs.get("objectives")
-    if objs:
-        return [Objective(o["name"], o["direction"]) for o in objs]
-    return [Objective(f"objective_{i}", d) for i, d in enumerate(directions)]
-
-
 def objectives_of(study) -> list[Objective]:
-    return objectives_from_attrs(study.user_attrs, [d.name.lower() for d in study.directions])
+    return layout.objectives_from_attrs(study.user_attrs, [d.name.lower() for d in study.directions])
 
 
 def _to_record(t, objectives: Sequence[Objective]) -> TrialRecord:
@@ -384,10 +299,10 @@ def _infer_objectives(recs: Sequence[TrialRecord]) -> list[Objective]:
         for n in r.values:
             if n not in names:
                 names.append(n)
-    unknown = [n for n in names if n not in KNOWN_DIRECTIONS]
+    unknown = [n for n in names if n not in layout.DIRECTIONS]
     if unknown:
         raise StudyError(f"pick: cannot infer the direction of objective(s) {unknown}; pass objectives=")
-    return [Objective(n, KNOWN_DIRECTIONS[n]) for n in names]
+    return [Objective(n, layout.DIRECTIONS[n]) for n in names]
 
 
 def pick(
@@ -460,7 +375,7 @@ def summarize(study, storage_url: str | None = None) -> StudySummary:
     hv = hypervolume_history(recs, objs)
     return StudySummary(
         name=study.study_name,
-        storage=safe_url(storage_url or storage_url_of(study)),
+        storage=layout.safe_url(storage_url or layout.url_of(study)),
         objectives=objs,
         counts=counts,
         n_trials=len(recs),
@@ -488,7 +403,3 @@ def front_rows(fr: Sequence[TrialRecord], objectives: Sequence[Objective]) -> li
         row["reused_by"] = list(r.reused_by)
         rows.append(row)
     return rows
-
-
-def dumps_rows(rows: list[dict[str, Any]]) -> str:
-    return json.dumps(rows, indent=2)

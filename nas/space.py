@@ -299,20 +299,12 @@ class SearchSpace(BaseModel):
             knobs = {}
             for name in dict.fromkeys(pattern):
                 knobs[name] = {k: _pick(suggest, f"s{i}.{name}.{k}", vs) for k, vs in self.stage_knobs(i, name).items()}
-            stages.append(
-                StageSpec(
-                    depth=depth,
-                    dim=dim,
-                    mixer=pattern[0] if len(pattern) == 1 else pattern,
-                    knobs=knobs,
-                    res_scale=st.res_scale,
-                )
-            )
-        skeleton = self._skeleton(num_classes)
-        return ArchSpec.from_model_args(
-            {**skeleton.model_dump(mode="json"), "stages": [s.model_dump(mode="json") for s in stages]},
-            where=f"space '{self.name}'",
-        )
+            stage = {"depth": depth, "dim": dim, "mixer": list(pattern), "knobs": knobs}
+            if st.res_scale is not None:  # else the model_args default (CAFormer's: 1.0 from the third stage)
+                stage["res_scale"] = st.res_scale
+            stages.append(stage)
+        skeleton = self._skeleton(num_classes).model_dump(mode="json", exclude={"stages"})
+        return ArchSpec.from_model_args({**skeleton, "stages": stages}, where=f"space '{self.name}'")
 
     def arch_from_params(self, params: dict[str, Any], num_classes: int) -> ArchSpec:
         """Rebuild the ArchSpec of a trial from its Optuna params (fixed choices are filled in)."""

@@ -10,7 +10,12 @@ A block's token-mixer weights load only when the block uses the same mixer famil
 the checkpoint's keys: ``pwconv1`` -> ``dwconv``, ``qkv`` -> ``mhsa``) and the shapes agree; every other
 tensor loads when its name and shape agree. Anything else keeps its fresh init and is listed in the report, so
 users can start a searched architecture from timm's pretrained CAFormer/ConvFormer weights where it still fits.
-Imports only torch and timm.
+
+:func:`checkpoint_filter_fn` is the ``pretrained_filter_fn`` our entrypoints hand to timm's
+``build_model_with_cfg`` (timm's own convention): a timm MetaFormer checkpoint is mapped, one of ours (an exported
+folder's ``model.safetensors``) passes through. So ``timm.create_model("mixerformer_caformer_s18", pretrained=True)``
+loads timm's CAFormer-S18 weights, and any searched architecture can start from them with
+``pretrained_cfg_overlay={"file": ...}``. Imports only torch and timm.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ import torch
 from torch import nn
 
 from nas.errors import ConfigError
-from nas.models import MixerFormer
 
 _BLOCK_MIXER = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.token_mixer\.")
 # timm's head -> ours (sail-sg names)
@@ -58,7 +62,7 @@ def _timm_block_mixers(sd: Mapping[str, torch.Tensor]) -> dict[tuple[int, int], 
     return out
 
 
-def _our_block_mixers(model: MixerFormer) -> dict[tuple[int, int], tuple[str, dict]]:
+def _our_block_mixers(model: nn.Module) -> dict[tuple[int, int], tuple[str, dict]]:
     out = {}
     for i, s in enumerate(model.model_args["stages"]):
         pattern = [s["mixer"]] if isinstance(s["mixer"], str) else s["mixer"]
@@ -68,21 +72,15 @@ def _our_block_mixers(model: MixerFormer) -> dict[tuple[int, int], tuple[str, di
     return out
 
 
-def load_timm_metaformer(
-    model: MixerFormer, source: Mapping[str, torch.Tensor] | nn.Module, strict: bool = False
-) -> TimmLoadReport:
-    """Copy a timm ``caformer_*``/``convformer_*`` state dict (or model) into ``model``; returns a report.
+def is_timm_metaformer(sd: Mapping[str, torch.Tensor]) -> bool:
+    """A timm caformer_*/convformer_* state dict (its head is ``head.fc.*``; ours is ``head.fc2``/``head.fc1``)."""
+    return "stem.conv.weight" in sd and any(k.startswith("head.fc.") for k in sd)
 
-    ``strict=True`` raises ConfigError unless every tensor of both models was matched (the equivalence use).
-    """
-    if not isinstance(model, MixerFormer):
-        raise ConfigError(f"load_timm_metaformer: expected a MixerFormer, got {type(model).__name__}")
-    sd = source.state_dict() if isinstance(source, nn.Module) else dict(source)
-    if "stem.conv.weight" not in sd:
-        raise ConfigError(
-            "load_timm_metaformer: not a timm MetaFormer state dict (no 'stem.conv.weight'); load it through "
-            "timm.create_model('caformer_s18', pretrained=True) first (timm converts the original checkpoints)"
-        )
+
+def map_timm_state_dict(
+    sd: Mapping[str, torch.Tensor], model: nn.Module
+) -> tuple[dict[str, torch.Tensor], TimmLoadReport]:
+    """timm MetaFormer tensors renamed/reshaped into ``model``'s names where they fit, and what happened to each."""
     ours = model.state_dict()
     timm_mixers, our_mixers = _timm_block_mixers(sd), _our_block_mixers(model)
     report, new = TimmLoadReport(), {}
@@ -122,16 +120,38 @@ def load_timm_metaformer(
         new[k] = value.to(dtype=target.dtype)
         report.loaded.append(k)
     report.missing = sorted(set(ours) - set(new))
+    return new, report
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """timm's ``pretrained_filter_fn``: map a timm MetaFormer checkpoint (tensors that do not fit keep the model's
+    fresh init, so the strict load succeeds); our own checkpoints pass through unchanged."""
+    if not is_timm_metaformer(state_dict):
+        return dict(state_dict)
+    new, _ = map_timm_state_dict(state_dict, model)
+    return {**model.state_dict(), **new}
+
+
+def load_timm_metaformer(
+    model: nn.Module, source: Mapping[str, torch.Tensor] | nn.Module, strict: bool = False
+) -> TimmLoadReport:
+    """Copy a timm ``caformer_*``/``convformer_*`` state dict (or model) into ``model``; returns a report.
+
+    ``strict=True`` raises ConfigError unless every tensor of both models was matched (the equivalence use).
+    """
+    from nas.models import MixerFormer
+
+    if not isinstance(model, MixerFormer):
+        raise ConfigError(f"load_timm_metaformer: expected a MixerFormer, got {type(model).__name__}")
+    sd = source.state_dict() if isinstance(source, nn.Module) else dict(source)
+    if "stem.conv.weight" not in sd:
+        raise ConfigError(
+            "load_timm_metaformer: not a timm MetaFormer state dict (no 'stem.conv.weight'); load it through "
+            "timm.create_model('caformer_s18', pretrained=True) first (timm converts the original checkpoints)"
+        )
+    new, report = map_timm_state_dict(sd, model)
     if strict and (report.skipped or report.missing):
         first = next(iter(report.skipped.items()), None) or (report.missing[0], "not in the timm state dict")
         raise ConfigError(f"load_timm_metaformer(strict): {report.summary()}; first: {first[0]}: {first[1]}")
     model.load_state_dict(new, strict=False)
     return report
-
-
-def init_from_timm(model: MixerFormer, timm_name: str = "caformer_s18", pretrained: bool = True) -> TimmLoadReport:
-    """Start ``model`` from timm's (pretrained, downloaded by timm) ``timm_name`` wherever it still fits."""
-    import timm
-
-    ref = timm.create_model(timm_name, pretrained=pretrained)
-    return load_timm_metaformer(model, ref.state_dict())

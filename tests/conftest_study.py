@@ -28,16 +28,8 @@ OBJECTIVES = [{"name": "accuracy", "direction": "maximize"}, {"name": "throughpu
 T0 = datetime(2025, 1, 1, 12, 0, 0)
 
 
-def _mixer(name: str) -> str:
-    """The requested mixer if registered, else dwconv (lets the fixture run while families are landing)."""
-    from nas import mixers
-
-    return name if name in mixers.names() else "dwconv"
-
-
 def _stage(dim: int, mixer: str, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
-    m = _mixer(mixer)
-    return {"depth": 1, "dim": dim, "mixer": m, "knobs": {m: knobs} if knobs and m == mixer else {}}
+    return {"depth": 1, "dim": dim, "mixer": mixer, "knobs": {mixer: knobs} if knobs else {}}
 
 
 def tiny_arch(stages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -125,16 +117,11 @@ def _curve(final_acc: float, epochs: int) -> list[dict[str, Any]]:
 
 
 def _arch_facts(arch: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
-    """Resolved model_args, arch_id and placement, via nas.arch when it is there."""
-    try:
-        from nas.arch import ArchSpec
+    """Resolved model_args, arch_id and placement."""
+    from nas.arch import ArchSpec
 
-        spec = ArchSpec.from_model_args(arch)
-        return spec.to_model_args(), spec.arch_id, spec.placement()
-    except ImportError:  # pragma: no cover - before nas.arch exists
-        canon = json.dumps(arch, sort_keys=True, separators=(",", ":"))
-        place = "·".join(s["mixer"] for s in arch["stages"])
-        return arch, hashlib.sha256(canon.encode()).hexdigest()[:16], place
+    spec = ArchSpec.from_model_args(arch)
+    return spec.to_model_args(), spec.arch_id, spec.placement()
 
 
 def make_study(root: Path, name: str = "demo", plan: list | None = None) -> StudyFixture:

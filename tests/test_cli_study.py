@@ -126,3 +126,31 @@ def test_cli_errors_wrapper_passes_results_and_other_exceptions() -> None:
     assert e.value.exit_code == 2
     with pytest.raises(KeyError):  # not a user error: must surface, not be swallowed
         bug()
+
+
+HEAVY = ("torch", "timm", "ray")
+
+
+def _modules_after(args: list[str], cwd: Path) -> tuple[int, list[str], str]:
+    """Run `nas ARGS` in a fresh interpreter; which heavy packages did it import?"""
+    import subprocess
+    import sys
+
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['nas', *{args!r}]\n"
+        "try:\n    runpy.run_module('nas.cli', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code or 0\n"
+        "else:\n    code = 0\n"
+        f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules), code)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("HEAVY"))
+    heavy = json.loads(line.split(" ", 1)[1].rsplit(" ", 1)[0].replace("'", '"'))
+    return int(line.rsplit(" ", 1)[1]), heavy, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["studies"], ["status", "demo"], ["pareto", "demo", "--format", "csv"]])
+def test_reading_commands_import_neither_torch_nor_ray(study_env: StudyFixture, args: list[str]) -> None:
+    code, heavy, output = _modules_after(args, study_env.root)
+    assert code == 0, output[-1500:]
+    assert heavy == [], f"`nas {' '.join(args)}` imported {heavy}"

@@ -158,9 +158,9 @@ def test_complete_only_at_full_fidelity_pruned_at_rung_keeps_curve(make) -> None
     # the front (COMPLETE at full fidelity only) has trial a, never the better-looking pruned b
     front = results.front(results.records(d.store.study), results.objectives_of(d.store.study))
     assert [r.number for r in front] == [a.number]
-    from nas.engine.run import summarize
+    from nas.engine.run import run_summary
 
-    summary = summarize(d.store, d.cfg, d.added, 1.0, [], [])
+    summary = run_summary(d.store, d.cfg, d.added, 1.0, [], [])
     assert [row["number"] for row in summary.front] == [a.number]
     assert summary.counts == {"COMPLETE": 1, "PRUNED": 1}
 

@@ -25,17 +25,30 @@ pytest_plugins = ("tests.conftest_study",)  # the study_env fixture
 
 REPO = Path(__file__).resolve().parents[1]
 
-CHILD = """
-import json, sys
-import torch, timm
-import nas  # registers mixerformer
+# The child has only the light core: the search engine's packages cannot be imported there (as after a plain
+# `pip install mixer-nas`), and `import nas` itself imports nothing heavy until timm does.
+ENGINE_ONLY = ("ray", "optuna", "sqlalchemy", "plotly", "typer", "rich", "pydantic", "scipy", "alembic")
+CHILD = f"""
+import importlib.abc, json, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {ENGINE_ONLY!r}:
+            raise ImportError(f"{{name}} is not installed (light core)")
+        return None
+
+sys.meta_path.insert(0, Block())
+import nas
+assert "torch" not in sys.modules and "timm" not in sys.modules, "import nas pulled in torch/timm"
+import torch, timm  # timm's import registers mixerformer (nas's import hook)
 d, k = sys.argv[1], int(sys.argv[2])
 x = torch.load(sys.argv[3])
 m = timm.create_model("local-dir:" + d, pretrained=True).eval()
 fresh = timm.create_model("local-dir:" + d, num_classes=k).eval()
 with torch.no_grad():
-    torch.save({"logits": m(x), "fresh": fresh(x)}, sys.argv[4])
-print(json.dumps({"pretrained_cfg": {k: v for k, v in m.pretrained_cfg.items()}, "fresh_classes": fresh.num_classes}))
+    torch.save({{"logits": m(x), "fresh": fresh(x)}}, sys.argv[4])
+blocked = sorted(m for m in sys.modules if m.split(".")[0] in {ENGINE_ONLY!r})
+print(json.dumps({{"pretrained_cfg": dict(m.pretrained_cfg), "fresh_classes": fresh.num_classes, "blocked": blocked}}))
 """
 
 
@@ -76,7 +89,7 @@ def test_export_with_weights_reloads_identically_in_a_fresh_process(
     assert torch.equal(got["logits"], ref)
     assert got["fresh"].shape == (3, 7)
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert info["fresh_classes"] == 7
+    assert info["fresh_classes"] == 7 and info["blocked"] == []
     assert info["pretrained_cfg"]["input_size"] == [1, 28, 28]
 
 

@@ -222,11 +222,24 @@ def test_fast_backend_sets_tf32_and_benchmark_then_restores():
     # The CUDA branch only flips process-global flags, so it can be checked without a GPU.
     from nas.measure import _fast_backend
 
-    matmul, conv, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn
-    before = (matmul.fp32_precision, conv.fp32_precision, cudnn.benchmark)
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    conv = getattr(cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):  # torch >= 2.9
+
+        def flags() -> tuple:
+            return matmul.fp32_precision, conv.fp32_precision, cudnn.benchmark
+
+        fast = ("tf32", "tf32", True)
+    else:  # the legacy API (torch 2.5 - 2.8)
+
+        def flags() -> tuple:
+            return torch.get_float32_matmul_precision(), cudnn.allow_tf32, cudnn.benchmark
+
+        fast = ("high", True, True)
+    before = flags()
     with _fast_backend(torch.device("cuda")):
-        assert (matmul.fp32_precision, conv.fp32_precision, cudnn.benchmark) == ("tf32", "tf32", True)
-    assert (matmul.fp32_precision, conv.fp32_precision, cudnn.benchmark) == before
+        assert flags() == fast
+    assert flags() == before
     torch.get_float32_matmul_precision()  # the legacy getter must still work (no "mix of APIs" error)
 
 

@@ -225,8 +225,9 @@ def test_out_of_memory_becomes_a_typed_failure(data: DeviceData) -> None:
 
 
 def test_short_real_run_on_fashion_mnist() -> None:
-    if not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"{DEBIAN_FASHION_MNIST} absent; apt-get install dataset-fashion-mnist")
+    assert (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), (
+        f"{DEBIAN_FASHION_MNIST} absent: run scripts/setup.sh as root (apt-get install dataset-fashion-mnist)"
+    )
     ds = load_dataset(DataConfig(name="fashion_mnist", root=str(DEBIAN_FASHION_MNIST)))
     torch.manual_seed(0)
     net = nn.Sequential(

@@ -288,9 +288,11 @@ def _run_twins(inner_mo: optuna.pruners.BasePruner, inner_so: optuna.pruners.Bas
     """The same learning curves through AccuracyPruner on a 2-objective study and through Optuna's own pruner
     on a single-objective study of the same name (Hyperband assigns brackets from name and trial number)."""
     rng = random.Random(seed)
-    mo = optuna.create_study(study_name="twin", directions=MAXMAX)
+    storage = optuna.storages.InMemoryStorage()
+    mo = optuna.create_study(study_name="twin", storage=storage, directions=MAXMAX)
     so = optuna.create_study(study_name="twin", direction="maximize", pruner=inner_so)
-    wrapper = AccuracyPruner(inner_mo)
+    wrapper = AccuracyPruner(inner_mo, storage)
+    mo_id = storage.get_study_id_from_name("twin")
     log_mo, log_so = [], []
     for _ in range(n):
         quality, curve = rng.random(), []
@@ -300,8 +302,9 @@ def _run_twins(inner_mo: optuna.pruners.BasePruner, inner_so: optuna.pruners.Bas
             acc = quality * (1 - 0.5**epoch) + 0.01 * rng.random()
             curve.append({"epoch": epoch, "val_acc": acc})
             if stop_mo is None:
-                mo._storage.set_trial_user_attr(t_mo._trial_id, "curve", list(curve))
-                if wrapper.prune(mo, mo._storage.get_trial(t_mo._trial_id)):
+                tid = storage.get_trial_id_from_study_id_trial_number(mo_id, t_mo.number)
+                storage.set_trial_user_attr(tid, "curve", list(curve))
+                if wrapper.prune(mo, storage.get_trial(tid)):
                     stop_mo = epoch
             if stop_so is None:
                 t_so.report(acc, epoch)
@@ -351,16 +354,21 @@ def test_make_pruner_builds_each_kind() -> None:
     assert isinstance(make_pruner(_cfg(pruner={"name": "none"})), optuna.pruners.NopPruner)
 
 
+def _report(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int, acc: float) -> None:
+    """What the engine's store does: an intermediate value through the storage (Trial.report refuses MO)."""
+    tid = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+    storage.set_trial_intermediate_value(tid, 1, acc)
+
+
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random", "gp"])
 def test_samplers_survive_pruned_and_failed_trials_on_conditional_space(sampler: str) -> None:
     """ask/tell with a define-by-run conditional space, a third PRUNED (with curves, as the store writes them)
     and some FAIL: no exception (optuna#5260: TPE ranks pruned trials through ``study.direction``) and the sampler
     keeps proposing valid, varied architectures."""
-    if sampler == "gp":
-        pytest.importorskip("scipy", reason="optuna's GPSampler needs scipy")
     space = SearchSpace.load(REPO / "search_spaces" / "fashion_mnist_tiny.yaml")
     cfg = _cfg(sampler={"name": sampler, "n_startup_trials": 5}, seed=4)
-    study = optuna.create_study(directions=cfg.directions, sampler=make_sampler(cfg, n_existing=0))
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, directions=cfg.directions, sampler=make_sampler(cfg, n_existing=0))
     rng = random.Random(0)
     ids = []
     for i in range(21):
@@ -373,7 +381,7 @@ def test_samplers_survive_pruned_and_failed_trials_on_conditional_space(sampler:
         assert space.arch_from_params(trial.params, num_classes=10).arch_id == arch.arch_id
         ids.append(arch.arch_id)
         acc = rng.random()
-        study._storage.set_trial_intermediate_value(trial._trial_id, 1, acc)
+        _report(storage, study, trial.number, acc)
         if i % 3 == 1:
             study.tell(trial, state=TrialState.PRUNED)
         elif i % 7 == 5:
@@ -389,11 +397,12 @@ def test_plain_optuna_tpe_trips_on_pruned_curves_but_ours_does_not() -> None:
     """The regression behind MultiObjectiveTPE: stock TPE raises once a PRUNED trial has intermediate values."""
 
     def run(sampler: optuna.samplers.BaseSampler) -> None:
-        study = optuna.create_study(directions=MAXMAX, sampler=sampler)
+        storage = optuna.storages.InMemoryStorage()
+        study = optuna.create_study(storage=storage, directions=MAXMAX, sampler=sampler)
         for i in range(6):
             t = study.ask()
             x = t.suggest_categorical("x", ["a", "b", "c"])
-            study._storage.set_trial_intermediate_value(t._trial_id, 1, 0.5)
+            _report(storage, study, t.number, 0.5)
             study.tell(t, state=TrialState.PRUNED) if i % 2 else study.tell(t, [float(x != "a"), 1.0])
 
     with pytest.raises(RuntimeError, match="multi-objective"):
@@ -417,3 +426,15 @@ def test_make_sampler_reseeds_by_existing_trials() -> None:
 
     assert proposals(0) == proposals(0)
     assert proposals(0) != proposals(6)
+
+
+def test_the_optuna_internals_the_adapter_relies_on_are_still_there() -> None:
+    """nas.engine.optuna_adapter overrides TPESampler._sample and hands it a study view with _get_trials: pinned
+    here for the supported Optuna range, so a release that changes them fails this test, not a user's study."""
+    import inspect
+
+    sample = inspect.signature(optuna.samplers.TPESampler._sample)
+    assert list(sample.parameters) == ["self", "study", "trial", "search_space"]
+    get_trials = inspect.signature(optuna.Study._get_trials)
+    assert list(get_trials.parameters) == ["self", "deepcopy", "states", "use_cache"]
+    assert "_get_trials" in inspect.getsource(optuna.samplers.TPESampler)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nas import results
+from nas import layout, results
 from nas.errors import StudyError
 
 pytest.register_assert_rewrite("tests.conftest_study")  # before the import below
@@ -168,8 +168,8 @@ def test_list_studies(study_env: StudyFixture) -> None:
 
 
 def test_safe_url_drops_password() -> None:
-    assert results.safe_url("postgresql+psycopg2://u:pw@h:5432/db") == "postgresql+psycopg2://u@h:5432/db"
-    assert results.safe_url("sqlite:///studies/x/study.db") == "sqlite:///studies/x/study.db"
+    assert layout.safe_url("postgresql+psycopg2://u:pw@h:5432/db") == "postgresql+psycopg2://u@h:5432/db"
+    assert layout.safe_url("sqlite:///studies/x/study.db") == "sqlite:///studies/x/study.db"
 
 
 def test_a_reused_architecture_is_one_point_with_its_reuses_listed_beside(tmp_path: Path, monkeypatch) -> None:

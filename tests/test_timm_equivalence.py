@@ -97,3 +97,29 @@ def test_rejects_non_timm_state_dict() -> None:
     ours = timm.create_model("mixerformer", img_size=32, num_classes=10)
     with pytest.raises(ConfigError, match=r"stem\.conv\.weight"):
         load_timm_metaformer(ours, {"network.0.0.mlp.fc1.weight": torch.zeros(1)})
+
+
+def test_timm_checkpoint_through_timms_own_builder(tmp_path) -> None:
+    """pretrained=True + a timm CAFormer-S18 checkpoint file: timm's builder applies our pretrained_filter_fn, so
+    the preset computes timm's function, and a searched architecture starts from every tensor that still fits."""
+    import safetensors.torch
+
+    ref = _reference("caformer_s18")
+    path = tmp_path / "caformer_s18.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    ours = timm.create_model("mixerformer_caformer_s18", pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (ours.eval()(x) - ref(x)).abs().max().item() < 1e-4
+    searched = timm.create_model(
+        "mixerformer",
+        pretrained=True,
+        pretrained_cfg_overlay={"file": str(path)},
+        stages=s18_stages(["dwconv", "dwconv", "ska", "mhsa"]),
+    )
+    got, want = searched.state_dict(), ref.state_dict()
+    assert torch.equal(
+        got["stages.3.blocks.0.token_mixer.qkv.weight"], want["stages.3.blocks.0.token_mixer.qkv.weight"]
+    )
+    assert torch.equal(got["stages.2.blocks.0.mlp.fc1.weight"], want["stages.2.blocks.0.mlp.fc1.weight"].flatten(1))
+    assert "stages.2.blocks.0.token_mixer.key" in got  # the new mixer keeps its fresh init

@@ -11,30 +11,26 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from nas import layout
 from nas.errors import ConfigError
 from nas.space import SearchSpace, pydantic_line
 from nas.yamlfile import read_yaml
 from trainers.config import DataConfig, TrainConfig
 
 ObjectiveName = Literal["accuracy", "throughput", "params", "flops", "latency"]
-DEFAULT_DIRECTIONS: dict[str, str] = {
-    "accuracy": "maximize",
-    "throughput": "maximize",
-    "params": "minimize",
-    "flops": "minimize",
-    "latency": "minimize",
-}
 
 
-class Objective(BaseModel):
+class ObjectiveSpec(BaseModel):
+    """An objective as the study file writes it; the direction defaults to the name's (nas.layout.DIRECTIONS)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: ObjectiveName
     direction: Literal["maximize", "minimize"] | None = None
 
     @model_validator(mode="after")
-    def _default_direction(self) -> Objective:
+    def _default_direction(self) -> ObjectiveSpec:
         if self.direction is None:
-            object.__setattr__(self, "direction", DEFAULT_DIRECTIONS[self.name])
+            object.__setattr__(self, "direction", layout.DIRECTIONS[self.name])
         return self
 
 
@@ -98,8 +94,8 @@ class StudyConfig(BaseModel):
     dataset: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
-    objectives: list[Objective] = Field(
-        default_factory=lambda: [Objective(name="accuracy"), Objective(name="throughput")], min_length=1
+    objectives: list[ObjectiveSpec] = Field(
+        default_factory=lambda: [ObjectiveSpec(name="accuracy"), ObjectiveSpec(name="throughput")], min_length=1
     )
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
@@ -132,10 +128,10 @@ class StudyConfig(BaseModel):
         return [o.name for o in self.objectives]
 
     def study_dir(self, base: Path | None = None) -> Path:
-        return (base or Path("studies")) / self.name
+        return layout.study_dir(self.name, base)
 
     def storage_url(self, base: Path | None = None) -> str:
-        return self.storage or f"sqlite:///{self.study_dir(base) / 'study.db'}"
+        return self.storage or layout.default_storage_url(self.name, base)
 
     def training_key(self) -> dict[str, Any]:
         """What must match for a finished trial's result to be reused for the same architecture."""

@@ -9,6 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from nas.fmt import cell
+
 
 class Progress:
     """Prints trial events as they happen; ``quiet`` keeps only the summary."""
@@ -82,13 +84,5 @@ class Progress:
         for col in ["trial", "placement", *cols]:
             table.add_column(col)
         for row in summary.front:
-            table.add_row(str(row["number"]), str(row["placement"]), *[_fmt(row[k]) for k in cols])
+            table.add_row(str(row["number"]), str(row["placement"]), *[cell(row[k]) for k in cols])
         self.console.print(table)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 10 else f"{v:,.0f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)

@@ -60,20 +60,24 @@ class ParetoPruner(BasePruner):
 
 
 class AccuracyPruner(BasePruner):
-    """Apply an Optuna single-objective pruner to the accuracy curve of a multi-objective study."""
+    """Apply an Optuna single-objective pruner to the accuracy curve of a multi-objective study.
 
-    def __init__(self, inner: BasePruner) -> None:
-        self.inner = inner
+    The inner pruner is asked on an in-memory single-objective mirror of the study (trial numbers aligned, curves
+    as intermediate values, a reused copy counted once). What it records about a trial in the mirror (successive
+    halving's ``completed_rung_*`` system attributes) is written back to the real trial through ``storage``, so
+    its state persists as it would on its own study.
+    """
+
+    def __init__(self, inner: BasePruner, storage: optuna.storages.BaseStorage | None = None) -> None:
+        self.inner, self.storage = inner, storage
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        mirror_storage = optuna.storages.InMemoryStorage()
         mirror = optuna.create_study(
-            study_name=study.study_name,
-            direction=StudyDirection.MAXIMIZE,
-            storage=optuna.storages.InMemoryStorage(),
-            pruner=self.inner,
+            study_name=study.study_name, direction=StudyDirection.MAXIMIZE, storage=mirror_storage, pruner=self.inner
         )
-        target: FrozenTrial | None = None
-        target_attrs: dict[str, Any] = {}
+        mirror_id = mirror_storage.get_study_id_from_name(study.study_name)
+        target_attrs: dict[str, Any] | None = None
         for t in study.get_trials(deepcopy=False):
             curve = {int(r["epoch"]): float(r["val_acc"]) for r in t.user_attrs.get("curve", [])}
             # keep trial numbers aligned (hyperband assigns brackets by study name + number)
@@ -98,27 +102,31 @@ class AccuracyPruner(BasePruner):
                     )
                 )
             if t.number == trial.number:
-                target = mirror._storage.get_trial(
-                    mirror._storage.get_trial_id_from_study_id_trial_number(mirror._study_id, t.number)
-                )
                 target_attrs = dict(t.system_attrs)
-        if target is None:
+        if target_attrs is None:
             return False
-        decision = self.inner.prune(mirror, target)
-        for k, v in mirror._storage.get_trial_system_attrs(target._trial_id).items():
-            if target_attrs.get(k) != v:  # persist what the inner pruner recorded, as it would on its own study
-                study._storage.set_trial_system_attr(trial._trial_id, k, v)
+        target_id = mirror_storage.get_trial_id_from_study_id_trial_number(mirror_id, trial.number)
+        decision = self.inner.prune(mirror, mirror_storage.get_trial(target_id))
+        if self.storage is not None:
+            real_id = self.storage.get_trial_id_from_study_id_trial_number(
+                self.storage.get_study_id_from_name(study.study_name), trial.number
+            )
+            for k, v in mirror_storage.get_trial_system_attrs(target_id).items():
+                if target_attrs.get(k) != v:  # persist what the inner pruner recorded
+                    self.storage.set_trial_system_attr(real_id, k, v)
         return decision
 
 
-def make_pruner(cfg: StudyConfig) -> BasePruner:
+def make_pruner(cfg: StudyConfig, storage: optuna.storages.BaseStorage | None = None) -> BasePruner:
+    """The study's pruner; ``storage`` is where Optuna's own pruners keep their per-trial state."""
     p: PrunerConfig = cfg.pruner
     if p.name == "pareto":
         return ParetoPruner(cfg.fidelity.rungs, cfg.objective_names, cfg.directions, p.eta, p.min_trials)
     if p.name == "median":
-        return AccuracyPruner(optuna.pruners.MedianPruner(n_startup_trials=p.min_trials, n_warmup_steps=0))
+        return AccuracyPruner(optuna.pruners.MedianPruner(n_startup_trials=p.min_trials, n_warmup_steps=0), storage)
     if p.name == "hyperband":
         return AccuracyPruner(
-            optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.train.epochs, reduction_factor=p.eta)
+            optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.train.epochs, reduction_factor=p.eta),
+            storage,
         )
     return optuna.pruners.NopPruner()

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nas import layout
 from nas.engine.config import StudyConfig, load_study
 from nas.engine.progress import Progress
 from nas.engine.pruners import make_pruner
 from nas.engine.samplers import make_sampler
-from nas.engine.store import StudyStore, make_storage
+from nas.engine.store import StudyStore
 from nas.errors import ConfigError, StudyError
 from nas.space import SearchSpace
 
@@ -73,9 +74,9 @@ def run_study(
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     check_resources(cfg, str(path))
     progress = progress or Progress()
-    storage = make_storage(cfg.storage_url(base_dir))
+    storage = layout.create_storage(cfg.storage_url(base_dir))
     n_existing = _count_existing(storage, cfg.name)
-    store = StudyStore(cfg, space, make_sampler(cfg, n_existing), make_pruner(cfg), base_dir)
+    store = StudyStore(cfg, space, make_sampler(cfg, n_existing), make_pruner(cfg, storage), base_dir, storage)
     store.study.set_user_attr("data_stats", data_stats)
     recovered = store.recover_stale()
     store.start()
@@ -98,7 +99,7 @@ def run_study(
     finally:
         interrupted = driver.finish()
         store.close()
-    summary = summarize(store, cfg, driver.added, time.time() - t0, recovered, interrupted, driver.stop_reason)
+    summary = run_summary(store, cfg, driver.added, time.time() - t0, recovered, interrupted, driver.stop_reason)
     progress.end(summary)
     if driver.stop_is_error:
         raise StudyError(f"study '{cfg.name}': stopped early: {driver.stop_reason}")
@@ -118,15 +119,13 @@ def local_ray_on_loopback(address: str | None) -> None:
 
 
 def _count_existing(storage: Any, name: str) -> int:
-    import optuna
-
     try:
-        return len(optuna.load_study(study_name=name, storage=storage).trials)
+        return len(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False))
     except KeyError:
         return 0
 
 
-def summarize(
+def run_summary(
     store: StudyStore,
     cfg: StudyConfig,
     added: int,

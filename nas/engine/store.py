@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import socket
 import threading
 import time
@@ -23,6 +22,7 @@ import optuna
 import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
+from nas import layout
 from nas.engine.config import StudyConfig
 from nas.errors import StudyError
 from nas.space import SearchSpace
@@ -42,18 +42,6 @@ THROUGHPUT_TABLE = sa.Table(
 )
 
 
-def package_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "timm", "optuna", "ray", "pydantic", "sqlalchemy", "mixer-nas"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "absent"
-    return out
-
-
 def _alive(driver_id: str) -> bool:
     """A driver on this host whose process is gone is dead now, whatever its last heartbeat says."""
     host, pid, _ = [*driver_id.split(":"), "", ""][:3]
@@ -68,34 +56,6 @@ def _alive(driver_id: str) -> bool:
     return True
 
 
-def make_storage(url: str) -> optuna.storages.RDBStorage:
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}}
-    else:
-        kwargs = {"pool_pre_ping": True}
-    for attempt in range(5):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-        except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError) as e:
-            # two drivers creating the schema of an empty database at once: the loser sees the winner's tables
-            # half-made; once the winner is done the schema is simply there
-            racing = not isinstance(e, sa.exc.OperationalError) or "locked" in str(e)
-            if attempt == 4 or not racing:
-                raise StudyError(f"storage {_redact(url)}: cannot open ({' '.join(str(e).split())[:200]})") from None
-            time.sleep(1.0 + attempt)
-        except Exception as e:  # connection refused, bad credentials, missing driver...
-            raise StudyError(f"storage {_redact(url)}: cannot open ({' '.join(str(e).split())[:200]})") from None
-    raise AssertionError("unreachable")
-
-
-def _redact(url: str) -> str:
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
-
-
 class StudyStore:
     """Driver-side handle on one study: create/load, heartbeat, stale-trial recovery, reuse, curves, cache."""
 
@@ -106,12 +66,13 @@ class StudyStore:
         sampler: optuna.samplers.BaseSampler,
         pruner: optuna.pruners.BasePruner,
         base_dir: Path | None = None,
+        storage: optuna.storages.RDBStorage | None = None,
     ) -> None:
         self.cfg, self.space = cfg, space
         self.study_dir = cfg.study_dir(base_dir)
         self.study_dir.mkdir(parents=True, exist_ok=True)
         self.url = cfg.storage_url(base_dir)
-        self.storage = make_storage(self.url)
+        self.storage = storage or layout.create_storage(self.url)
         self.lock = threading.RLock()
         self.driver_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._check_existing()
@@ -123,6 +84,7 @@ class StudyStore:
             pruner=pruner,
             load_if_exists=True,
         )
+        self.study_id = self.storage.get_study_id_from_name(cfg.name)
         attrs = self.study.user_attrs
         if "config" not in attrs:
             self.study.set_user_attr("nas_version", FORMAT_VERSION)
@@ -130,7 +92,7 @@ class StudyStore:
             self.study.set_user_attr("space", space.model_dump(mode="json"))
             self.study.set_user_attr("space_hash", space.space_hash())
         self.study.set_user_attr("config", cfg.model_dump(mode="json"))
-        self.study.set_user_attr("versions", package_versions())
+        self.study.set_user_attr("versions", layout.package_versions())
         self.study.set_user_attr("study_dir", str(self.study_dir))
         self.engine = sa.create_engine(self.url, **({"connect_args": {"timeout": 30}} if "sqlite" in self.url else {}))
         _META.create_all(self.engine)
@@ -148,8 +110,8 @@ class StudyStore:
                 existing = [d.name.lower() for d in s.directions]
                 if existing != self.cfg.directions:
                     raise StudyError(
-                        f"study '{self.cfg.name}' already exists in {_redact(self.url)} with directions {existing}, "
-                        f"but the study file asks for {self.cfg.directions}; give the study a new name"
+                        f"study '{self.cfg.name}' already exists in {layout.safe_url(self.url)} with directions "
+                        f"{existing}, but the study file asks for {self.cfg.directions}; give the study a new name"
                     )
 
     # ------------------------------------------------------------------------------------------ heartbeat
@@ -183,9 +145,8 @@ class StudyStore:
             if owner == self.driver_id or (owner in beats and now - beats[owner] < STALE_AFTER_S and _alive(owner)):
                 continue  # ours, or another live driver's (several drivers may share a PostgreSQL study)
             with self.lock:
-                self.study._storage.set_trial_user_attr(
-                    t._trial_id, "failure", "interrupted: its driver stopped (killed or crashed) while it ran"
-                )
+                why = "interrupted: its driver stopped (killed or crashed) while it ran"
+                self.set_attrs(t.number, {"failure": why})
                 self.study.tell(t.number, state=TrialState.FAIL)
                 if "retry_of" not in t.user_attrs and t.params:
                     self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
@@ -203,15 +164,15 @@ class StudyStore:
         trial_id = self._trial_id(number_or_trial)
         with self.lock:
             for k, v in attrs.items():
-                self.study._storage.set_trial_user_attr(trial_id, k, v)
+                self.storage.set_trial_user_attr(trial_id, k, v)
 
     def record_epoch(self, number: int, curve: list[dict[str, Any]]) -> None:
         trial_id = self._trial_id(number)
         with self.lock:
-            self.study._storage.set_trial_user_attr(trial_id, "curve", curve)
-            self.study._storage.set_trial_user_attr(trial_id, "fidelity", curve[-1]["epoch"] if curve else 0)
+            self.storage.set_trial_user_attr(trial_id, "curve", curve)
+            self.storage.set_trial_user_attr(trial_id, "fidelity", curve[-1]["epoch"] if curve else 0)
             if curve:
-                self.study._storage.set_trial_intermediate_value(trial_id, curve[-1]["epoch"], curve[-1]["val_acc"])
+                self.storage.set_trial_intermediate_value(trial_id, curve[-1]["epoch"], curve[-1]["val_acc"])
 
     def tell(
         self, number: int, state: TrialState, values: list[float] | None = None, attrs: dict[str, Any] | None = None
@@ -222,12 +183,11 @@ class StudyStore:
             self.study.tell(number, values if state == TrialState.COMPLETE else None, state=state)
 
     def frozen(self, number: int) -> FrozenTrial:
-        return self.study._storage.get_trial(self._trial_id(number))
+        return self.storage.get_trial(self._trial_id(number))
 
     def _trial_id(self, number_or_trial: Any) -> int:
-        if isinstance(number_or_trial, optuna.Trial | FrozenTrial):
-            return number_or_trial._trial_id
-        return self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number_or_trial)
+        number = getattr(number_or_trial, "number", number_or_trial)
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
     def find_reusable(self, arch_id: str, train_key: str) -> FrozenTrial | None:
         """A finished trial (COMPLETE, or PRUNED at a rung) of the same architecture under the same training."""

@@ -56,8 +56,11 @@ def _sync(device: str) -> None:
 
 
 def attention_kernel(fn: Callable[[], torch.Tensor]) -> str:
-    """Which attention op ``fn`` ran, from the op names FlopCounterMode saw."""
-    with FlopCounterMode(display=False) as fc:
+    """Which attention op ``fn`` ran, from the op names FlopCounterMode saw (with the project's formulas for every
+    SDPA kernel: a bare counter leaves out the kernels it has no formula for, e.g. the CPU one before torch 2.15)."""
+    from nas.cost import sdpa_flop_formulas
+
+    with FlopCounterMode(display=False, custom_mapping=sdpa_flop_formulas()) as fc:
         fn()
     ops = [str(op) for op in fc.get_flop_counts().get("Global", {})]
     for op in ops:

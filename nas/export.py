@@ -89,9 +89,27 @@ def _resolve(study, trial: int | TrialRecord) -> TrialRecord:
     return rec
 
 
-def _checkpoint_path(study, rec: TrialRecord) -> Path:
+def _checkpoint_state(study, rec: TrialRecord) -> dict[str, Any]:
+    """The trial's weights: from Ray Tune's storage (a ``file://``, ``s3://``... URI of the checkpoint folder), or
+    from a path relative to the study folder (studies written before checkpoints went through Tune)."""
+    import safetensors.torch
+
     if not rec.checkpoint:
         raise StudyError(f"study '{study.study_name}': trial {rec.number} kept no checkpoint; export without --weights")
+    if "://" in rec.checkpoint:
+        from pyarrow import fs
+
+        where = f"{rec.checkpoint.rstrip('/')}/{WEIGHTS_NAME}"
+        try:
+            filesystem, path = fs.FileSystem.from_uri(where)
+            with filesystem.open_input_file(path) as f:
+                return safetensors.torch.load(f.read())
+        except (OSError, ValueError) as e:
+            raise StudyError(
+                f"study '{study.study_name}': checkpoint of trial {rec.number} cannot be read at {where} "
+                f"({' '.join(str(e).split())[:160]}); check that this machine sees the study's ray.storage_path, "
+                "or export without --weights"
+            ) from None
     study_dir = Path(study.user_attrs.get("study_dir") or layout.study_dir(study.study_name))
     path = study_dir / rec.checkpoint
     if not path.is_file():
@@ -99,12 +117,11 @@ def _checkpoint_path(study, rec: TrialRecord) -> Path:
             f"study '{study.study_name}': checkpoint of trial {rec.number} not found at {path}; run from the "
             "folder the study was run in (study_dir is relative to it) or export without --weights"
         )
-    return path
+    return safetensors.torch.load_file(str(path), device="cpu")
 
 
-def build_model(rec: TrialRecord, checkpoint: Path | None = None):
-    """The trial's network rebuilt from its stored ``arch`` (and weights, if a checkpoint is given)."""
-    import safetensors.torch
+def build_model(rec: TrialRecord, state: dict[str, Any] | None = None):
+    """The trial's network rebuilt from its stored ``arch`` (and weights, if a state dict is given)."""
     import timm
 
     import nas  # noqa: F401  (registers mixerformer)
@@ -113,14 +130,13 @@ def build_model(rec: TrialRecord, checkpoint: Path | None = None):
         model = timm.create_model("mixerformer", **rec.arch)
     except NasError as e:
         raise StudyError(f"trial {rec.number}: stored arch does not build ({e})") from None
-    if checkpoint is not None:
-        sd = safetensors.torch.load_file(str(checkpoint), device="cpu")
+    if state is not None:
         try:
-            model.load_state_dict(sd, strict=True)
+            model.load_state_dict(state, strict=True)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
             raise StudyError(
-                f"trial {rec.number}: checkpoint {checkpoint} does not match the stored arch ({first[:160]})"
+                f"trial {rec.number}: checkpoint {rec.checkpoint} does not match the stored arch ({first[:160]})"
             ) from None
     return model.eval()
 
@@ -173,8 +189,7 @@ def export_trial(
     out = Path(out_dir)
     _check_out(out)
     rec = _resolve(study, trial)
-    ckpt = _checkpoint_path(study, rec) if weights else None
-    model = build_model(rec, ckpt)
+    model = build_model(rec, _checkpoint_state(study, rec) if weights else None)
     model_args = dict(rec.arch)
     config = {
         "architecture": "mixerformer",

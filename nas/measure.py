@@ -217,12 +217,14 @@ def _is_oom(exc: BaseException) -> bool:
     )
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _free(device: torch.device) -> None:
+def free_memory(device: torch.device) -> None:
+    """Collect garbage and hand cached CUDA blocks back (a no-op for the cache on CPU)."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -266,11 +268,11 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 
 def _timed_loop(model: nn.Module, x: torch.Tensor, steps: int, device: torch.device) -> float:
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         model(x)
-    _sync(device)
+    sync(device)
     return time.perf_counter() - t0
 
 
@@ -380,7 +382,7 @@ def measure_throughput(
                     if not _is_oom(exc):
                         raise
                     notes.append(f"peak training memory: OOM at train batch {train_batch_size}")
-                _free(dev)
+                free_memory(dev)
             else:
                 notes.append("peak training memory is measured on CUDA only (None on CPU)")
 
@@ -397,7 +399,7 @@ def measure_throughput(
                     raise
             # Freed only here, outside the except block: the traceback pins the failed step's tensors.
             x = None
-            _free(dev)
+            free_memory(dev)
             notes.append(f"OOM at batch {batch}; retried at {batch // 2}")
             batch //= 2
         del x

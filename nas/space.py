@@ -306,6 +306,23 @@ class SearchSpace(BaseModel):
         skeleton = self._skeleton(num_classes).model_dump(mode="json", exclude={"stages"})
         return ArchSpec.from_model_args({**skeleton, "stages": stages}, where=f"space '{self.name}'")
 
+    def param_grid(self) -> dict[str, list[Any]]:
+        """Every Optuna parameter the space can ask, with its choices (knobs of every mixer a stage allows, so a
+        conditional knob multiplies the grid: the architectures that differ only in an unused knob are reused by
+        the engine, not trained twice). What ``sampler: grid`` enumerates."""
+        grid: dict[str, list[Any]] = {}
+        for i, st in enumerate(self.stages):
+            entries = [e if isinstance(e, str) else PATTERN_SEP.join(e) for e in st.mixers]
+            for name, choices in ((f"s{i}.mixer", entries), (f"s{i}.depth", _as_choices(st.depth)),
+                                  (f"s{i}.dim", _as_choices(st.dim))):  # fmt: skip
+                if len(choices) > 1:
+                    grid[name] = list(choices)
+            for mixer in dict.fromkeys(n for e in st.mixers for n in _as_choices(e)):
+                for knob, vs in self.stage_knobs(i, mixer).items():
+                    if len(vs) > 1:
+                        grid[f"s{i}.{mixer}.{knob}"] = list(vs)
+        return grid
+
     def arch_from_params(self, params: dict[str, Any], num_classes: int) -> ArchSpec:
         """Rebuild the ArchSpec of a trial from its Optuna params (fixed choices are filled in)."""
 

@@ -456,3 +456,14 @@ def test_epoch_report_reads_back_from_tunes_flat_and_nested_forms() -> None:
     assert EpochReport.from_result({"done": True, "time_this_iter_s": 0.1}) is None
     payload = TrialPayload(1, {"a": 1}, "id", {}, {}, {}, "ckpt", 1.0)
     assert TrialPayload.from_config(payload.to_config()) == payload
+
+
+def test_the_checkpoint_tune_persisted_is_recorded_on_the_complete_trial(make) -> None:
+    d = make(n_trials=2)
+    p = _payload(d.next_config("a"))
+    for epoch in range(1, EPOCHS + 1):
+        d.on_result("a", _result(p, epoch, 0.5))
+    d.on_checkpoint("a", "s3://bucket/studies/drv/trial_a/checkpoint_000000")
+    d.on_complete("a")
+    assert _trial(d, p.number).user_attrs["checkpoint"] == "s3://bucket/studies/drv/trial_a/checkpoint_000000"
+    assert "checkpoint_path" not in p.__dict__  # the worker decides nothing about where weights go

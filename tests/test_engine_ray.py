@@ -68,7 +68,9 @@ def test_study_completes_prunes_and_resumes(tmp_path, local_ray):
         assert len(t.values) == 2 and 0 <= t.values[0] <= 1 and t.values[1] > 0
         assert t.intermediate_values.keys() == {1, 2}
         if "reused_from" not in t.user_attrs:
-            assert (tmp_path / "studies" / "e2e" / t.user_attrs["checkpoint"]).is_file()
+            uri = t.user_attrs["checkpoint"]  # persisted by Ray Tune into the study's storage_path
+            assert uri.startswith(f"file://{(tmp_path / 'studies' / 'e2e' / 'ray').resolve()}/"), uri
+            assert (Path(uri.removeprefix("file://")) / "model.safetensors").is_file()
         assert t.user_attrs["throughput"]["repeats"] == 2
     # six dominating trials at the rung: a new trial ranks >= 6 while keep = n // eta <= (6 + 5) // 2 = 5, so every
     # new trial is pruned at epoch 1 (a deterministic MO-ASHA decision)
@@ -229,7 +231,11 @@ def local_cluster(head_cpus: int, worker_cpus: int, worker_port: int | None = No
 
 
 def test_two_node_local_cluster_runs_trials_on_both_nodes(tmp_path):
-    with local_cluster(1, 1) as address:
+    """The worker node runs in another working directory: checkpoints reach the study through Ray Tune's storage,
+    so `nas export --weights` works for trials that ran on either node."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with local_cluster(1, 1, worker_cwd=elsewhere) as address:
         path = write_study(
             tmp_path,
             "cluster",
@@ -249,8 +255,18 @@ def test_two_node_local_cluster_runs_trials_on_both_nodes(tmp_path):
         st = optuna.load_study(
             study_name="cluster", storage=f"sqlite:///{tmp_path / 'studies' / 'cluster' / 'study.db'}"
         )
-        nodes = {t.user_attrs.get("node") for t in st.trials if t.state == TrialState.COMPLETE}
+        done = [t for t in st.trials if t.state == TrialState.COMPLETE]
+        nodes = {t.user_attrs.get("node") for t in done}
         assert len(nodes - {None}) == 2, f"trials ran on nodes {nodes}"
+        for t in done:  # one export per node: each read back from Tune's storage
+            out = subprocess.run(
+                [sys.executable, "-m", "nas.cli", "export", "cluster", "--trial", str(t.number), "--weights",
+                 "--out", f"exp{t.number}"],
+                cwd=tmp_path, env=CLUSTER_ENV, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert out.returncode == 0, out.stderr[-1500:]
+            assert (tmp_path / f"exp{t.number}" / "model.safetensors").is_file()
+        assert not list(elsewhere.rglob("*.safetensors")), "weights landed in the worker's working directory"
         import ray
 
         ray.init(address=address)

@@ -169,3 +169,19 @@ def test_missing_or_mismatched_checkpoint(st, study_env: StudyFixture, tmp_path:
     with pytest.raises(StudyError, match="does not match the stored arch"):
         export.export_trial(st, 6, tmp_path / "z", weights=True)
     assert not (tmp_path / "z").exists()
+
+
+def test_weights_come_from_the_uri_tune_stored_them_at(st, study_env: StudyFixture, tmp_path: Path) -> None:
+    """Checkpoints written through Ray Tune's storage are recorded as URIs (file://, s3://...)."""
+    folder = tmp_path / "tune" / "checkpoint_000000"
+    folder.mkdir(parents=True)
+    ref = _reference(study_env, 1)
+    sd = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    safetensors.torch.save_file(sd, str(folder / "model.safetensors"))
+    rec = dataclasses.replace(results.get_record(st, 1), checkpoint=folder.as_uri())
+    out = export.export_trial(st, rec, tmp_path / "e", weights=True)
+    got = safetensors.torch.load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(got[k], v) for k, v in sd.items())
+    gone = dataclasses.replace(rec, checkpoint=(tmp_path / "gone").as_uri())
+    with pytest.raises(StudyError, match=r"cannot be read at file://.*gone/model\.safetensors.*ray\.storage_path"):
+        export.export_trial(st, gone, tmp_path / "e2", weights=True)

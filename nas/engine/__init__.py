@@ -1,33 +1,43 @@
 """The study engine: a study file in, trials on Ray Tune, every result in an Optuna RDB study.
 
-Public names are re-exported here (Optuna's habit); the Ray adapters (``nas.engine.tune``) are imported only by
-:func:`run_study`, after it has decided how the local Ray runtime must bind (see ``local_ray_on_loopback``).
+Public names are re-exported here (Optuna's habit) but imported on first use, so that the worker's own modules
+(``nas.engine.trainable``, ``nas.engine.messages``) load without Optuna, SQLAlchemy or Ray — the GPU suite runs the
+worker code on machines that have none of them. The Ray adapters (``nas.engine.tune``) are imported only by
+:func:`run_study`, after it has decided how a local Ray runtime must bind (``local_ray_on_loopback``).
 """
 
-from nas.engine.config import StudyConfig, load_study
-from nas.engine.driver import Driver, RunningTrial
-from nas.engine.messages import EpochReport, TrialPayload
-from nas.engine.objectives import objective_vector
-from nas.engine.optuna_adapter import MultiObjectiveTPE
-from nas.engine.pruners import AccuracyPruner, ParetoPruner, make_pruner
-from nas.engine.run import RunSummary, run_study
-from nas.engine.samplers import make_sampler
-from nas.engine.store import StudyStore
+from __future__ import annotations
 
-__all__ = [
-    "AccuracyPruner",
-    "Driver",
-    "EpochReport",
-    "MultiObjectiveTPE",
-    "ParetoPruner",
-    "RunSummary",
-    "RunningTrial",
-    "StudyConfig",
-    "StudyStore",
-    "TrialPayload",
-    "load_study",
-    "make_pruner",
-    "make_sampler",
-    "objective_vector",
-    "run_study",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AccuracyPruner": "nas.engine.pruners",
+    "Driver": "nas.engine.driver",
+    "EpochReport": "nas.engine.messages",
+    "MultiObjectiveTPE": "nas.engine.optuna_adapter",
+    "ParetoPruner": "nas.engine.pruners",
+    "RunSummary": "nas.engine.run",
+    "RunningTrial": "nas.engine.driver",
+    "StudyConfig": "nas.engine.config",
+    "StudyStore": "nas.engine.store",
+    "TrialPayload": "nas.engine.messages",
+    "load_study": "nas.engine.config",
+    "make_pruner": "nas.engine.pruners",
+    "make_sampler": "nas.engine.samplers",
+    "objective_vector": "nas.engine.objectives",
+    "run_study": "nas.engine.run",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'nas.engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

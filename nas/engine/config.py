@@ -36,7 +36,9 @@ class ObjectiveSpec(BaseModel):
 
 class SamplerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
+    name: Literal["tpe", "nsga2", "random", "gp", "grid"] = Field(
+        default="tpe", description="grid: every architecture once (tabulating a space); the others sample"
+    )
     n_startup_trials: int = Field(default=6, ge=0, description="random trials before TPE/GP model the space")
 
 
@@ -82,6 +84,14 @@ class RayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     address: str | None = Field(default=None, description="join this Ray cluster; null = start a local one")
     num_cpus: int | None = Field(default=None, ge=1, description="local Ray only: CPUs to offer")
+    num_gpus: int | None = Field(
+        default=None, ge=0, description="local Ray only: GPUs to offer (default: the ones CUDA sees)"
+    )
+    storage_path: str | None = Field(
+        default=None,
+        description="where Ray Tune keeps trial checkpoints: a path every node sees (NFS) or a pyarrow URI such as "
+        "s3://bucket/prefix; default <study folder>/ray (enough for one machine)",
+    )
     max_failures: int = Field(default=1, ge=0, description="retries of a trial whose worker process died")
 
 

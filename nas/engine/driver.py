@@ -61,6 +61,7 @@ class RunningTrial:
     failure: str | None = None  # reported by the trainable
     error: str | None = None  # worker error captured by the scheduler
     pruned_at: int | None = None
+    checkpoint: str | None = None  # URI of the weights Tune persisted (full fidelity)
     measured: bool = False  # throughput recorded
     waiters: dict[int, dict[str, Any]] = field(default_factory=dict)  # later trials of this arch -> their attrs
 
@@ -95,6 +96,10 @@ class Driver:
 
     def next_config(self, tune_id: str) -> dict[str, Any] | str:
         while self.budget_left() and self.stop_reason is None:
+            exhausted = getattr(self.store.study.sampler, "is_exhausted", None)  # a grid sampler's own test
+            if exhausted is not None and exhausted(self.store.study):
+                self._stop("every architecture of the grid has been proposed")
+                break
             trial = self.store.ask()
             try:
                 arch = self.space.sample(trial.suggest_categorical, self.num_classes)
@@ -170,7 +175,6 @@ class Driver:
         )
 
     def _payload(self, number: int, arch_id: str, arch: dict[str, Any]) -> TrialPayload:
-        ckpt = self.store.study_dir / "checkpoints" / f"trial{number:05d}-{arch_id}.safetensors"
         return TrialPayload(
             number=number,
             arch=arch,
@@ -178,7 +182,6 @@ class Driver:
             train=self.cfg.train.model_dump(mode="json"),
             dataset=self.cfg.dataset.model_dump(mode="json"),
             throughput=self.cfg.throughput.model_dump(mode="json"),
-            checkpoint_path=str(ckpt.resolve()),
             cpus=self.cfg.resources.cpus_per_trial,
             lock_dir=self.lock_dir,
             cached_throughput=self.store.cached_throughput(arch_id),
@@ -197,7 +200,8 @@ class Driver:
             return  # already recorded (scheduler, searcher and callback all see each result)
         if not run.measured and report.throughput:
             tp = dict(report.throughput)
-            self.store.set_attrs(run.number, {"throughput": tp, "device": tp.get("device"), "node": report.node})
+            where = {"node": report.node, "device_lock": report.device_lock, "visible_gpus": report.visible_gpus}
+            self.store.set_attrs(run.number, {"throughput": tp, "device": tp.get("device"), **where})
             if not tp.pop("cached", False):
                 self.store.put_throughput(tp["key"], run.arch_id, tp["device"], tp)
             run.measured = True
@@ -205,6 +209,11 @@ class Driver:
         run.curve = [r for r in run.curve if r["epoch"] < row["epoch"]] + [row]  # a retried worker restarts
         self.store.record_epoch(run.number, run.curve)
         self.log("epoch", {"number": run.number, **row, "pid": report.pid})
+
+    def on_checkpoint(self, tune_id: str, uri: str) -> None:
+        """Tune persisted the trial's weights (a folder holding ``model.safetensors``) at ``uri``."""
+        if tune_id in self.running:
+            self.running[tune_id].checkpoint = uri
 
     def on_error(self, tune_id: str, message: str) -> None:
         """The scheduler saw the worker fail (its error text, or that the process died)."""
@@ -238,9 +247,8 @@ class Driver:
             reason = run.failure or run.error or "worker process died (killed or crashed); see Ray logs"
             self._tell(run.number, TrialState.FAIL, None, {**attrs, "failure": reason})
         elif attrs["full_fidelity"]:
-            ckpt = self._checkpoint(run.number)
-            if ckpt:
-                attrs["checkpoint"] = ckpt
+            if run.checkpoint:
+                attrs["checkpoint"] = run.checkpoint
             values = objective_vector(self.store.frozen(run.number), self.cfg.objective_names, self.cfg.train.epochs)
             if values is None:
                 self._tell(run.number, TrialState.FAIL, None, {**attrs, "failure": "an objective was not measured"})
@@ -251,10 +259,6 @@ class Driver:
         source = self.store.frozen(run.number)
         for number, waiter_attrs in run.waiters.items():
             self._reuse(number, waiter_attrs, source)
-
-    def _checkpoint(self, number: int) -> str | None:
-        found = sorted((self.store.study_dir / "checkpoints").glob(f"trial{number:05d}-*.safetensors"))
-        return str(found[-1].relative_to(self.store.study_dir)) if found else None
 
     def _tell(self, number: int, state: TrialState, values: list[float] | None, attrs: dict[str, Any]) -> None:
         self.store.tell(number, state, values=values, attrs=attrs)

@@ -25,7 +25,6 @@ class TrialPayload:
     train: dict[str, Any]  # TrainConfig, JSON form
     dataset: dict[str, Any]  # DataConfig, JSON form
     throughput: dict[str, Any]  # ThroughputConfig, JSON form
-    checkpoint_path: str
     cpus: float
     lock_dir: str | None = None
     cached_throughput: dict[str, dict[str, Any]] = field(default_factory=dict)  # by ThroughputKey string
@@ -54,6 +53,8 @@ class EpochReport:
     throughput: dict[str, Any] | None = None  # ThroughputResult.to_dict() + "cached"
     pid: int | None = None
     node: str | None = None
+    device_lock: str | None = None  # the physical device's lock (one per GPU, whatever CUDA_VISIBLE_DEVICES says)
+    visible_gpus: str | None = None  # CUDA_VISIBLE_DEVICES as Ray set it for this trial
     failed: str | None = None
 
     CURVE_FIELDS = ("val_acc", "val_loss", "train_loss", "seconds", "images_per_s")

@@ -68,15 +68,15 @@ def run_study(
     from nas.engine.driver import Driver
     from nas.engine.tune import check_resources, init_ray, local_lock_dir, run_tune
 
-    make_sampler(cfg, 0), make_pruner(cfg)  # configuration errors surface here, before any storage exists
+    make_sampler(cfg, 0, space), make_pruner(cfg)  # configuration errors surface here, before any storage exists
     num_classes, data_stats = dataset_shape(cfg, space, str(path))
     space.check_reachable(num_classes)
-    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus)
     check_resources(cfg, str(path))
     progress = progress or Progress()
     storage = layout.create_storage(cfg.storage_url(base_dir))
     n_existing = _count_existing(storage, cfg.name)
-    store = StudyStore(cfg, space, make_sampler(cfg, n_existing), make_pruner(cfg, storage), base_dir, storage)
+    store = StudyStore(cfg, space, make_sampler(cfg, n_existing, space), make_pruner(cfg, storage), base_dir, storage)
     store.study.set_user_attr("data_stats", data_stats)
     recovered = store.recover_stale()
     store.start()

@@ -10,11 +10,13 @@ import optuna
 
 from nas.engine.config import StudyConfig
 from nas.engine.optuna_adapter import MultiObjectiveTPE
+from nas.errors import ConfigError
+from nas.space import SearchSpace
 
 
-def make_sampler(cfg: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampler:
+def make_sampler(cfg: StudyConfig, n_existing: int, space: SearchSpace | None = None) -> optuna.samplers.BaseSampler:
     """The study's sampler, reseeded by the number of trials already stored so a resumed run does not re-propose
-    the points of the first run (optuna#3255)."""
+    the points of the first run (optuna#3255). ``grid`` needs the space (its full parameter grid)."""
     seed = cfg.seed + n_existing
     s = cfg.sampler
     kw: dict[str, Any] = {"seed": seed}
@@ -28,4 +30,11 @@ def make_sampler(cfg: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampl
             return optuna.samplers.NSGAIISampler(population_size=max(4, s.n_startup_trials), **kw)
         if s.name == "gp":  # needs scipy: a dependency of the search extra
             return optuna.samplers.GPSampler(n_startup_trials=s.n_startup_trials, **kw)
+        if s.name == "grid":
+            if space is None:
+                raise ConfigError("sampler.name: 'grid' needs the search space; this caller passed none")
+            grid = space.param_grid()
+            if not grid:
+                raise ConfigError("sampler.name: 'grid' on a space with a single architecture; use random")
+            return optuna.samplers.GridSampler(grid, **kw)
         return optuna.samplers.RandomSampler(**kw)

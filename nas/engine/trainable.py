@@ -1,16 +1,24 @@
 """What a Ray worker runs for one trial: build the model, measure throughput (exclusive device access, unless
-cached), proxy-train it reporting every epoch, save the weights of a finished trial.
+cached), proxy-train it reporting every epoch, hand back the weights of a finished trial.
 
 Runs in a Ray worker process; writes nothing to the study storage (the driver is the only writer) and reports
-everything through ``ray.tune.report`` as :class:`~nas.engine.messages.EpochReport`. Any failure a trial can cause
-(NaN loss, out-of-memory, a bad architecture) is reported as ``EpochReport(failed=reason)`` so the driver stores
-it as FAIL with its reason and the study goes on.
+everything through ``ray.tune.report`` as :class:`~nas.engine.messages.EpochReport`. The weights of a trial that
+reaches full fidelity travel as a Tune checkpoint, so Ray Tune's storage (``ray.storage_path``: a local folder,
+an NFS mount, or a pyarrow URI such as ``s3://``) holds them, not the worker's disk: a cluster needs no shared
+working directory. Any failure a trial can cause (NaN loss, out-of-memory, a bad architecture) is reported as
+``EpochReport(failed=reason)`` so the driver stores it as FAIL with its reason and the study goes on.
+
+:func:`trial_reports` is the whole trial without Ray (the GPU suite runs it directly). How it picks its device
+and names the device lock is a *device layer*: the real one (CUDA or CPU), or — to test GPU scheduling on a
+machine without GPUs — the ``module:attribute`` that ``$NAS_DEVICE_LAYER`` names.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
+import tempfile
 import time
 import traceback
 from collections.abc import Iterator
@@ -20,34 +28,67 @@ from typing import Any
 from nas.engine.messages import EpochReport, TrialPayload
 
 _DATA_CACHE: dict[str, Any] = {}  # dataset JSON -> decoded splits (CPU), reused while the worker lives
+DEVICE_LAYER_ENV = "NAS_DEVICE_LAYER"
+WEIGHTS_FILE = "model.safetensors"
+Weights = dict[str, Any]  # a CPU state dict
 
 
-def device_lock_name(device: Any) -> str:
-    """One lock per physical device on this node (fractional-GPU trials share it; a GPU is named by its UUID
-    because CUDA_VISIBLE_DEVICES remaps indices per Ray worker)."""
-    from nas.measure import device_lock_id
+class RealDevices:
+    """The device layer of a real machine: ``auto`` is the first visible CUDA device, else the CPU; one lock per
+    physical device on this node (fractional-GPU trials share it; a GPU is named by its UUID because
+    CUDA_VISIBLE_DEVICES remaps indices per Ray worker)."""
 
-    return f"{socket.gethostname()}-{device_lock_id(device)}"
+    def resolve(self, spec: str) -> Any:
+        from nas.measure import resolve_device
+
+        return resolve_device(spec)
+
+    def lock(self, device: Any, lock_dir: str | None) -> Any:
+        from nas.devlock import DeviceLock
+        from nas.measure import device_lock_id
+
+        return DeviceLock(f"{socket.gethostname()}-{device_lock_id(device)}", lock_dir)
+
+    def visible(self) -> str | None:
+        return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def device_layer() -> Any:
+    """:class:`RealDevices`, or the class ``$NAS_DEVICE_LAYER`` (``module:attribute``) names."""
+    spec = os.environ.get(DEVICE_LAYER_ENV)
+    if not spec:
+        return RealDevices()
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)()
 
 
 def _node_id() -> str:
+    """Ray's node id inside a Ray worker; the host name elsewhere (never starts a Ray runtime to ask)."""
     try:
         import ray
 
-        return ray.get_runtime_context().get_node_id()
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
     except Exception:
-        return socket.gethostname()
+        pass
+    return socket.gethostname()
 
 
 def run_trial(config: dict[str, Any]) -> None:
     """Ray Tune function trainable. ``config`` is a :class:`TrialPayload` (``TrialPayload.to_config``)."""
     from ray import tune
+    from safetensors.torch import save_file
 
     last_epoch = 0
     try:
-        for report in trial_reports(TrialPayload.from_config(config)):
+        for report, weights in trial_reports(TrialPayload.from_config(config)):
             last_epoch = report.epoch
-            tune.report(report.to_result())
+            if weights is None:
+                tune.report(report.to_result())
+                continue
+            with tempfile.TemporaryDirectory() as tmp:  # Tune copies it into its storage before report returns
+                save_file(weights, os.path.join(tmp, WEIGHTS_FILE))
+                tune.report(report.to_result(), checkpoint=tune.Checkpoint.from_directory(tmp))
     except Exception as e:  # everything a trial can raise ends as FAIL with its reason, never kills the study
         tune.report(EpochReport(epoch=last_epoch, failed=_reason(e)).to_result())
 
@@ -104,12 +145,13 @@ def measure(p: TrialPayload, device: Any, lock: Any, threads: int, train_batch: 
         torch.set_num_threads(threads)
 
 
-def train(p: TrialPayload, device: Any, lock: Any, throughput: dict[str, Any]) -> Iterator[EpochReport]:
-    """Proxy-train the architecture (data decoded once per worker process), one report per epoch; the weights of
-    a trial that reaches full fidelity are written (atomically) to its checkpoint path."""
+def train(
+    p: TrialPayload, device: Any, lock: Any, throughput: dict[str, Any], where: dict[str, Any]
+) -> Iterator[tuple[EpochReport, Weights | None]]:
+    """Proxy-train the architecture (data decoded once per worker process), one report per epoch; the last epoch
+    of a trial that reaches full fidelity carries its weights (a CPU state dict)."""
     import timm
     import torch
-    from safetensors.torch import save_file
 
     import nas.models  # noqa: F401
     from trainers.config import DataConfig, TrainConfig
@@ -125,15 +167,12 @@ def train(p: TrialPayload, device: Any, lock: Any, throughput: dict[str, Any]) -
     data = to_device_data(_DATA_CACHE[dkey], device)
     torch.manual_seed(train_cfg.seed)
     model = timm.create_model("mixerformer", **p.arch)
-    started, pid, node = time.time(), os.getpid(), _node_id()
+    started = time.time()
     for ep in iter_fit(model, train_cfg, data, step_guard=lock.shared):
+        weights = None
         if ep.epoch == train_cfg.epochs:  # full fidelity: keep the weights for export
-            path = Path(p.checkpoint_path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-            os.replace(tmp, path)
-        yield EpochReport(
+            weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        report = EpochReport(
             epoch=ep.epoch,
             val_acc=ep.val_acc,
             val_loss=ep.val_loss,
@@ -142,23 +181,23 @@ def train(p: TrialPayload, device: Any, lock: Any, throughput: dict[str, Any]) -
             images_per_s=ep.images_per_s,
             wall_time_s=time.time() - started,
             throughput=throughput,
-            pid=pid,
-            node=node,
+            **where,
         )
+        yield report, weights
 
 
-def trial_reports(p: TrialPayload) -> Iterator[EpochReport]:
-    """Measure, then train: the whole trial as a stream of epoch reports."""
+def trial_reports(p: TrialPayload) -> Iterator[tuple[EpochReport, Weights | None]]:
+    """Measure, then train: the whole trial as a stream of (epoch report, weights of the final epoch or None)."""
     import torch
 
-    from nas.devlock import DeviceLock
-    from nas.measure import resolve_device
     from trainers.config import TrainConfig
 
     threads = max(1, int(p.cpus))
     torch.set_num_threads(threads)
     train_cfg = TrainConfig.model_validate(p.train)
-    device = resolve_device(train_cfg.device)
-    lock = DeviceLock(device_lock_name(device), p.lock_dir)
+    layer = device_layer()
+    device = layer.resolve(train_cfg.device)
+    lock = layer.lock(device, p.lock_dir)
+    where = {"pid": os.getpid(), "node": _node_id(), "device_lock": lock.device_name, "visible_gpus": layer.visible()}
     throughput = measure(p, device, lock, threads, train_cfg.batch_size)
-    yield from train(p, device, lock, throughput)
+    yield from train(p, device, lock, throughput, where)

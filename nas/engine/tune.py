@@ -120,6 +120,17 @@ class RecordCallback(_DriverRef, tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.driver.on_result(trial.trial_id, result)
 
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        self.driver.on_checkpoint(trial.trial_id, checkpoint_uri(checkpoint))
+
+
+def checkpoint_uri(checkpoint: Any) -> str:
+    """Where a Tune checkpoint lives, as a URI any node (and ``nas export``) can open with pyarrow's filesystems."""
+    fs = getattr(checkpoint, "filesystem", None)
+    kind = getattr(fs, "type_name", "local")
+    path = str(checkpoint.path)
+    return Path(path).resolve().as_uri() if kind == "local" else f"{kind}://{path}"
+
 
 def _quiet_ray_loggers() -> None:
     # the study database is the record; Ray's own result files and searcher checkpoints are not used
@@ -206,7 +217,7 @@ class PlacementWatchdog(tune.Callback):
             )
 
 
-def init_ray(address: str | None, num_cpus: int | None) -> None:
+def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address:
@@ -216,6 +227,7 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
         ray.init(
             address="local",
             num_cpus=num_cpus,
+            num_gpus=num_gpus,
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
@@ -232,7 +244,7 @@ def run_tune(
     """Run trials until the searcher's budget is spent; returns the seconds it took."""
     cfg = driver.cfg
     res = {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial}
-    storage_path = (driver.store.study_dir / "ray").resolve()
+    storage_path = storage_uri(cfg.ray.storage_path, driver.store.study_dir)
     t0 = time.time()
     _quiet_ray_loggers()
     tuner = tune.Tuner(
@@ -261,6 +273,14 @@ def run_tune(
     finally:
         _DRIVERS.pop(id(driver), None)
     return time.time() - t0
+
+
+def storage_uri(storage_path: str | None, study_dir: Path) -> str:
+    """Ray Tune's storage (experiment state and trial checkpoints): a URI (``s3://...``) as given, a local path made
+    absolute (relative paths would resolve differently on every node), by default ``<study_dir>/ray``."""
+    if storage_path and "://" in storage_path:
+        return storage_path
+    return str(Path(storage_path or study_dir / "ray").resolve())
 
 
 def local_lock_dir(study_dir: Path) -> str:

@@ -311,10 +311,15 @@ def run_one(arch: dict[str, Any], train: dict, dataset: dict, tp: dict, lock_dir
 def oom_section(s: Suite, lock_dir: str) -> dict[str, Any]:
     space, train, dataset, tp = _study_budget(s.device, s.tiny)
     small = _archs(space, 1, seed=1)[0]
-    hook = None
+    hook, filler = None, None
+    before = torch.cuda.memory_allocated(s.device) if s.device.type == "cuda" else 0
+    big, too_big = {**small, "arch_id": "oom-probe"}, train
     if s.device.type == "cuda":
-        big = {**small, "arch_id": "oom-probe"}
-        too_big = {**train, "batch_size": 1 << 20}  # a million 28x28 images per step: no GPU holds that
+        # The trainer caps a batch at the dataset's size, and a 141 GB card holds any proxy batch (seen on an H200:
+        # a 1M-image batch trained), so the card is filled first, leaving 16 MiB: the trial then hits a real CUDA
+        # out-of-memory wherever it first allocates, as it would next to another tenant's job.
+        free, _ = torch.cuda.mem_get_info(s.device)
+        filler = torch.empty(max(free - (16 << 20), 0), dtype=torch.uint8, device=s.device)
     else:  # no real OOM on CPU: a global forward hook raises the error CUDA would, for the big batch only
 
         def oom(module: torch.nn.Module, args: tuple) -> None:
@@ -322,13 +327,13 @@ def oom_section(s: Suite, lock_dir: str) -> dict[str, Any]:
                 raise torch.OutOfMemoryError("CUDA out of memory (simulated on CPU by the gpu suite)")
 
         hook = torch.nn.modules.module.register_module_forward_pre_hook(oom)
-        big, too_big = {**small, "arch_id": "oom-probe"}, {**train, "batch_size": 4096}
-    before = torch.cuda.memory_allocated(s.device) if s.device.type == "cuda" else 0
+        too_big = {**train, "batch_size": 4096}
     try:
         failed = run_one(big, too_big, dataset, {**tp}, lock_dir)
     finally:
         if hook is not None:
             hook.remove()
+        del filler
     free_memory(s.device)
     after = torch.cuda.memory_allocated(s.device) if s.device.type == "cuda" else 0
     normal = run_one(small, train, dataset, tp, lock_dir)
@@ -435,6 +440,12 @@ def markdown(s: Suite) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write(out: Path, s: Suite) -> None:
+    results = {k: v for k, v in s.results.items() if k != "env_peak"}
+    (out / "gpu_suite.json").write_text(json.dumps({"results": results, "targets": s.targets}, indent=2, default=str))
+    (out / "gpu_suite.md").write_text(markdown(s))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for gpu_suite.json and gpu_suite.md")
@@ -464,9 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in ["env", *[n for n in args.sections if n != "env"]]:
         s.run(name, sections[name])
-    s.results.pop("env_peak", None)
-    (out / "gpu_suite.json").write_text(json.dumps({"results": s.results, "targets": s.targets}, indent=2, default=str))
-    (out / "gpu_suite.md").write_text(markdown(s))
+        _write(out, s)  # after every section: a run cut short keeps what it measured
     print(f"\nwrote {out / 'gpu_suite.json'} and {out / 'gpu_suite.md'} in {time.time() - s.t0:.0f} s")
     errors = [n for n, r in s.results.items() if isinstance(r, dict) and "error" in r]
     return 1 if errors else 0

@@ -22,6 +22,90 @@ from nas.errors import ConfigError
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
+def calibrate(
+    study_file: Path = typer.Argument(..., help="a studies/*.yaml file"),
+    n: int = typer.Option(8, "--n", help="architectures to train at every budget"),
+    factor: float = typer.Option(4, "--factor", help="the largest budget, in multiples of the proxy's compute"),
+    plain: bool = typer.Option(False, "--plain", help="one line per event (no live view)"),
+) -> None:
+    """Before a big search: does the proxy budget rank architectures like longer training? Recommends a budget.
+
+    Example: nas calibrate studies/fashion_mnist_tiny.yaml --n 6
+    """
+    from nas.engine.calibrate import calibrate as run_calibration
+    from nas.engine.calibrate import suggested_train
+    from nas.engine.config import load_study
+    from nas.engine.progress import Progress
+
+    cfg, _ = load_study(study_file)
+    cal = run_calibration(str(study_file), n, factor, Progress(live=not plain))
+    typer.echo(f"calibration of '{cfg.name}' on {len(cal.archs)} architectures:")
+    typer.echo(cal.table())
+    rec = cal.recommended
+    if rec["is_proxy"]:
+        typer.echo(
+            f"the proxy budget already ranks like the largest one (Kendall tau {rec['tau']:.2f} >= 0.8): keep it"
+        )
+    else:
+        if rec.get("is_reference"):
+            proxy = cal.budgets[0]["tau"]
+            proxy_tau = "n/a" if proxy is None else f"{proxy:.2f}"
+            cheapest = f"no cheaper budget reached Kendall tau 0.8 (the proxy: {proxy_tau}): the largest tried, "
+            cheapest += f"{rec['compute']:g}x the proxy's compute; --factor {2 * factor:g} tries larger ones"
+        else:
+            cheapest = f"cheapest with Kendall tau >= 0.8, {rec['compute']:g}x the proxy's compute"
+        typer.echo(f"recommended ({cheapest}); paste into {study_file}:")
+        typer.echo("  " + suggested_train(cfg.train.model_dump(mode="json", exclude_defaults=True), cal))
+
+
+def validate(
+    study: str = typer.Argument(..., help="study name"),
+    top: int = typer.Option(5, "--top", help="front members to retrain (spread along the front, knee included)"),
+    random_m: int = typer.Option(2, "--random", help="other COMPLETE architectures to retrain"),
+    epochs: int = typer.Option(None, "--epochs", help="validation epochs (default: twice the proxy's)"),
+    fraction: float = typer.Option(None, "--fraction", help="validation data fraction (default: twice the proxy's)"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+    plain: bool = typer.Option(False, "--plain", help="one line per event (no live view)"),
+) -> None:
+    """After a search: retrain the front at a larger budget; how far can the proxy be trusted? Resumable.
+
+    Example: nas validate fashion_mnist_tiny --top 3 --random 2
+    """
+    from nas import results
+    from nas.engine.progress import Progress
+    from nas.engine.validate import validate as run_validation
+
+    v = run_validation(study, storage, top, random_m, epochs, fraction, Progress(live=not plain))
+    typer.echo(v.line())
+    for p in v.pairs:
+        mark = "front" if p["on_proxy_front"] else "     "
+        typer.echo(f"  trial {p['trial']:>4} {mark}  proxy {p['proxy_acc']:.4f} -> validated {p['validated_acc']:.4f}"
+                   f"  {p['placement']}")  # fmt: skip
+    typer.echo(f"validated front (trials): {v.validated_front}; dropped from the proxy front: {v.lost or 'none'}")
+    warning = results.trust_warning(v.tau)
+    if warning:
+        typer.echo(warning)
+
+
+def report(
+    study: str = typer.Argument(..., help="study name"),
+    out: Path = typer.Option(None, "--out", help="Markdown file (default studies/STUDY/report.md)"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+) -> None:
+    """The placement report: each mixer's effect per stage and objective (with intervals), the front, the knee.
+
+    Example: nas report fashion_mnist_tiny
+    """
+    from nas import layout, results
+    from nas.report import build
+
+    text = build(results.load_study(study, storage))
+    path = out or layout.study_dir(study) / "report.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {path}")
+
+
 def search(
     study_file: Path = typer.Argument(..., help="a studies/*.yaml file"),
     n_trials: int = typer.Option(None, "--n-trials", "-n", help="trials this run adds (overrides budget.n_trials)"),
@@ -29,6 +113,12 @@ def search(
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
     max_concurrent: int = typer.Option(None, "--max-concurrent", help="trials running at once"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the summary"),
+    plain: bool = typer.Option(False, "--plain", help="one line per event even in a terminal (no live view)"),
+    replay: Path = typer.Option(
+        None,
+        "--replay",
+        help="a tabulated benchmark (benchmarks/tables/*.json): trials come from it, in simulated time",
+    ),
 ) -> None:
     """Run a study, or continue it: running the same command again adds trials to the same study.
 
@@ -47,7 +137,7 @@ def search(
         }.items()
         if v is not None
     }
-    run_study(study_file, overrides, progress=Progress(quiet=quiet))
+    run_study(study_file, overrides, progress=Progress(quiet=quiet, live=not plain), replay=replay)
 
 
 def show(
@@ -93,7 +183,9 @@ def show(
 
 
 def bench(
-    which: str = typer.Argument(..., help="mixers | model | trainer | throughput | search | accuracy"),
+    which: str = typer.Argument(
+        ..., help="mixers | model | trainer | throughput | search | search-lab | accuracy | gpu"
+    ),
     args: list[str] = typer.Argument(None, help="arguments passed to the benchmark script"),
 ) -> None:
     """Run a benchmark script from benchmarks/ (each prints ratios against a named peer measured in the same run).
@@ -106,6 +198,8 @@ def bench(
         "throughput": "throughput.py",
         "trainer": "trainer.py",
         "search": "search_efficiency.py",
+        "search-lab": "search_lab.py",
+        "gpu": "gpu_suite.py",
         "accuracy": "accuracy.py",
     }
     if which not in scripts:
@@ -123,7 +217,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Multi-objective architecture search over token-mixer placement (Optuna + Ray Tune + timm).",
 )
-for _command in (search, show, bench):
+for _command in (search, calibrate, validate, report, show, bench):
     app.command(_command.__name__)(cli_errors(_command))
 register(app)
 

@@ -77,15 +77,21 @@ def status(
     """
     from nas import results
 
-    s = results.summarize(results.load_study(study, storage))
+    st = results.load_study(study, storage)
+    s = results.summarize(st)
     counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(s.counts.items())) or "none"
     typer.echo(f"study {s.name}  storage {s.storage}")
     typer.echo(f"trials {s.n_trials} ({counts}); reused {s.reused}")
     typer.echo(
         f"trial time {duration(s.trial_seconds)}; trial-epochs {s.trial_epochs}; elapsed {duration(s.elapsed_seconds)}"
     )
-    hv = f"{s.hypervolume:.6g}" if s.hypervolume is not None else "—"
-    typer.echo(f"objectives {', '.join(f'{o.name} ({o.direction})' for o in s.objectives)}; hypervolume {hv}")
+    hv = f"{s.hypervolume:.3f}" if s.hypervolume is not None else "—"
+    typer.echo(
+        f"objectives {', '.join(f'{o.name} ({o.direction})' for o in s.objectives)}; hypervolume {hv} "
+        "(normalised: objectives min-max scaled over the complete trials)"
+    )
+    for line in results.trust_lines(st):
+        typer.echo(line)
     rows = results.front_rows(s.front, s.objectives)
     if rows:
         _print_table(rows, title=f"Pareto front ({len(rows)} trials)")
@@ -159,6 +165,7 @@ def export(
     min_throughput: float = typer.Option(None, "--min-throughput", help="with --pick: images/s floor"),
     max_params: int = typer.Option(None, "--max-params", help="with --pick: parameter-count cap"),
     weights: bool = typer.Option(False, "--weights", help="also write the proxy-trained weights"),
+    validated: bool = typer.Option(False, "--validated", help="pick from the validated front (after nas validate)"),
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
 ) -> None:
     """Export a trial as a timm local-dir folder (config.json [+ model.safetensors]).
@@ -174,6 +181,8 @@ def export(
     if trial is not None and (min_throughput is not None or max_params is not None):
         raise ConfigError("export: --min-throughput/--max-params apply to --pick only")
     st = results.load_study(study, storage)
+    if validated:
+        st = results.validation_study(st)  # the retrained trials: their values, their weights
     if pick is not None:
         rec = results.pick(
             results.records(st),

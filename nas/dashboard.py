@@ -22,7 +22,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from nas import results
+from nas import report, results
 from nas.errors import StudyError
 from nas.fmt import si
 from nas.results import Objective, TrialRecord
@@ -162,11 +162,11 @@ def hypervolume_figure(recs: Sequence[TrialRecord], objectives: Sequence[Objecti
         row=1,
         col=2,
     )
-    ref = results.reference_point(results.eligible(recs, objectives), objectives)
     fig.update_xaxes(title_text="trial number", row=1, col=1)
     fig.update_xaxes(title_text="minutes since the first trial started", row=1, col=2)
     fig.update_layout(
-        title=f"Hypervolume (reference point {dict(zip([o.name for o in objectives], ref, strict=False))})",
+        title="Normalised hypervolume (each objective min-max scaled over the complete trials: worst 0, best 1; "
+        "reference point at the origin)",
         template="plotly_white",
         showlegend=False,
     )
@@ -200,7 +200,7 @@ def placement_figure(recs: Sequence[TrialRecord], objectives: Sequence[Objective
     fr = results.front(recs, objectives)
     all_c, front_c = placement_counts(complete), placement_counts(fr)
     n = max(len(all_c), 1)
-    fig = make_subplots(rows=1, cols=n, subplot_titles=[f"stage {i + 1}" for i in range(n)], shared_yaxes=True)
+    fig = make_subplots(rows=1, cols=n, subplot_titles=[f"stage {i}" for i in range(n)], shared_yaxes=True)
     for i, counts in enumerate(all_c):
         mixers = sorted(counts)
         fc = front_c[i] if i < len(front_c) else Counter()
@@ -329,9 +329,45 @@ def figures(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) -> dic
     }
 
 
+def validation_figure(study: Any) -> go.Figure | None:
+    """Proxy vs validated accuracy of the retrained architectures (after `nas validate`), identity line drawn."""
+    val = study.user_attrs.get("validation")
+    if not val or not val.get("pairs"):
+        return None
+    pairs = val["pairs"]
+    fig = go.Figure()
+    for on_front, name, color in ((True, "proxy front", "#d62728"), (False, "other", "#1f77b4")):
+        ps = [p for p in pairs if p["on_proxy_front"] is on_front]
+        fig.add_trace(
+            go.Scatter(
+                x=[p["proxy_acc"] for p in ps],
+                y=[p["validated_acc"] for p in ps],
+                mode="markers",
+                name=name,
+                marker={"color": color, "size": 10, "symbol": "star" if on_front else "circle"},
+                customdata=[[p["trial"], p["placement"]] for p in ps],
+                hovertemplate="trial %{customdata[0]}<br>%{customdata[1]}<br>proxy %{x:.4f} validated %{y:.4f}",
+            )
+        )
+    accs = [p["proxy_acc"] for p in pairs] + [p["validated_acc"] for p in pairs]
+    lo, hi = min(accs), max(accs)
+    fig.add_trace(
+        go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="identity", line={"dash": "dot", "color": "#888"})
+    )
+    tau = "—" if val.get("tau") is None else f"{val['tau']:.2f}"
+    fig.update_layout(
+        title=f"Proxy vs validated accuracy (Kendall τ {tau}; validated at {val['budget']['epochs']} epochs x "
+        f"{val['budget']['train_fraction']:g} of the data)",
+        xaxis_title="proxy accuracy",
+        yaxis_title="validated accuracy",
+        template="plotly_white",
+    )
+    return fig
+
+
 def _summary_html(s: results.StudySummary) -> str:
     counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(s.counts.items())) or "no trials"
-    hv = f"{s.hypervolume:.6g}" if s.hypervolume is not None else "—"
+    hv = f"{s.hypervolume:.3f} (normalised)" if s.hypervolume is not None else "—"
     rows = results.front_rows(s.front, s.objectives)
     head = "".join(f"<th>{html.escape(k)}</th>" for k in (rows[0] if rows else {"trial": 0}))
     body = "".join(
@@ -357,7 +393,11 @@ def render_html(study, refresh_s: int | None = None) -> str:
     objectives = results.objectives_of(study)
     summary = results.summarize(study)
     parts = []
-    for i, (key, fig) in enumerate(figures(recs, objectives).items()):
+    figs = figures(recs, objectives)
+    validation = validation_figure(study)
+    if validation is not None:
+        figs["validation"] = validation
+    for i, (key, fig) in enumerate(figs.items()):
         parts.append(
             f"<section id='{key}'>"
             + fig.to_html(full_html=False, include_plotlyjs=i == 0, div_id=f"fig-{key}", config={"displaylogo": False})
@@ -372,7 +412,9 @@ def render_html(study, refresh_s: int | None = None) -> str:
         "body{font-family:sans-serif;margin:1.5em} table.front{border-collapse:collapse;font-size:0.9em}"
         "table.front td,table.front th{border:1px solid #ccc;padding:2px 6px}</style></head><body>"
         f"<h1>Study {name}</h1>{_summary_html(summary)}"
+        + "".join(f"<p><b>{html.escape(line)}</b></p>" for line in results.trust_lines(study))
         + "".join(parts)
+        + f"<section id='report'>{report.to_html(report.build(study))}</section>"
         + f"<p style='color:#888'>rendered {stamp}</p></body></html>"
     )
 

@@ -3,7 +3,9 @@ for reading by results/dashboard/export), how a URL is shown without its passwor
 directions, and the package versions a study records. Layout of the stored data: docs/storage.md.
 
 A study named ``X`` lives in ``studies/X/`` (relative to the working directory) with the default storage URL
-``sqlite:///studies/X/study.db``; any SQLAlchemy URL (PostgreSQL for several drivers) can replace it. Optuna's
+``sqlite:///studies/X/study.db``; any SQLAlchemy URL (PostgreSQL for several drivers) can replace it. Its
+sub-studies (``X.validate``, ``X.calibrate.e<E>f<F>``: ``nas validate``/``nas calibrate``) share its storage and
+keep their files in ``studies/X/<sub-study>/``. Optuna's
 storage is used only through its public API (``optuna.storages.RDBStorage`` methods with explicit ids). Optuna and
 SQLAlchemy are imported inside the functions that need them, so reading this module costs nothing.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import re
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -51,12 +54,23 @@ def objectives_from_attrs(user_attrs: Mapping[str, Any], directions: Sequence[st
 
 
 # ---------------------------------------------------------------------------------------------- URLs
+_SUB_STUDY = re.compile(r"^(?P<parent>.+?)\.(validate|calibrate\.e\d+f[0-9.e+-]+)$")
+
+
+def parent_study(name: str) -> str | None:
+    """The study a sub-study (``X.validate``, ``X.calibrate.e<E>f<F>``) belongs to; None for a study."""
+    m = _SUB_STUDY.match(name)
+    return m.group("parent") if m else None
+
+
 def study_dir(name: str, base: Path | None = None) -> Path:
-    return (base or STUDIES_DIR) / name
+    parent = parent_study(name)
+    return (base or STUDIES_DIR) / parent / name if parent else (base or STUDIES_DIR) / name
 
 
 def default_storage_url(name: str, base: Path | None = None) -> str:
-    return f"sqlite:///{(study_dir(name, base) / DB_NAME).as_posix()}"
+    folder = (base or STUDIES_DIR) / (parent_study(name) or name)
+    return f"sqlite:///{(folder / DB_NAME).as_posix()}"
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -88,6 +102,24 @@ def first_line(e: BaseException) -> str:
     return text[:200]
 
 
+def fast_sqlite(engine: Any) -> None:
+    """A study's SQLite file in WAL mode with ``synchronous=NORMAL``: a commit costs no fsync (the engine commits
+    once per stored attribute), a committed trial survives a crash of the process, and a reader (status,
+    dashboard) never blocks the writer. Other databases are left alone."""
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return
+    from sqlalchemy import event
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(engine, "connect", on_connect)
+    engine.dispose()  # connections opened before (schema creation) are replaced by ones with the pragmas
+
+
 def _engine_kwargs(url: str) -> dict[str, Any]:
     # SQLite: a reader next to the writer waits on its lock instead of failing; servers: drop dead connections
     return {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
@@ -108,7 +140,9 @@ def create_storage(url: str) -> Any:
         path.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+            fast_sqlite(storage.engine)
+            return storage
         except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError) as e:
             racing = not isinstance(e, sa.exc.OperationalError) or "locked" in str(e)
             if attempt == 4 or not racing:

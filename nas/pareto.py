@@ -206,3 +206,21 @@ def knee_point(points: ArrayLike, directions: Sequence[str]) -> int:
                 return front[best]
     dist = np.linalg.norm(norm, axis=1)
     return front[int(np.argmin(dist))]
+
+
+def normalized_hypervolume(
+    points: ArrayLike, directions: Sequence[str], lo: Sequence[float], hi: Sequence[float]
+) -> float:
+    """Hypervolume in the unit box: each objective scaled so that its worst bound is 0 and its best bound 1
+    (``lo``/``hi`` are the objective's smallest and largest values, whatever its direction), values outside the
+    bounds clipped, reference point at the origin. Scale-free, so accuracy (0-1) and throughput (thousands of
+    images/s) weigh alike; the HV of a front divided by that of the true front is the share of it found."""
+    pts = np.asarray(points, dtype=float)
+    if pts.size == 0:
+        return 0.0
+    lo_a, hi_a = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    span = np.where(hi_a > lo_a, hi_a - lo_a, 1.0)
+    scaled = np.clip((pts - lo_a) / span, 0.0, 1.0)
+    flip = np.array([d == "minimize" for d in directions])
+    scaled[:, flip] = 1.0 - scaled[:, flip]
+    return hypervolume(scaled, ["maximize"] * len(directions), [0.0] * len(directions))

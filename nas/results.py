@@ -3,10 +3,11 @@
 Everything here reads the Optuna RDB layout of ``docs/storage.md`` through Optuna's public API only; where a study
 lives and how its storage is opened is :mod:`nas.layout`'s (the engine writes through the same module).
 
-Hypervolume reference point (documented choice): 0 for every maximised objective (accuracy in [0, 1] and
-throughput in images/s are both non-negative, so 0 is the natural worst value and the hypervolume stays
-comparable between snapshots of a running study); for a minimised objective (params, flops, latency) 1.1 x the
-largest value among the eligible trials, since no natural bound exists.
+Hypervolume (documented choice): *normalised* — each objective min-max scaled over the study's COMPLETE
+full-fidelity trials (its worst value there -> 0, its best -> 1), the reference point at the origin of that unit box
+(nas.pareto.normalized_hypervolume). It lies in [0, 1] whatever the objectives' units (accuracy in [0, 1],
+throughput in thousands of images/s), and 1 would be one architecture best at everything. A history uses the
+bounds of the whole study, so its steps are comparable with each other.
 """
 
 from __future__ import annotations
@@ -246,22 +247,16 @@ def front(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) -> list[
     return sorted(out, key=lambda r: r.values[first.name], reverse=first.direction == "maximize")
 
 
-def reference_point(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) -> list[float]:
-    """0 for maximised objectives; 1.1 x the largest observed value for minimised ones (see module doc)."""
-    ref = []
-    for o in objectives:
-        if o.direction == "maximize":
-            ref.append(0.0)
-        else:
-            vals = [r.values[o.name] for r in recs if o.name in r.values]
-            ref.append(1.1 * max(vals) if vals else 1.0)
-    return ref
+def hv_bounds(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) -> tuple[list[float], list[float]]:
+    """The normalisation bounds of the hypervolume: each objective's smallest and largest value (module doc)."""
+    vals = [[r.values[o.name] for r in recs] for o in objectives]
+    return [min(v) for v in vals], [max(v) for v in vals]
 
 
 def hypervolume_history(
     recs: Sequence[TrialRecord], objectives: Sequence[Objective], by: str = "number"
 ) -> list[tuple[float, float]]:
-    """Hypervolume of the front so far, after each eligible trial: ``[(x, hv)]``.
+    """Normalised hypervolume of the front so far, after each eligible trial: ``[(x, hv)]`` (module doc).
 
     ``by="number"``: x is the trial number; ``by="time"``: x is seconds from the study's first trial start to
     the trial's completion (trials may finish out of number order when they run in parallel).
@@ -269,7 +264,7 @@ def hypervolume_history(
     cand = eligible(recs, objectives)
     if not cand:
         return []
-    ref = reference_point(cand, objectives)
+    lo, hi = hv_bounds(cand, objectives)
     dirs = _directions(objectives)
     if by == "number":
         order = sorted(cand, key=lambda r: r.number)
@@ -286,8 +281,67 @@ def hypervolume_history(
     out, pts = [], []
     for x, r in zip(xs, order, strict=False):
         pts.append([r.values[o.name] for o in objectives])
-        out.append((x, float(pareto.hypervolume(pts, dirs, ref))))
+        out.append((x, float(pareto.normalized_hypervolume(pts, dirs, lo, hi))))
     return out
+
+
+TRUST_TAU = 0.6  # below it, the proxy's ranking is not to be trusted (status, report and `nas validate` warn)
+
+
+def trust_lines(study) -> list[str]:
+    """What calibration and validation said about the proxy (lines for `nas status`), with a warning when the
+    proxy ranked unlike longer training (Kendall tau below ``TRUST_TAU``)."""
+    out, attrs = [], study.user_attrs
+    cal = attrs.get("calibration")
+    if cal:
+        rec, ref = cal["recommended"], cal["budgets"][-1]
+        largest = f"{ref['epochs']} epochs x {ref['train_fraction']:g}"
+        if (rec["epochs"], rec["train_fraction"]) == (ref["epochs"], ref["train_fraction"]):
+            tau = cal["budgets"][0]["tau"]
+            line = f"no budget cheaper than {largest} ({rec['compute']:g}x the proxy's compute) ranked like it "
+            line += f"(Kendall tau >= 0.8; the proxy: {'n/a' if tau is None else f'{tau:.2f}'})"
+        else:
+            line = f"the cheapest budget ranking like {largest} (Kendall tau >= 0.8) is {rec['epochs']} epochs x "
+            line += f"{rec['train_fraction']:g} ({rec['compute']:g}x the proxy's compute)"
+        out.append(f"calibration ({cal['at'][:16]}): {line}")
+    val = attrs.get("validation")
+    if val:
+        tau = val.get("tau")
+        out.append(validation_line(val))
+        warning = trust_warning(tau)
+        if warning:
+            out.append(warning)
+    return out
+
+
+def trust_warning(tau: float | None) -> str | None:
+    """The one-line warning when the proxy ranked unlike longer training (Kendall tau below ``TRUST_TAU``)."""
+    if tau is None or tau >= TRUST_TAU:
+        return None
+    return (
+        f"warning: the proxy ranks unlike longer training (Kendall tau {tau:.2f} < {TRUST_TAU}); trust the validated "
+        "front (nas export --validated) or calibrate the proxy budget (nas calibrate)"
+    )
+
+
+def validation_line(val: dict[str, Any]) -> str:
+    """One line for a stored validation summary (``nas validate``'s ``validation`` attribute)."""
+    tau, kept = val.get("tau"), f"{len(val['survivors'])}/{len(val['survivors']) + len(val['lost'])}"
+    return (
+        f"validation ({val['at'][:16]}): {len(val['pairs'])} architectures retrained at {val['budget']['epochs']} "
+        f"epochs x {val['budget']['train_fraction']:g}; Kendall tau proxy vs validated "
+        f"{'—' if tau is None else f'{tau:.2f}'}; {kept} proxy-front members stay on the validated front"
+    )
+
+
+def validation_study(study):
+    """The validation sub-study of ``study`` (after `nas validate`), opened from the same storage."""
+    val = study.user_attrs.get("validation")
+    if not val:
+        raise StudyError(
+            f"study '{study.study_name}' has no validation yet; run `nas validate {study.study_name}` first"
+        )
+    return load_study(val["substudy"], layout.url_of(study) or None)
 
 
 # ---------------------------------------------------------------------------------------------- pick

@@ -239,3 +239,17 @@ def test_knee_point_fallbacks():
     assert knee_point(pts3, ["minimize"] * 3) == 3
     with pytest.raises(ConfigError):
         knee_point([], mm)
+
+
+def test_normalized_hypervolume_against_a_hand_made_front() -> None:
+    from nas.pareto import normalized_hypervolume
+
+    # accuracy in [0.5, 0.9] (max), throughput in [1000, 5000] (max): scaled points (0.75, 0.25), (0.25, 0.75),
+    # (0.5, 0.5); the union of their boxes is 0.1875 + 0.125 + 0.0625 = 0.375 of the unit square
+    pts = [[0.8, 2000.0], [0.6, 4000.0], [0.7, 3000.0], [0.55, 1500.0]]  # the last is dominated
+    hv = normalized_hypervolume(pts, ["maximize", "maximize"], lo=[0.5, 1000.0], hi=[0.9, 5000.0])
+    assert hv == pytest.approx(0.375)
+    # a minimised objective flips: latency 20 ms (best) -> 1, 60 ms (worst) -> 0
+    assert normalized_hypervolume([[0.9, 20.0]], ["maximize", "minimize"], [0.5, 20.0], [0.9, 60.0]) == 1.0
+    assert normalized_hypervolume([[0.4, 9000.0]], ["maximize", "maximize"], [0.5, 1000.0], [0.9, 5000.0]) == 0.0
+    assert normalized_hypervolume([], ["maximize"] * 2, [0, 0], [1, 1]) == 0.0

@@ -76,15 +76,19 @@ def test_hypervolume_history_matches_plain_sweep(loaded) -> None:
     hist = results.hypervolume_history(recs, objs, by="number")
     done = sorted((r for r in recs if r.state == "COMPLETE" and r.full_fidelity), key=lambda r: r.number)
     assert [x for x, _ in hist] == [r.number for r in done]
+    # normalised: each objective min-max scaled over all complete trials (worst 0, best 1)
+    tps, accs = [r.values["throughput"] for r in done], [r.values["accuracy"] for r in done]
+    scale = lambda v, vs: (v - min(vs)) / (max(vs) - min(vs))  # noqa: E731
     for k, (_, hv) in enumerate(hist):
-        pts = [(r.values["throughput"], r.values["accuracy"]) for r in done[: k + 1]]
+        pts = [(scale(r.values["throughput"], tps), scale(r.values["accuracy"], accs)) for r in done[: k + 1]]
         assert hv == pytest.approx(hv2d_max(pts))
+    assert 0 < hist[-1][1] < 1
     assert all(b[1] >= a[1] for a, b in itertools.pairwise(hist))
     by_t = results.hypervolume_history(recs, objs, by="time")
     # x = seconds from the first start to each completion (start n*60 s, wall time 90 s)
     assert [x for x, _ in by_t] == [60.0 * r.number + 90.0 for r in done]
     assert by_t[-1][1] == pytest.approx(hist[-1][1])
-    assert results.reference_point(done, objs) == [0.0, 0.0]
+    assert results.hv_bounds(done, objs) == ([min(accs), min(tps)], [max(accs), max(tps)])
 
 
 def _knee_reference(points: list[tuple[float, float]]) -> int:

@@ -104,7 +104,7 @@ def test_sampler_and_pruner_errors_come_before_the_storage(tmp_path: Path, monke
     """A sampler that cannot be built (here: made to fail) leaves no empty study database behind."""
     from nas.engine import run
 
-    def broken(cfg, n_existing):
+    def broken(*args: object) -> None:
         raise ConfigError("sampler: cannot be built")
 
     monkeypatch.setattr(run, "make_sampler", broken)

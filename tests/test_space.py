@@ -101,8 +101,9 @@ def test_shipped_study_loads_without_touching_storage(
     _needs_all_mixers()
     monkeypatch.chdir(tmp_path)
     cfg, space = load_study(path)
-    assert cfg.name == path.stem and space.name == path.stem
-    assert cfg.fidelity.rungs and max(cfg.fidelity.rungs) < cfg.train.epochs
+    space_file = yaml.safe_load(path.read_text())["space"]  # a study may reuse another study's space
+    assert cfg.name == path.stem and space.name == Path(space_file).stem
+    assert all(r < cfg.train.epochs for r in cfg.fidelity.rungs)  # the table build has none: no pruning
     assert cfg.directions == ["maximize", "maximize"]
     assert cfg.storage_url(tmp_path).startswith("sqlite:///")
     assert _listing(tmp_path) == []

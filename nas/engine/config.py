@@ -196,3 +196,20 @@ def check_storage_url(url: str | None, where: str) -> None:
             f"{where}: storage: {url!r} is not a usable SQLAlchemy URL ({e}); "
             "use e.g. sqlite:///studies/x/study.db or postgresql://user@host/db"
         ) from None
+
+
+def retraining_config(cfg: StudyConfig, name: str, storage: str, epochs: int, fraction: float) -> StudyConfig:
+    """The configuration of a sub-study that retrains chosen architectures of ``cfg`` at another budget (``nas
+    validate``, ``nas calibrate``): same data, space, throughput and resources; every trial trained to the end (no
+    rungs, no pruning), only the planned ones (no budget of its own)."""
+    raw = cfg.model_dump(mode="json")
+    raw.update(
+        name=name,
+        storage=storage,
+        train={**raw["train"], "epochs": epochs, "train_fraction": fraction},
+        fidelity={"rungs": []},
+        pruner={"name": "none"},
+        sampler={"name": "random"},
+        budget={**raw["budget"], "n_trials": None, "wall_time_s": None},
+    )
+    return StudyConfig.model_validate(raw)

@@ -56,7 +56,7 @@ class RunningTrial:
     number: int
     tune_id: str
     arch_id: str
-    started: float = field(default_factory=time.time)
+    started: float
     curve: list[dict[str, Any]] = field(default_factory=list)
     failure: str | None = None  # reported by the trainable
     error: str | None = None  # worker error captured by the scheduler
@@ -79,10 +79,12 @@ class Driver:
         n_trials: int | None,
         lock_dir: str | None = None,
         log: Callable[[str, dict[str, Any]], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg, self.space, self.store, self.pruner = cfg, space, store, pruner
         self.num_classes, self.n_trials, self.lock_dir = num_classes, n_trials, lock_dir
         self.log = log or (lambda kind, info: None)
+        self.clock = clock  # seconds; a replay of a tabulated benchmark passes its simulated time
         self.train_key = hashlib.sha256(json.dumps(cfg.training_key(), sort_keys=True).encode()).hexdigest()[:16]
         self.running: dict[str, RunningTrial] = {}  # by Tune trial id
         self.added = 0
@@ -125,7 +127,7 @@ class Driver:
                 continue
             self.reuses_in_a_row = 0
             self.store.set_attrs(trial.number, attrs)
-            self.running[tune_id] = RunningTrial(trial.number, tune_id, arch.arch_id)
+            self.running[tune_id] = RunningTrial(trial.number, tune_id, arch.arch_id, started=self.clock())
             self.log("start", {"number": trial.number, "placement": attrs["placement"], "params": cost.params})
             return self._payload(trial.number, arch.arch_id, args).to_config()
         return FINISHED
@@ -241,7 +243,7 @@ class Driver:
         attrs: dict[str, Any] = {
             "fidelity": fidelity,
             "full_fidelity": fidelity >= self.cfg.train.epochs,
-            "wall_time_s": time.time() - run.started,
+            "wall_time_s": self.clock() - run.started,
         }
         if error or run.failure is not None:
             reason = run.failure or run.error or "worker process died (killed or crashed); see Ray logs"
@@ -272,8 +274,7 @@ class Driver:
             frozen = self.store.frozen(run.number)
             why = "interrupted: the run ended before this trial finished"
             self._tell(run.number, TrialState.FAIL, None, {"failure": f"{why}; it is queued again"})
-            if "retry_of" not in frozen.user_attrs:
-                self.store.study.enqueue_trial(frozen.params, user_attrs={"retry_of": run.number}, skip_if_exists=False)
+            self.store.enqueue_retry(frozen)
             for number in run.waiters:
                 self._tell(number, TrialState.FAIL, None, {"failure": f"{why} (it waited for trial {run.number})"})
             left += [run.number, *run.waiters]

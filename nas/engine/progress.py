@@ -1,74 +1,84 @@
-"""Progress of a running study on the terminal: one line per event (works in CI logs and terminals alike) and the
-Pareto front at the end."""
+"""Progress of a running study on the terminal.
+
+In a terminal, a live view refreshes in place: the running trials with their epoch and accuracy, counts by state,
+the current front and an ETA from the budget. Anywhere else (CI logs, a pipe) or with ``--plain``: one line per
+event, which is also what a terminal keeps after the live view ends. The summary and the front close every run.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
 
-from nas.fmt import cell
+from nas.fmt import cell, duration
+from nas.pareto import pareto_front
 
 
 class Progress:
-    """Prints trial events as they happen; ``quiet`` keeps only the summary."""
+    """Reports trial events as they happen; ``quiet`` keeps only the summary, ``live=False`` forces plain lines."""
 
-    def __init__(self, console: Console | None = None, quiet: bool = False) -> None:
+    def __init__(self, console: Console | None = None, quiet: bool = False, live: bool = True) -> None:
         self.console = console or Console(highlight=False)
         self.quiet = quiet
+        self.live_wanted = live and not quiet and self.console.is_terminal
+        self.live: Live | None = None
         self.t0 = time.time()
         self.counts: dict[str, int] = {}
         self.epochs = 0
+        self.running: dict[int, dict[str, Any]] = {}
+        self.done: dict[int, dict[str, Any]] = {}  # COMPLETE trials: placement and objective values
+        self.header, self.budget, self.concurrent, self.objectives = "", None, 1, ["accuracy", "throughput"]
+        self.directions = ["maximize", "maximize"]
+        self.finished_seconds: list[float] = []
 
+    # ------------------------------------------------------------------------------------------ events
     def begin(self, cfg: Any, store: Any, recovered: list[int]) -> None:
         n = len(store.study.trials)
-        self.console.print(
+        self.budget, self.concurrent = cfg.budget.n_trials, cfg.budget.max_concurrent
+        self.objectives, self.directions = cfg.objective_names, cfg.directions
+        self.header = (
             f"[bold]study[/] {cfg.name}  storage {store.url}  existing trials {n}  "
             f"budget {cfg.budget.n_trials} trials, {cfg.budget.max_concurrent} at a time  "
             f"pruner {cfg.pruner.name}  sampler {cfg.sampler.name}"
         )
+        self.console.print(self.header)
         if recovered:
             self.console.print(
                 f"[yellow]recovered[/] trials {recovered} left RUNNING by a dead driver: FAIL, queued again"
             )
+        if self.live_wanted:
+            self.live = Live(self.render(), console=self.console, refresh_per_second=4, transient=True)
+            self.live.start()
 
     def event(self, kind: str, info: dict[str, Any]) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
+        n = info.get("number")
         if kind == "epoch":
             self.epochs += 1
+            self.running.setdefault(n, {}).update(epoch=info["epoch"], val_acc=info["val_acc"])
+        elif kind == "start":
+            self.running[n] = {"placement": info["placement"], "epoch": 0, "val_acc": None}
+        elif kind in ("complete", "pruned", "fail"):
+            placement = self.running.pop(n, {}).get("placement", info.get("placement"))
+            if kind == "complete" and info.get("values"):
+                self.done[n] = {"placement": placement, "values": info["values"]}
+            if info.get("wall_time_s") is not None:
+                self.finished_seconds.append(float(info["wall_time_s"]))
         if self.quiet:
             return
-        t = f"[dim]{time.time() - self.t0:7.1f}s[/]"
-        n = info.get("number")
-        if kind == "start":
-            msg = f"trial {n:>3} [cyan]start[/]    {info['placement']}  ({info['params']:,} params)"
-        elif kind == "epoch":
-            msg = (
-                f"trial {n:>3} epoch {info['epoch']:<3} val_acc {info['val_acc']:.4f}  "
-                f"loss {info['train_loss']:.3f}  {info['images_per_s']:.0f} img/s"
-            )
-        elif kind == "complete":
-            vals = ", ".join(f"{v:.4g}" for v in info["values"])
-            msg = f"trial {n:>3} [green]COMPLETE[/] values ({vals})"
-        elif kind == "pruned":
-            msg = f"trial {n:>3} [yellow]PRUNED[/]   at epoch {info.get('pruned_at')}"
-        elif kind == "fail":
-            msg = f"trial {n:>3} [red]FAIL[/]     {info.get('failure')}"
-        elif kind == "reused":
-            msg = f"trial {n:>3} [blue]reused[/]   {info['placement']} = trial {info['source']} ({info['state']})"
-        elif kind == "waiting":
-            msg = f"trial {n:>3} [blue]waits[/]    {info['placement']} = trial {info['source']}, still training"
-        elif kind == "stopped":
-            msg = f"[yellow]sampling stopped[/]: {info['reason']}"
-        elif kind == "infeasible":
-            msg = f"trial {n:>3} [dim]rejected before training: {info['reason']}[/]"
-        else:
-            msg = f"{kind} {info}"
-        self.console.print(f"{t} {msg}")
+        if self.live is not None:
+            self.live.update(self.render())
+            return
+        self.console.print(f"[dim]{time.time() - self.t0:7.1f}s[/] {line(kind, info)}")
 
     def end(self, summary: Any) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
         c = summary.counts
         self.console.print(
             f"[bold]done[/] in {summary.seconds:.1f}s: this run added {summary.added} trials; study now has "
@@ -86,3 +96,65 @@ class Progress:
         for row in summary.front:
             table.add_row(str(row["number"]), str(row["placement"]), *[cell(row[k]) for k in cols])
         self.console.print(table)
+
+    # ------------------------------------------------------------------------------------------ live view
+    def eta(self) -> float | None:
+        """Seconds left: trials left in the budget x the mean trial time / the trials run at once."""
+        if not self.budget or not self.finished_seconds:
+            return None
+        finished = sum(self.counts.get(k, 0) for k in ("complete", "pruned", "fail", "reused"))
+        left = max(0, self.budget - finished)
+        mean = sum(self.finished_seconds) / len(self.finished_seconds)
+        return left * mean / max(1, self.concurrent)
+
+    def render(self) -> Group:
+        elapsed = time.time() - self.t0
+        eta = self.eta()
+        states = ", ".join(
+            f"{k} {self.counts.get(k, 0)}" for k in ("complete", "pruned", "fail", "reused", "infeasible")
+        )
+        status = (f"[bold]{duration(elapsed)}[/] elapsed"
+                  + (f", ETA {duration(eta)}" if eta is not None else "")
+                  + f" · running {len(self.running)} · {states} · epochs {self.epochs}")  # fmt: skip
+        run = Table(title="running", expand=False)
+        for col in ("trial", "placement", "epoch", "val_acc"):
+            run.add_column(col)
+        for n, r in sorted(self.running.items()):
+            run.add_row(str(n), str(r.get("placement", "?")), str(r.get("epoch", 0)), cell(r.get("val_acc")))
+        front = Table(title="current front", expand=False)
+        for col in ("trial", "placement", *self.objectives):
+            front.add_column(col)
+        if self.done:
+            numbers = list(self.done)
+            idx = pareto_front([self.done[k]["values"] for k in numbers], self.directions)
+            for i in sorted(idx, key=lambda i: -self.done[numbers[i]]["values"][0])[:10]:
+                d = self.done[numbers[i]]
+                front.add_row(str(numbers[i]), str(d["placement"]), *[cell(v) for v in d["values"]])
+        return Group(status, run, front)
+
+
+def line(kind: str, info: dict[str, Any]) -> str:
+    """One event as one line (the plain log)."""
+    n = info.get("number")
+    if kind == "start":
+        return f"trial {n:>3} [cyan]start[/]    {info['placement']}  ({info['params']:,} params)"
+    if kind == "epoch":
+        return (
+            f"trial {n:>3} epoch {info['epoch']:<3} val_acc {info['val_acc']:.4f}  "
+            f"loss {info['train_loss']:.3f}  {info['images_per_s']:.0f} img/s"
+        )
+    if kind == "complete":
+        return f"trial {n:>3} [green]COMPLETE[/] values ({', '.join(f'{v:.4g}' for v in info['values'])})"
+    if kind == "pruned":
+        return f"trial {n:>3} [yellow]PRUNED[/]   at epoch {info.get('pruned_at')}"
+    if kind == "fail":
+        return f"trial {n:>3} [red]FAIL[/]     {info.get('failure')}"
+    if kind == "reused":
+        return f"trial {n:>3} [blue]reused[/]   {info['placement']} = trial {info['source']} ({info['state']})"
+    if kind == "waiting":
+        return f"trial {n:>3} [blue]waits[/]    {info['placement']} = trial {info['source']}, still training"
+    if kind == "stopped":
+        return f"[yellow]sampling stopped[/]: {info['reason']}"
+    if kind == "infeasible":
+        return f"trial {n:>3} [dim]rejected before training: {info['reason']}[/]"
+    return f"{kind} {info}"

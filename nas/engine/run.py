@@ -14,7 +14,7 @@ from nas.engine.config import StudyConfig, load_study
 from nas.engine.progress import Progress
 from nas.engine.pruners import make_pruner
 from nas.engine.samplers import make_sampler
-from nas.engine.store import StudyStore
+from nas.engine.store import StudyStore, requeue_grid_holes
 from nas.errors import ConfigError, StudyError
 from nas.space import SearchSpace
 
@@ -56,29 +56,61 @@ def run_study(
     base_dir: Path | None = None,
     progress: Progress | None = None,
     scheduler_factory: Any = None,
+    replay: str | Path | None = None,
 ) -> RunSummary:
-    """Run (or continue) the study a file describes.
+    """Run (or continue) the study a file describes; with ``replay`` (a table file, see nas.engine.replay) its trials
+    come from the table in simulated time instead of training on Ray.
 
     Everything a user can get wrong is checked before the storage is touched (nothing written, one-line error):
-    the files, the sampler and pruner, the dataset, that some architecture of the space meets its constraints,
-    and that the Ray cluster can place the trials it asks for.
+    the files, the sampler and pruner, the dataset (or that the table matches the study), that some architecture
+    of the space meets its constraints, and that the Ray cluster can place the trials it asks for.
     """
     cfg, space = load_study(path, overrides)
+    return run_config(cfg, space, str(path), base_dir, progress, scheduler_factory, replay)
+
+
+def run_config(
+    cfg: StudyConfig,
+    space: SearchSpace,
+    where: str,
+    base_dir: Path | None = None,
+    progress: Progress | None = None,
+    scheduler_factory: Any = None,
+    replay: str | Path | None = None,
+    plan: Any = None,
+) -> RunSummary:
+    """:func:`run_study` for a configuration already in hand (validation and calibration run their sub-studies
+    through it). ``plan(study) -> n_trials`` enqueues the trials a sub-study still needs once its storage is open
+    and returns how many to run (0: nothing left)."""
     local_ray_on_loopback(cfg.ray.address)
     from nas.engine.driver import Driver
-    from nas.engine.tune import check_resources, init_ray, local_lock_dir, run_tune
+    from nas.engine.replay import ReplayExecutor, Table
 
     make_sampler(cfg, 0, space), make_pruner(cfg)  # configuration errors surface here, before any storage exists
-    num_classes, data_stats = dataset_shape(cfg, space, str(path))
+    table = Table.load(replay) if replay is not None else None
+    if table is not None:
+        table.check(cfg, space, where)
+        num_classes, data_stats = table.num_classes, None
+    else:
+        num_classes, data_stats = dataset_shape(cfg, space, where)
     space.check_reachable(num_classes)
-    init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus)
-    check_resources(cfg, str(path))
+    if table is None:
+        from nas.engine.tune import check_resources, init_ray
+
+        init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus)
+        check_resources(cfg, where)
     progress = progress or Progress()
     storage = layout.create_storage(cfg.storage_url(base_dir))
     n_existing = _count_existing(storage, cfg.name)
     store = StudyStore(cfg, space, make_sampler(cfg, n_existing, space), make_pruner(cfg, storage), base_dir, storage)
-    store.study.set_user_attr("data_stats", data_stats)
+    if table is not None:
+        store.study.set_user_attr("replay", {"table": table.source, "name": table.name, **table.provenance})
+    else:
+        store.study.set_user_attr("data_stats", data_stats)
     recovered = store.recover_stale()
+    if cfg.sampler.name == "grid" and plan is None:
+        requeue_grid_holes(store.study)
+    n_trials = plan(store.study) if plan is not None else cfg.budget.n_trials
     store.start()
     progress.begin(cfg, store, recovered)
     driver = Driver(
@@ -87,7 +119,7 @@ def run_study(
         store,
         store.study.pruner,
         num_classes,
-        cfg.budget.n_trials,
+        n_trials,
         lock_dir=local_lock_dir(store.study_dir),
         log=progress.event,
     )
@@ -95,7 +127,12 @@ def run_study(
     interrupted: list[int] = []
     try:
         scheduler = scheduler_factory(driver) if scheduler_factory else None
-        run_tune(driver, scheduler=scheduler, wall_time_s=cfg.budget.wall_time_s)
+        if table is not None:
+            ReplayExecutor(driver, table, cfg.budget.max_concurrent, scheduler).run()
+        else:
+            from nas.engine.tune import run_tune
+
+            run_tune(driver, scheduler=scheduler, wall_time_s=cfg.budget.wall_time_s)
     finally:
         interrupted = driver.finish()
         store.close()
@@ -104,6 +141,13 @@ def run_study(
     if driver.stop_is_error:
         raise StudyError(f"study '{cfg.name}': stopped early: {driver.stop_reason}")
     return summary
+
+
+def local_lock_dir(study_dir: Path) -> str:
+    """Device locks live beside the study (one folder per node when the filesystem is not shared)."""
+    path = (study_dir / "locks").resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
 
 
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"

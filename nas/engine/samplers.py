@@ -3,10 +3,12 @@ curves the engine stores on PRUNED trials of a multi-objective study (optuna#526
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from nas.engine.config import StudyConfig
 from nas.engine.optuna_adapter import MultiObjectiveTPE
@@ -14,9 +16,30 @@ from nas.errors import ConfigError
 from nas.space import SearchSpace
 
 
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler for ask/tell: its ``after_trial`` hook calls ``Study.stop()`` on the last point, which
+    raises outside ``Study.optimize``, and its ``is_exhausted`` stays false while the last points run, so an
+    ask/tell driver would keep asking (and get repeats). Here the driver stops on ``is_exhausted``: every grid
+    point proposed (finished or running) and no queued retry still waiting."""
+
+    def __init__(self, search_space: dict[str, list[Any]], seed: int | None = None) -> None:
+        super().__init__(search_space, seed=seed)
+        self.size = math.prod(len(v) for v in search_space.values())
+
+    def after_trial(self, study: optuna.Study, trial: Any, state: Any, values: Any) -> None:
+        return None
+
+    def is_exhausted(self, study: optuna.Study) -> bool:
+        trials = study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in trials):
+            return False
+        return len({t.system_attrs["grid_id"] for t in trials if "grid_id" in t.system_attrs}) >= self.size
+
+
 def make_sampler(cfg: StudyConfig, n_existing: int, space: SearchSpace | None = None) -> optuna.samplers.BaseSampler:
     """The study's sampler, reseeded by the number of trials already stored so a resumed run does not re-propose
-    the points of the first run (optuna#3255). ``grid`` needs the space (its full parameter grid)."""
+    the points of the first run (optuna#3255); ``grid`` keeps the study's seed and needs the space (its full
+    parameter grid)."""
     seed = cfg.seed + n_existing
     s = cfg.sampler
     kw: dict[str, Any] = {"seed": seed}
@@ -36,5 +59,6 @@ def make_sampler(cfg: StudyConfig, n_existing: int, space: SearchSpace | None = 
             grid = space.param_grid()
             if not grid:
                 raise ConfigError("sampler.name: 'grid' on a space with a single architecture; use random")
-            return optuna.samplers.GridSampler(grid, **kw)
+            return GridSampler(grid, seed=cfg.seed)  # not reseeded: the seed shuffles the grid ids, which must
+            # name the same points in every run of the study (a reseeded resume trained repeats and skipped points)
         return optuna.samplers.RandomSampler(**kw)

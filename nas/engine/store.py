@@ -56,6 +56,33 @@ def _alive(driver_id: str) -> bool:
     return True
 
 
+def enqueue_missing(study: optuna.Study, wanted: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> int:
+    """Queue each wanted ``(arch_id, params, user_attrs)`` that the study has neither COMPLETE nor queued (a resumed
+    validation or calibration trains only what is left); returns the number of trials left to run."""
+    done = {t.user_attrs.get("arch_id") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    queued = {t.user_attrs.get("planned_arch") for t in waiting}
+    needed = [w for w in wanted if w[0] not in done | queued]
+    for arch_id, params, attrs in needed:
+        study.enqueue_trial(params, user_attrs={**attrs, "planned_arch": arch_id}, skip_if_exists=False)
+    return len(needed) + len(waiting)
+
+
+def requeue_grid_holes(study: optuna.Study) -> int:
+    """A grid study (tabulating a space) rerun to finish it: the architectures that were tried but have no COMPLETE
+    trial (failed, or interrupted twice, which the stale-trial recovery does not retry again) are queued once more,
+    since the grid counts their points as visited. Infeasible proposals are not. Returns the number queued."""
+    trials = study.get_trials(deepcopy=False)
+    done = {t.user_attrs.get("arch_id") for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+    holes = {
+        t.user_attrs["arch_id"]: (t.user_attrs["arch_id"], dict(t.params), {})
+        for t in trials
+        if t.state == TrialState.FAIL and t.params and "arch_id" in t.user_attrs and not t.user_attrs.get("infeasible")
+    }
+    wanted = [w for a, w in holes.items() if a not in done]
+    return enqueue_missing(study, wanted) if wanted else 0
+
+
 class StudyStore:
     """Driver-side handle on one study: create/load, heartbeat, stale-trial recovery, reuse, curves, cache."""
 
@@ -95,6 +122,7 @@ class StudyStore:
         self.study.set_user_attr("versions", layout.package_versions())
         self.study.set_user_attr("study_dir", str(self.study_dir))
         self.engine = sa.create_engine(self.url, **({"connect_args": {"timeout": 30}} if "sqlite" in self.url else {}))
+        layout.fast_sqlite(self.engine)
         _META.create_all(self.engine)
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat_loop, name="nas-heartbeat", daemon=True)
@@ -148,10 +176,16 @@ class StudyStore:
                 why = "interrupted: its driver stopped (killed or crashed) while it ran"
                 self.set_attrs(t.number, {"failure": why})
                 self.study.tell(t.number, state=TrialState.FAIL)
-                if "retry_of" not in t.user_attrs and t.params:
-                    self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+                self.enqueue_retry(t)
             failed.append(t.number)
         return failed
+
+    def enqueue_retry(self, t: FrozenTrial) -> None:
+        """Queue one retry of an interrupted trial (never a retry of a retry); it carries the architecture it
+        retrains (``planned_arch``), so a sub-study's plan does not queue that architecture a second time."""
+        if "retry_of" not in t.user_attrs:
+            attrs = {"retry_of": t.number, "planned_arch": t.user_attrs.get("arch_id")}
+            self.study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
 
     # ------------------------------------------------------------------------------------------ trials
     def ask(self) -> optuna.Trial:

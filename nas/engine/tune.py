@@ -281,10 +281,3 @@ def storage_uri(storage_path: str | None, study_dir: Path) -> str:
     if storage_path and "://" in storage_path:
         return storage_path
     return str(Path(storage_path or study_dir / "ray").resolve())
-
-
-def local_lock_dir(study_dir: Path) -> str:
-    """Device locks live beside the study (one folder per node when the filesystem is not shared)."""
-    path = (study_dir / "locks").resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)

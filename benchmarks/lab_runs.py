@@ -1,0 +1,247 @@
+"""One search run on a tabulated benchmark, for every method of the search lab, as a hypervolume-vs-compute curve.
+
+* ours and Optuna's samplers (with or without our MO-ASHA pruner) and Ray Tune's ASHA: the real engine (driver,
+  sampler, pruner, an in-memory Optuna storage) through :class:`nas.engine.replay.ReplayExecutor`;
+* Syne Tune's MOASHA and MOREA: its own simulator (``BlackboxTabular`` + ``UserBlackboxBackend`` +
+  ``SimulatorCallback``) on a blackbox built from the same table, the same epoch seconds.
+
+Compute is counted the same way for all: every epoch a method trains costs one trial-epoch and the architecture's
+epoch seconds (the table's median); a reused result costs nothing (only our engine reuses). The curve is the
+normalised hypervolume (nas.pareto.normalized_hypervolume, bounds = the table's range of each objective) of the
+COMPLETE full-fidelity trials found so far, divided by the true front's; it steps when a trial completes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nas.engine.replay import Table, TableArch
+from nas.pareto import normalized_hypervolume, pareto_front
+
+DIRECTIONS = ["maximize", "maximize"]  # accuracy, throughput
+
+
+@dataclass(frozen=True)
+class Method:
+    """A search method of the lab: our engine with a sampler and a pruner (optionally Ray's ASHA as the stopper),
+    or a Syne Tune scheduler."""
+
+    name: str
+    kind: str  # "engine" | "syne"
+    sampler: str = "random"
+    pruner: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
+    rungs: tuple[int, ...] = ()
+    ray_asha: bool = False
+    syne: str = ""  # "moasha" | "morea"
+    eta: int = 3
+
+
+@dataclass
+class Curve:
+    """Step curve of one run: after each completed trial, (trial-epochs, worker-seconds, normalised HV share)."""
+
+    method: str
+    seed: int
+    points: list[tuple[int, float, float]] = field(default_factory=list)
+    trials: int = 0
+    unique_archs: int = 0
+
+    def compute_to(self, share: float, axis: int = 1) -> float | None:
+        """Compute (axis 0: trial-epochs, 1: worker-seconds) when the HV share first reached ``share``."""
+        return next((p[axis] for p in self.points if p[2] >= share - 1e-12), None)
+
+
+def bounds(table: Table) -> tuple[list[float], list[float]]:
+    accs = [a.val_acc[-1] for a in table.archs.values()]
+    tps = [a.throughput["median"] for a in table.archs.values()]
+    return [min(accs), min(tps)], [max(accs), max(tps)]
+
+
+def final_point(a: TableArch) -> list[float]:
+    return [a.val_acc[-1], a.throughput["median"]]
+
+
+def true_front(table: Table) -> list[TableArch]:
+    archs = list(table.archs.values())
+    return [archs[i] for i in pareto_front([final_point(a) for a in archs], DIRECTIONS)]
+
+
+def true_hv(table: Table) -> float:
+    lo, hi = bounds(table)
+    return normalized_hypervolume([final_point(a) for a in table.archs.values()], DIRECTIONS, lo, hi)
+
+
+def curve_from_events(
+    method: str, seed: int, table: Table, epochs: list[tuple[float, str]], completed: list[tuple[float, str]]
+) -> Curve:
+    """``epochs``: (time, arch_id) of every epoch trained; ``completed``: (time, arch_id) of every trial that
+    reached full fidelity (a reused copy is not an event). Both in simulated time."""
+    lo, hi = bounds(table)
+    total, curve, found = true_hv(table), Curve(method, seed), []
+    epochs = sorted(epochs)
+    done_e, done_s, i = 0, 0.0, 0
+    for t, arch_id in sorted(completed):
+        while i < len(epochs) and epochs[i][0] <= t + 1e-9:
+            done_e, done_s, i = done_e + 1, done_s + table.archs[epochs[i][1]].epoch_seconds, i + 1
+        found.append(final_point(table.archs[arch_id]))
+        curve.points.append((done_e, done_s, normalized_hypervolume(found, DIRECTIONS, lo, hi) / total))
+    curve.unique_archs = len({a for _, a in completed})
+    return curve
+
+
+# ---------------------------------------------------------------------------------------------- our engine
+def run_engine(table: Table, base: dict[str, Any], m: Method, seed: int, workers: int, budget: int) -> Curve:
+    import optuna
+
+    from nas.engine.config import StudyConfig
+    from nas.engine.driver import Driver
+    from nas.engine.pruners import make_pruner
+    from nas.engine.replay import ReplayExecutor
+    from nas.engine.samplers import make_sampler
+    from nas.engine.store import StudyStore
+    from nas.space import SearchSpace
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    cfg = StudyConfig.model_validate(
+        {
+            **base,
+            "name": f"lab-{m.name}-{seed}",
+            "space": "inline",
+            "sampler": {"name": m.sampler, "n_startup_trials": 10},
+            "pruner": m.pruner,
+            "fidelity": {"rungs": list(m.rungs)},
+            "budget": {"n_trials": None, "max_concurrent": workers},
+            "seed": seed,
+            "storage": "sqlite://",
+        }
+    )
+    space = SearchSpace.from_dict(table.space)
+    storage = optuna.storages.InMemoryStorage()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = StudyStore(
+            cfg, space, make_sampler(cfg, 0, space), make_pruner(cfg, storage), Path(tmp), storage=storage
+        )
+        driver = Driver(cfg, space, store, store.study.pruner, table.num_classes, None)
+        scheduler = None
+        if m.ray_asha:
+            from ray.tune.schedulers import ASHAScheduler
+
+            epochs = cfg.train.epochs
+            scheduler = ASHAScheduler(
+                time_attr="training_iteration", max_t=epochs, grace_period=1, reduction_factor=m.eta
+            )
+            scheduler.set_search_properties("val_acc", "max")
+        log = ReplayExecutor(driver, table, workers, scheduler).run(max_trial_epochs=budget)
+        driver.finish()
+        trials = {t.number: t for t in store.study.get_trials(deepcopy=False)}
+    ids = {n: t.user_attrs.get("arch_id") for n, t in trials.items()}
+    epochs = [(t, ids[n]) for t, n, _, _ in log.epochs]
+    done = [
+        (t, ids[n])
+        for t, n in log.ends
+        if trials[n].state.name == "COMPLETE" and trials[n].user_attrs.get("full_fidelity")
+    ]
+    curve = curve_from_events(m.name, seed, table, epochs, done)
+    curve.trials = len(trials)
+    return curve
+
+
+# ---------------------------------------------------------------------------------------------- Syne Tune
+_BLACKBOX: dict[str, Any] = {}
+
+
+def _blackbox(table: Table) -> tuple[Any, dict[tuple, str]]:
+    """The table as a Syne Tune ``BlackboxTabular``: objectives error and -throughput (minimised), cumulative
+    elapsed time from the same epoch seconds our replay uses."""
+    if table.source in _BLACKBOX:
+        return _BLACKBOX[table.source]
+    import numpy as np
+    import pandas as pd
+    import syne_tune.config_space as sp
+    from syne_tune.blackbox_repository.blackbox_tabular import BlackboxTabular
+
+    archs = list(table.archs.values())
+    names = list(archs[0].params)
+    n_ep = table.epochs
+    hp = pd.DataFrame([[a.params[n] for n in names] for a in archs], columns=names)
+    cs = {n: sp.choice(sorted({a.params[n] for a in archs}, key=str)) for n in names}
+    ev = np.zeros((len(archs), 1, n_ep, 3))
+    for i, a in enumerate(archs):
+        for e in range(n_ep):
+            ev[i, 0, e] = [1 - a.val_acc[e], -a.throughput["median"], (e + 1) * a.epoch_seconds]
+    bb = BlackboxTabular(
+        hyperparameters=hp,
+        configuration_space=cs,
+        fidelity_space={"epoch": sp.randint(1, n_ep)},
+        objectives_evaluations=ev,
+        fidelity_values=np.arange(1, n_ep + 1),
+        objectives_names=["error", "neg_throughput", "elapsed_time"],
+    )
+    by_params = {tuple(str(a.params[n]) for n in names): a.arch_id for a in archs}
+    _BLACKBOX[table.source] = (bb, by_params)
+    return bb, by_params
+
+
+def run_syne(table: Table, m: Method, seed: int, workers: int, budget: int) -> Curve:
+    os.environ.setdefault("SYNETUNE_FOLDER", tempfile.mkdtemp(prefix="syne-tune-"))
+    logging.getLogger("syne_tune").setLevel(logging.ERROR)
+    from syne_tune import StoppingCriterion, Tuner
+    from syne_tune.backend.simulator_backend.simulator_callback import SimulatorCallback
+    from syne_tune.blackbox_repository.simulated_tabular_backend import UserBlackboxBackend
+    from syne_tune.optimizer.schedulers.multiobjective import MultiObjectiveRegularizedEvolution
+    from syne_tune.optimizer.schedulers.multiobjective.moasha import MOASHA
+    from syne_tune.optimizer.schedulers.single_fidelity_scheduler import SingleFidelityScheduler
+    from syne_tune.tuner_callback import TunerCallback
+
+    bb, by_params = _blackbox(table)
+    names = list(next(iter(table.archs.values())).params)
+    cs = bb.configuration_space_with_max_resource_attr("epochs")
+    metrics = ["error", "neg_throughput"]
+    if m.syne == "moasha":
+        scheduler = MOASHA(cs, metrics=metrics, do_minimize=True, time_attr="epoch", max_t=table.epochs,
+                           grace_period=1, reduction_factor=m.eta, random_seed=seed)  # fmt: skip
+    else:
+        searcher = MultiObjectiveRegularizedEvolution(cs, population_size=20, sample_size=5, random_seed=seed)
+        scheduler = SingleFidelityScheduler(cs, metrics=metrics, do_minimize=True, searcher=searcher, random_seed=seed)
+
+    class Recorder(TunerCallback):
+        def __init__(self) -> None:
+            self.epochs: list[tuple[float, str]] = []
+            self.done: list[tuple[float, str]] = []
+
+        def on_trial_result(self, trial: Any, status: str, result: dict, decision: str) -> None:
+            arch = by_params[tuple(str(trial.config[n]) for n in names)]
+            t = float(result["st_tuner_time"])
+            self.epochs.append((t, arch))
+            if int(result["epoch"]) >= table.epochs:
+                self.done.append((t, arch))
+
+    rec = Recorder()
+    backend = UserBlackboxBackend(blackbox=bb, elapsed_time_attr="elapsed_time", max_resource_attr="epochs")
+    tuner = Tuner(
+        trial_backend=backend, scheduler=scheduler, stop_criterion=StoppingCriterion(max_num_evaluations=budget),
+        n_workers=workers, sleep_time=0, callbacks=[SimulatorCallback(), rec], save_tuner=False,
+        results_update_interval=1e9, print_update_interval=1e9,
+    )  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        tuner.run()
+    epochs = sorted(rec.epochs)[:budget]
+    cut = epochs[-1][0] if epochs else 0.0
+    curve = curve_from_events(m.name, seed, table, epochs, [d for d in rec.done if d[0] <= cut])
+    curve.trials = len({a for _, a in rec.epochs})
+    return curve
+
+
+def run(table_path: str, base: dict[str, Any], m: Method, seed: int, workers: int, budget: int) -> Curve:
+    """One (method, seed): what a worker process of the lab runs."""
+    table = Table.load(table_path)
+    if m.kind == "syne":
+        return run_syne(table, m, seed, workers, budget)
+    return run_engine(table, base, m, seed, workers, budget)

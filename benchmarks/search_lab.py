@@ -1,0 +1,337 @@
+"""The search-quality lab: our search against Optuna, Ray Tune and Syne Tune on a tabulated benchmark of our space.
+
+    python benchmarks/search_lab.py table      # the built study (studies/fmnist_bench_build.yaml) -> the table
+    python benchmarks/search_lab.py run        # every method x 20 seeds, replayed: report + plot (~1 h on 2 CPUs)
+    python benchmarks/search_lab.py fidelity   # how well an early epoch ranks like the last one
+
+``run`` replays every method with every seed against ``benchmarks/tables/fmnist_bench.json`` (benchmarks/lab_runs.py
+says how one run is simulated and how compute is counted), then prints the Markdown table of RESULTS.md and writes
+``benchmarks/search_lab.html`` + ``.png`` (normalised hypervolume vs worker-seconds, mean and 95 % band per method)
+and ``benchmarks/search_lab.json`` (every curve). Figures: compute to reach 90 / 95 / 99 % of the true front's
+hypervolume, mean over the seeds that reached it with a 95 % bootstrap interval, and ratios against the baselines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+import lab_runs  # noqa: E402
+from lab_runs import Curve, Method  # noqa: E402
+
+from nas.engine.replay import Table, TableArch, training_of  # noqa: E402
+
+TABLE = ROOT / "benchmarks" / "tables" / "fmnist_bench.json"
+BUILD = ROOT / "studies" / "fmnist_bench_build.yaml"
+SHARES = (0.90, 0.95, 0.99)
+# Ours: what the shipped study files use (the lab chose it, RESULTS.md "Search-quality lab"): rungs at 1/4 and 1/2 of
+# the training epochs, keep the better half, and a rung prunes only once 8 trials have reached it.
+OURS = {"name": "pareto", "eta": 2, "min_trials": 8}
+OURS_RUNGS = (2, 4)
+
+
+def methods(eta: int = 3, ours: dict[str, Any] | None = None, rungs: tuple[int, ...] = OURS_RUNGS) -> list[Method]:
+    """Every method of the lab; ``ours``/``rungs`` replace our pruner's settings (to try other defaults)."""
+    engine = []
+    for sampler in ("random", "tpe", "nsga2", "gp"):
+        engine.append(Method(sampler, "engine", sampler=sampler))
+        engine.append(Method(f"ours-{sampler}", "engine", sampler=sampler, pruner=ours or OURS, rungs=rungs))
+    return [
+        *engine,
+        Method("ray-asha", "engine", sampler="random", ray_asha=True, eta=eta),
+        Method("syne-moasha", "syne", syne="moasha", eta=eta),
+        Method("syne-morea", "syne", syne="morea"),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- the table
+def export_table(study_file: Path, out: Path) -> Table:
+    """Every COMPLETE full-fidelity architecture of the built grid study, with its curves, costs and provenance."""
+    import optuna
+
+    from nas import layout
+    from nas.engine.config import load_study
+
+    cfg, space = load_study(study_file)
+    study = optuna.load_study(study_name=cfg.name, storage=layout.open_storage(cfg.storage_url()))
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and t.user_attrs.get("full_fidelity")]
+    done = [t for t in done if "reused_from" not in t.user_attrs]
+    expected = 1
+    for values in space.param_grid().values():
+        expected *= len(values)
+    archs: dict[str, TableArch] = {}
+    for t in done:
+        ua, curve = t.user_attrs, t.user_attrs["curve"]
+        tp = ua["throughput"]
+        archs[ua["arch_id"]] = TableArch(
+            arch_id=ua["arch_id"],
+            params=dict(t.params),
+            placement=ua["placement"],
+            n_params=int(ua["params"]),
+            flops=int(ua["flops"]),
+            throughput={k: round(float(tp[k]), 2 if k != "cv" else 5) for k in ("median", "iqr", "cv")},
+            val_acc=[round(r["val_acc"], 5) for r in curve],
+            val_loss=[round(r["val_loss"], 5) for r in curve],
+            train_loss=[round(r["train_loss"], 5) for r in curve],
+            seconds=[round(r["seconds"], 3) for r in curve],
+        )
+    if len(archs) != expected:
+        raise SystemExit(f"error: {study_file}: {len(archs)} of the space's {expected} architectures are done; "
+                         "finish the build (run `nas search` on it again) first")  # fmt: skip
+    starts = [t.datetime_start for t in done]
+    ends = [t.datetime_complete for t in done]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    provenance = {
+        "study_file": str(study_file.resolve().relative_to(ROOT))
+        if study_file.resolve().is_relative_to(ROOT)
+        else study_file.name,
+        "device": done[0].user_attrs.get("device"),
+        "machine": "2-core shared CPU; two trials trained at once, one thread each",
+        "versions": study.user_attrs.get("versions"),
+        "built": f"{min(starts):%Y-%m-%d %H:%M} to {max(ends):%Y-%m-%d %H:%M} UTC",
+        "build_hours": round((max(ends) - min(starts)).total_seconds() / 3600, 2),
+        "commit": commit.stdout.strip(),
+        "trials": len(done),
+    }
+    table = Table(cfg.name.removesuffix("_build"), space.model_dump(mode="json"), space.space_hash(),
+                  training_of(cfg), 10, cfg.train.epochs, archs, provenance)  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(table.to_json(), separators=(",", ":")) + "\n")
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB, {len(archs)} architectures, {cfg.train.epochs} epochs)")
+    return table
+
+
+def base_config(table: Table) -> dict[str, Any]:
+    """A study configuration whose training matches the table (what a replay needs)."""
+    train = {k: v for k, v in table.training["train"].items()}
+    return {"dataset": table.training["dataset"], "train": train, "throughput": table.training["throughput"]}
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def mean_ci(values: list[float], n_boot: int = 4000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and a 95 % bootstrap percentile interval of the mean."""
+    if not values:
+        return float("nan"), float("nan"), float("nan")
+    rng = random.Random(seed)
+    boots = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(n_boot))
+    return statistics.fmean(values), boots[int(0.025 * n_boot)], boots[int(0.975 * n_boot) - 1]
+
+
+def summarize(curves: list[Curve]) -> dict[str, Any]:
+    by: dict[str, list[Curve]] = {}
+    for c in curves:
+        by.setdefault(c.method, []).append(c)
+    out: dict[str, Any] = {}
+    for name, cs in by.items():
+        row: dict[str, Any] = {"seeds": len(cs), "unique_archs": statistics.fmean(c.unique_archs for c in cs)}
+        for share in SHARES:
+            secs = [c.compute_to(share, 1) for c in cs]
+            eps = [c.compute_to(share, 0) for c in cs]
+            reached = [s for s in secs if s is not None]
+            row[f"{share:.2f}"] = {
+                "reached": len(reached),
+                "seconds": mean_ci(reached),
+                "epochs": mean_ci([e for e in eps if e is not None]),
+                "per_seed": secs,
+            }
+        out[name] = row
+    return out
+
+
+def ratio(summary: dict[str, Any], slow: str, fast: str, share: str = "0.95") -> tuple[float, float, float] | None:
+    """slow / fast compute to reach ``share``, over seeds where both reached it (paired), bootstrap 95 % interval."""
+    a, b = summary[slow][share]["per_seed"], summary[fast][share]["per_seed"]
+    pairs = [(x, y) for x, y in zip(a, b, strict=False) if x is not None and y is not None]
+    if not pairs:
+        return None
+    rng = random.Random(1)
+    est = statistics.fmean(x for x, _ in pairs) / statistics.fmean(y for _, y in pairs)
+    boots = []
+    for _ in range(4000):
+        s = rng.choices(pairs, k=len(pairs))
+        boots.append(statistics.fmean(x for x, _ in s) / statistics.fmean(y for _, y in s))
+    boots.sort()
+    return est, boots[100], boots[3899]
+
+
+def markdown(summary: dict[str, Any], budget: int) -> str:
+    lines = [
+        "| method | 90 % HV: worker-s (95 % CI) | reached | 95 % HV: worker-s (95 % CI) | reached | 99 % HV: worker-s "
+        "(95 % CI) | reached | 95 %: trial-epochs | architectures trained |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in summary.items():
+        cells = [name]
+        for share in SHARES:
+            m, lo, hi = row[f"{share:.2f}"]["seconds"]
+            cells += [
+                f"{m:,.0f} ({lo:,.0f}–{hi:,.0f})" if m == m else "—",
+                f"{row[f'{share:.2f}']['reached']}/{row['seeds']}",
+            ]
+        e = row["0.95"]["epochs"][0]
+        cells += [f"{e:,.0f}" if e == e else "—", f"{row['unique_archs']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Budget per run: {budget} trial-epochs. Ratios (compute to 95 % of the true HV, paired over seeds):",
+        "",
+    ]
+    pairs = [(s, f"ours-{s}") for s in ("random", "tpe", "nsga2", "gp")]
+    pairs += [("random", "ours-tpe"), ("syne-moasha", "ours-tpe"), ("syne-morea", "ours-tpe"), ("ray-asha", "ours-tpe")]
+    pairs += [("syne-moasha", "ours-random")]
+    for slow, fast in pairs:
+        if slow in summary and fast in summary:
+            r = ratio(summary, slow, fast)
+            lines.append(f"- {slow} / {fast}: " + (f"**{r[0]:.2f}×** (95 % CI {r[1]:.2f}–{r[2]:.2f})" if r else "—"))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- plot
+def plot(curves: list[Curve], budget_seconds: float, html: Path, png: Path) -> None:
+    import numpy as np
+    import plotly.graph_objects as go
+
+    grid = np.linspace(0, budget_seconds, 200)
+    fig = go.Figure()
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+               "#17becf", "#000000", "#aa3377", "#44aa99"]  # fmt: skip
+    names = list(dict.fromkeys(c.method for c in curves))
+    for k, name in enumerate(names):
+        ys = []
+        for c in (c for c in curves if c.method == name):
+            xs = np.array([p[1] for p in c.points] or [0.0])
+            vs = np.array([p[2] for p in c.points] or [0.0])
+            idx = np.searchsorted(xs, grid, side="right") - 1
+            ys.append(np.where(idx >= 0, vs[np.clip(idx, 0, None)], 0.0))
+        arr = np.array(ys)
+        mean = arr.mean(0)
+        half = 1.96 * arr.std(0, ddof=1) / np.sqrt(len(arr)) if len(arr) > 1 else np.zeros_like(mean)
+        color = palette[k % len(palette)]
+        dash = "solid" if name.startswith("ours") else "dot" if name.startswith(("syne", "ray")) else "dash"
+        upper, lower = np.clip(mean + half, 0, 1), np.clip(mean - half, 0, 1)
+        band_x, band_y = np.concatenate([grid, grid[::-1]]), np.concatenate([upper, lower[::-1]])
+        fig.add_trace(go.Scatter(x=band_x, y=band_y, fill="toself", fillcolor=color, opacity=0.15,
+                                 line={"width": 0}, showlegend=False, hoverinfo="skip"))  # fmt: skip
+        fig.add_trace(go.Scatter(x=grid, y=mean, name=name, line={"color": color, "dash": dash}))
+    fig.update_layout(
+        title="Normalised hypervolume vs compute (mean and 95 % band over seeds)",
+        xaxis_title="simulated worker-seconds",
+        yaxis_title="share of the true front's hypervolume",
+        template="plotly_white",
+        width=1120,
+        height=660,
+        margin={"t": 60, "l": 70, "r": 20, "b": 60},
+    )
+    fig.update_yaxes(range=[0, 1.02])
+    fig.write_html(str(html), include_plotlyjs="cdn")
+    full = html.with_suffix(".full.html")  # offline copy for the screenshot (not kept)
+    fig.write_html(str(full), include_plotlyjs=True, config={"displayModeBar": False})
+    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if _which(b)), None)
+    if browser:
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={png}",
+                        "--window-size=1140,680", "--hide-scrollbars", full.as_uri()], capture_output=True,
+                       timeout=120)  # fmt: skip
+    full.unlink(missing_ok=True)
+
+
+def _which(name: str) -> bool:
+    import shutil
+
+    return shutil.which(name) is not None
+
+
+# ---------------------------------------------------------------------------------------------- fidelity
+def fidelity(table: Table) -> str:
+    """Kendall/Spearman tau of the accuracy at each epoch against the last, and how much of the true front the
+    front at that epoch (accuracy at the epoch, throughput) already holds."""
+    from scipy.stats import kendalltau, spearmanr
+
+    from nas.pareto import pareto_front
+
+    archs = list(table.archs.values())
+    final = [a.val_acc[-1] for a in archs]
+    true = set(pareto_front([[a.val_acc[-1], a.throughput["median"]] for a in archs], lab_runs.DIRECTIONS))
+    lines = [
+        "| epoch | Kendall τ vs last | Spearman ρ | true-front members on the epoch's front | epoch's front size |",
+        "|---|---|---|---|---|",
+    ]
+    for e in range(1, table.epochs + 1):
+        acc = [a.val_acc[e - 1] for a in archs]
+        tau, rho = kendalltau(acc, final)[0], spearmanr(acc, final)[0]
+        front = set(pareto_front([[a.val_acc[e - 1], a.throughput["median"]] for a in archs], lab_runs.DIRECTIONS))
+        lines.append(f"| {e} | {tau:.3f} | {rho:.3f} | {len(front & true)}/{len(true)} | {len(front)} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("command", choices=["table", "run", "fidelity"])
+    ap.add_argument("--table", default=str(TABLE))
+    ap.add_argument("--study", default=str(BUILD), help="table: the built study file")
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--gp-seeds", type=int, default=3, help="seeds of the two GP methods (Optuna's GP: ~2 s/proposal)")
+    ap.add_argument("--workers", type=int, default=4, help="simulated workers (max_concurrent) of every method")
+    ap.add_argument("--budget", type=int, default=0, help="trial-epochs per run (default: the table's total)")
+    ap.add_argument("--methods", nargs="+", default=None, help="a subset of the methods, by name")
+    ap.add_argument("--procs", type=int, default=2, help="processes running seeds in parallel")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "search_lab"), help="path prefix of .json/.html/.png")
+    ap.add_argument("--ours-rungs", default=None, help="try other rungs for ours, e.g. 1,3")
+    ap.add_argument("--ours-eta", type=int, default=None, help="try another eta for ours")
+    ap.add_argument("--ours-min-trials", type=int, default=None, help="try another min_trials for ours")
+    ap.add_argument("--no-plot", action="store_true", help="skip the HTML/PNG plot (tuning runs)")
+    args = ap.parse_args(argv)
+    if args.command == "table":
+        export_table(Path(args.study), Path(args.table))
+        return 0
+    table = Table.load(args.table)
+    if args.command == "fidelity":
+        print(fidelity(table))
+        return 0
+    budget = args.budget or table.epochs * len(table.archs)
+    ours = dict(OURS)
+    if args.ours_eta is not None:
+        ours["eta"] = args.ours_eta
+    if args.ours_min_trials is not None:
+        ours["min_trials"] = args.ours_min_trials
+    rungs = tuple(int(r) for r in args.ours_rungs.split(",")) if args.ours_rungs else OURS_RUNGS
+    chosen = [m for m in methods(ours=ours, rungs=rungs) if args.methods is None or m.name in args.methods]
+    base = base_config(table)
+    jobs = [
+        (args.table, base, m, s, args.workers, budget)
+        for m in chosen
+        for s in range(min(args.seeds, args.gp_seeds) if m.sampler == "gp" and m.kind == "engine" else args.seeds)
+    ]
+    t0 = time.time()
+    with mp.get_context("spawn").Pool(args.procs) as pool:
+        curves = pool.starmap(lab_runs.run, jobs)
+    summary = summarize(curves)
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps({
+        "table": str(Path(args.table).name), "seeds": args.seeds, "workers": args.workers, "budget": budget,
+        "true_front": [a.placement for a in lab_runs.true_front(table)],
+        "summary": {k: {s: {kk: vv for kk, vv in v.items()} if isinstance(v, dict) else v for s, v in row.items()}
+                    for k, row in summary.items()},
+        "curves": [{"method": c.method, "seed": c.seed, "points": c.points} for c in curves],
+    }, default=str) + "\n")  # fmt: skip
+    budget_s = max((p[1] for c in curves for p in c.points), default=1.0)
+    if not args.no_plot:
+        plot(curves, budget_s, out.with_suffix(".html"), out.with_suffix(".png"))
+    print(markdown(summary, budget))
+    print(f"\n{len(jobs)} runs in {time.time() - t0:.0f} s; wrote {out}.json/.html/.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

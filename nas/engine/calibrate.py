@@ -1,0 +1,168 @@
+"""``nas calibrate``: before a big search, how much proxy training ranks architectures like longer training does.
+
+A small, diverse sample of the space (every mixer of every stage appears when the sample allows) is trained at the
+study's proxy budget and at larger ones (more epochs, more of the data, both) up to ``factor`` times its compute.
+Each budget's final accuracies are compared with the largest budget's (Kendall tau, Spearman rho), next to what
+each budget cost; the cheapest budget with tau >= 0.8 is recommended, as a ``train:`` block to paste into the study
+file. Each budget is a sub-study ``<study>.calibrate.e<E>f<F>`` in the study's storage (an interrupted calibration
+resumes, a repeated one reuses what was trained); the summary is stored on the study itself (user attribute
+``calibration``, created before the search if need be), where ``nas status`` shows it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from nas import layout, results
+from nas.engine.config import StudyConfig, retraining_config
+from nas.engine.progress import Progress
+from nas.errors import ConfigError, NasError
+from nas.space import SearchSpace
+from nas.stats import kendall_tau, spearman_rho
+
+GOOD_TAU = 0.8
+
+
+@dataclass
+class Calibration:
+    """Per budget (ordered by compute): epochs, fraction, relative compute, trial-seconds spent, tau and rho against
+    the largest budget; and the recommendation."""
+
+    archs: list[str]
+    budgets: list[dict[str, Any]] = field(default_factory=list)
+    recommended: dict[str, Any] = field(default_factory=dict)
+    at: str = ""
+
+    def table(self) -> str:
+        rows = ["budget (epochs x data)  compute  trial-seconds  Kendall tau  Spearman rho"]
+        for b in self.budgets:
+            tau = "reference" if b["reference"] else f"{b['tau']:.2f}" if b["tau"] is not None else "—"
+            rho = "" if b["reference"] or b["rho"] is None else f"{b['rho']:.2f}"
+            rows.append(f"{b['epochs']:>3} x {b['train_fraction']:<6g}           {b['compute']:>5g}x  "
+                        f"{b['seconds']:>13,.0f}  {tau:>11}  {rho:>12}")  # fmt: skip
+        return "\n".join(rows)
+
+
+def budgets(epochs: int, fraction: float, factor: float) -> list[tuple[int, float]]:
+    """The proxy budget and balanced multiples of it by powers of 2 in epochs and in data (neither grows more than
+    twice the other), up to ``factor`` times its compute; the last (largest) is the reference."""
+    powers = [2**k for k in range(8) if 2**k <= factor]
+    out = {
+        (epochs * a, round(min(1.0, fraction * b), 6))
+        for a in powers
+        for b in powers
+        if a * b <= factor and a <= 2 * b and b <= 2 * a
+    }
+    return sorted(out, key=lambda eb: (eb[0] * eb[1], eb[1]))
+
+
+def diverse_sample(space: SearchSpace, n: int, seed: int, num_classes: int) -> list[Any]:
+    """``n`` distinct feasible architectures, picked greedily from random draws to cover each stage's mixers."""
+    rng, pool, seen = random.Random(seed), [], set()
+    for _ in range(40 * n):
+        try:
+            arch = space.sample(lambda _name, choices: rng.choice(choices), num_classes)
+        except NasError:
+            continue
+        if arch.arch_id not in seen and not space.check_constraints(arch):
+            seen.add(arch.arch_id)
+            pool.append(arch)
+    chosen, covered = [], set()
+    while pool and len(chosen) < n:
+        best = max(pool, key=lambda a: len({(i, m) for i, st in enumerate(a.stages) for m in st.pattern} - covered))
+        pool.remove(best)
+        chosen.append(best)
+        covered |= {(i, m) for i, st in enumerate(best.stages) for m in st.pattern}
+    return chosen
+
+
+def calibrate(path: str, n: int, factor: float, progress: Progress | None = None) -> Calibration:
+
+    from nas.engine.config import load_study
+    from nas.engine.run import dataset_shape, run_config
+    from nas.engine.store import enqueue_missing
+
+    if n < 3:
+        raise ConfigError("calibrate: --n must be at least 3 (a rank correlation needs a few architectures)")
+    if factor < 2:
+        raise ConfigError("calibrate: --factor must be at least 2 (the largest budget, in multiples of the proxy's)")
+    cfg, space = load_study(path)
+    num_classes, _ = dataset_shape(cfg, space, path)
+    url = cfg.storage_url()
+    archs = diverse_sample(space, n, cfg.seed, num_classes)
+    if len(archs) < 3:
+        raise ConfigError(f"{path}: the space holds fewer than 3 feasible architectures; nothing to calibrate")
+    ladder = budgets(cfg.train.epochs, cfg.train.train_fraction, factor)
+    accs: dict[tuple[int, float], dict[str, float]] = {}
+    seconds: dict[tuple[int, float], float] = {}
+    for epochs, fraction in ladder:
+        sub = retraining_config(cfg, f"{cfg.name}.calibrate.e{epochs}f{fraction:g}", url, epochs, fraction)
+
+        def plan(study: Any) -> int:
+            return enqueue_missing(study, [(a.arch_id, _params_of(space, a, num_classes), {}) for a in archs])
+
+        run_config(sub, space, f"calibrate {cfg.name} at {epochs} epochs x {fraction:g}", progress=progress, plan=plan)
+        recs = results.records(results.load_study(sub.name, url))
+        done = {r.arch_id: r for r in recs if r.state == "COMPLETE" and r.full_fidelity and r.reused_from is None}
+        accs[(epochs, fraction)] = {a: done[a].values["accuracy"] for a in (x.arch_id for x in archs) if a in done}
+        seconds[(epochs, fraction)] = sum(done[a].duration or 0.0 for a in accs[(epochs, fraction)])
+    ref = ladder[-1]
+    out = Calibration(archs=[a.placement() for a in archs])
+    out.at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    proxy_cost = cfg.train.epochs * cfg.train.train_fraction
+    for b in ladder:
+        common = [a for a in accs[b] if a in accs[ref]]
+        x, y = [accs[b][a] for a in common], [accs[ref][a] for a in common]
+        tau, rho = (kendall_tau(x, y), spearman_rho(x, y)) if len(common) >= 2 else (None, None)
+        out.budgets.append({
+            "epochs": b[0], "train_fraction": b[1], "compute": round(b[0] * b[1] / proxy_cost, 3),
+            "seconds": seconds[b], "n": len(common), "reference": b == ref,
+            "tau": None if tau is None or tau != tau else tau, "rho": None if rho is None or rho != rho else rho,
+        })  # fmt: skip
+    good = [b for b in out.budgets if b["reference"] or (b["tau"] is not None and b["tau"] >= GOOD_TAU)]
+    pick = good[0]
+    out.recommended = {"epochs": pick["epochs"], "train_fraction": pick["train_fraction"], "tau": pick["tau"],
+                       "compute": pick["compute"], "is_proxy": pick["compute"] == 1,
+                       "is_reference": pick["reference"]}  # fmt: skip
+    _store(cfg, url, out)
+    return out
+
+
+def suggested_train(cfg_train: dict[str, Any], cal: Calibration) -> str:
+    """The study file's ``train:`` block with the recommended budget."""
+    train = {**cfg_train, "epochs": cal.recommended["epochs"], "train_fraction": cal.recommended["train_fraction"]}
+    return "train: {" + ", ".join(f"{k}: {v}" for k, v in train.items() if v is not None) + "}"
+
+
+def _params_of(space: SearchSpace, arch: Any, num_classes: int) -> dict[str, Any]:
+    """The Optuna parameters that make the space build ``arch`` (replayed through the define-by-run sampler)."""
+    wanted = arch.to_model_args()
+    params: dict[str, Any] = {}
+
+    def suggest(name: str, choices: list[Any]) -> Any:
+        i, key = int(name[1 : name.index(".")]), name[name.index(".") + 1 :]
+        st = wanted["stages"][i]
+        if key == "mixer":
+            value = "+".join(st["mixer"]) if isinstance(st["mixer"], list) else st["mixer"]
+        elif key in ("depth", "dim"):
+            value = st[key]
+        else:
+            mixer, knob = key.split(".")
+            value = st["knobs"][mixer][knob]
+        params[name] = value
+        return value
+
+    space.sample(suggest, num_classes)
+    return params
+
+
+def _store(cfg: StudyConfig, url: str, cal: Calibration) -> None:
+    import optuna
+
+    study = optuna.create_study(
+        study_name=cfg.name, storage=layout.create_storage(url), directions=cfg.directions, load_if_exists=True
+    )
+    study.set_user_attr("calibration", asdict(cal))

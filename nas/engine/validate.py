@@ -1,0 +1,149 @@
+"""``nas validate``: retrain the proxy front (and a few other COMPLETE trials) at a larger budget, then say how far
+the proxy can be trusted: Kendall tau proxy-vs-validated, which front members survive, the validated front.
+
+The retraining is a sub-study ``<study>.validate`` in the same storage, run by the same machinery as a search
+(Ray workers, driver, storage; no pruning, the architectures enqueued). Each validated trial carries the arch_id
+of the trial it validates, so an interrupted validation resumes where it stopped: the architectures already
+retrained are not trained again. The summary is stored on the original study (user attribute ``validation``),
+where ``nas status``, the dashboard and ``nas export --validated`` find it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from nas import layout, pareto, results
+from nas.engine.config import StudyConfig, retraining_config
+from nas.engine.progress import Progress
+from nas.errors import ConfigError, StudyError
+from nas.space import SearchSpace
+from nas.stats import kendall_tau, spearman_rho
+
+SUFFIX = ".validate"
+
+
+@dataclass
+class Validation:
+    """What a validation found (stored as the original study's ``validation`` user attribute)."""
+
+    budget: dict[str, Any]
+    proxy_budget: dict[str, Any]
+    pairs: list[dict[str, Any]] = field(default_factory=list)  # per architecture: trial, proxy_acc, validated_acc...
+    tau: float | None = None
+    rho: float | None = None
+    survivors: list[int] = field(default_factory=list)  # proxy-front trials still on the validated front
+    lost: list[int] = field(default_factory=list)  # proxy-front trials the validated front drops
+    validated_front: list[int] = field(default_factory=list)  # original trial numbers, by validated accuracy
+    substudy: str = ""
+    at: str = ""
+
+    def line(self) -> str:
+        return results.validation_line(asdict(self))
+
+
+def _budget(cfg: StudyConfig) -> dict[str, Any]:
+    return {"epochs": cfg.train.epochs, "train_fraction": cfg.train.train_fraction}
+
+
+def stored_config(study: Any) -> tuple[StudyConfig, SearchSpace]:
+    """The study's own configuration and space, as the engine stored them."""
+    attrs = study.user_attrs
+    if "config" not in attrs or "space" not in attrs:
+        raise StudyError(f"study '{study.study_name}': no stored configuration (not written by `nas search`)")
+    return StudyConfig.model_validate(attrs["config"]), SearchSpace.from_dict(attrs["space"], where="stored space")
+
+
+def select(recs: list[results.TrialRecord], objs: list[Any], top: int, random_m: int, seed: int) -> list[Any]:
+    """``top`` proxy-front members spread evenly along the front (its extremes, and the knee when it fits), plus
+    ``random_m`` other COMPLETE architectures drawn at random."""
+    full = results.front(recs, objs)  # sorted by the first objective
+    front = full
+    if len(full) > top:
+        idx = sorted({round(i * (len(full) - 1) / max(1, top - 1)) for i in range(top)})
+        if top >= 3:
+            points = [[r.values[o.name] for o in objs] for r in full]
+            knee = int(pareto.knee_point(points, [o.direction for o in objs]))
+            if knee not in idx:  # the knee replaces the evenly spaced pick nearest to it
+                idx[min(range(len(idx)), key=lambda j: abs(idx[j] - knee))] = knee
+        front = [full[i] for i in sorted(set(idx))]
+    on_front = {r.arch_id for r in full}
+    others = [r for r in results.eligible(recs, objs) if r.arch_id not in on_front]
+    random.Random(seed).shuffle(others)
+    return front + others[:random_m]
+
+
+def validation_config(cfg: StudyConfig, url: str, epochs: int | None, fraction: float | None) -> StudyConfig:
+    proxy = _budget(cfg)
+    epochs = epochs or 2 * proxy["epochs"]
+    fraction = fraction or min(1.0, 2 * proxy["train_fraction"])
+    if epochs < proxy["epochs"] or fraction < proxy["train_fraction"] or (epochs, fraction) == tuple(proxy.values()):
+        raise ConfigError(
+            f"validate: --epochs {epochs} --fraction {fraction:g} is not a larger budget than the proxy's "
+            f"({proxy['epochs']} epochs x {proxy['train_fraction']:g}); give more epochs and/or more data"
+        )
+    return retraining_config(cfg, cfg.name + SUFFIX, url, epochs, fraction)
+
+
+def validate(
+    name: str,
+    storage: str | None,
+    top: int,
+    random_m: int,
+    epochs: int | None,
+    fraction: float | None,
+    progress: Progress | None = None,
+) -> Validation:
+    """Retrain the chosen architectures (resuming a validation that was interrupted) and store the summary."""
+    from nas.engine.run import run_config
+    from nas.engine.store import enqueue_missing
+
+    if top < 1:
+        raise ConfigError("validate: --top must be at least 1 (the number of front members to retrain)")
+    if random_m < 0:
+        raise ConfigError("validate: --random must be 0 or more")
+    study = results.load_study(name, storage)
+    url = layout.url_of(study)
+    cfg, space = stored_config(study)
+    recs, objs = results.records(study), results.objectives_of(study)
+    if "accuracy" not in [o.name for o in objs]:
+        raise StudyError(f"study '{name}': validation compares accuracies, and this study has no accuracy objective")
+    if not results.eligible(recs, objs):
+        raise StudyError(f"study '{name}': no COMPLETE full-fidelity trial yet: nothing to validate")
+    chosen = select(recs, objs, top, random_m, cfg.seed)
+    sub = validation_config(cfg, url, epochs, fraction)
+
+    def plan(sub_study: Any) -> int:
+        return enqueue_missing(sub_study, [(r.arch_id, r.search_params, {"validates": r.number}) for r in chosen])
+
+    run_config(sub, space, f"validate {name}", progress=progress or Progress(), plan=plan)
+    outcome = summarize(study, results.load_study(sub.name, url), chosen, sub)
+    study.set_user_attr("validation", asdict(outcome))
+    return outcome
+
+
+def summarize(study: Any, sub_study: Any, chosen: list[Any], sub: StudyConfig) -> Validation:
+    objs = results.objectives_of(study)
+    proxy_front = {r.number for r in results.front(results.records(study), objs)}
+    retrained = {r.arch_id: r for r in results.eligible(results.records(sub_study), results.objectives_of(sub_study))}
+    out = Validation(budget=_budget(sub), proxy_budget=_budget(stored_config(study)[0]), substudy=sub.name)
+    out.at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for r in chosen:
+        v = retrained.get(r.arch_id)
+        if v is not None:
+            out.pairs.append({"trial": r.number, "validated_trial": v.number, "placement": r.placement,
+                              "proxy_acc": r.values.get("accuracy"), "validated_acc": v.values.get("accuracy"),
+                              "values": v.values, "on_proxy_front": r.number in proxy_front})  # fmt: skip
+    if len(out.pairs) >= 2:
+        p, v = [x["proxy_acc"] for x in out.pairs], [x["validated_acc"] for x in out.pairs]
+        out.tau, out.rho = kendall_tau(p, v), spearman_rho(p, v)
+        out.tau = None if out.tau != out.tau else out.tau
+        out.rho = None if out.rho != out.rho else out.rho
+    points = [[x["values"][o.name] for o in objs] for x in out.pairs]
+    front = [out.pairs[i] for i in pareto.pareto_front(points, [o.direction for o in objs])] if points else []
+    out.validated_front = [x["trial"] for x in sorted(front, key=lambda x: -x["validated_acc"])]
+    out.survivors = [x["trial"] for x in out.pairs if x["on_proxy_front"] and x["trial"] in out.validated_front]
+    out.lost = [x["trial"] for x in out.pairs if x["on_proxy_front"] and x["trial"] not in out.validated_front]
+    return out

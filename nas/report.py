@@ -1,0 +1,241 @@
+"""``nas report``: which mixer belongs in which stage, and why — the placement insight report of a finished study.
+
+**Effects.** For each objective, an additive model over the COMPLETE full-fidelity trials (one per architecture):
+``y = b0 + sum_stages effect[stage, mixer]``, accuracy in percentage points and every other objective on a log
+scale (shown as % change: a mixer makes a stage faster or slower by a factor, not by a fixed number of images/s).
+Effects are centred per stage (each stage's effects average to 0), so a mixer's effect reads "compared with the
+average choice at that stage". Fitted by least squares with a tiny ridge (the one-hot design is rank-deficient by
+construction); 95 % intervals by bootstrap over trials. Why this and not fANOVA (Optuna's importance): fANOVA says
+how much each stage's choice matters, not which mixer helps or hurts and by how much with what uncertainty — a
+signed per-mixer effect with an interval is the claim a researcher checks (e.g. the SKA paper's §6.3, "static-key
+mixers work best in an intermediate stage": compare ska's and cska's accuracy effects across stages). The model
+ignores interactions between stages; its R^2 says how much of the variation placement explains on its own.
+
+**Front.** Per stage, how often each mixer appears on the front against among all complete trials; and the knee
+(nas.pareto.knee_point), with what it trades against the front's extremes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nas import pareto, results
+from nas.layout import Objective
+
+RIDGE = 1e-6
+BOOTSTRAP = 400
+
+
+@dataclass
+class Effect:
+    stage: int
+    mixer: str
+    n: int  # trials with this mixer at this stage
+    estimate: float
+    low: float
+    high: float
+
+
+@dataclass
+class ObjectiveEffects:
+    objective: str
+    unit: str  # "pp" (percentage points) or "%"
+    r2: float
+    effects: list[Effect] = field(default_factory=list)
+
+
+def stage_mixers(rec: results.TrialRecord) -> list[str]:
+    return [
+        "+".join(st["mixer"]) if isinstance(st["mixer"], list) else st["mixer"] for st in (rec.arch or {})["stages"]
+    ]
+
+
+def _design(rows: list[list[str]], levels: list[list[str]]) -> np.ndarray:
+    cols = [np.ones(len(rows))]
+    for i, lv in enumerate(levels):
+        for m in lv:
+            cols.append(np.array([1.0 if r[i] == m else 0.0 for r in rows]))
+    return np.stack(cols, axis=1)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, levels: list[list[str]]) -> tuple[list[np.ndarray], float]:
+    """Centred per-stage effects and R^2 of the ridge least-squares fit."""
+    reg = RIDGE * np.eye(x.shape[1])
+    reg[0, 0] = 0.0  # no penalty on the intercept
+    coef = np.linalg.solve(x.T @ x + reg, x.T @ y)
+    fitted = x @ coef
+    ss = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - float(np.sum((y - fitted) ** 2)) / ss if ss > 0 else float("nan")
+    out, k = [], 1
+    for lv in levels:
+        c = coef[k : k + len(lv)]
+        out.append(c - c.mean())
+        k += len(lv)
+    return out, r2
+
+
+def effects(recs: list[results.TrialRecord], objectives: list[Objective], seed: int = 0) -> list[ObjectiveEffects]:
+    rows = [stage_mixers(r) for r in recs]
+    if len(rows) < 3:
+        return []
+    n = max(len(r) for r in rows)
+    rows = [r + ["(none)"] * (n - len(r)) for r in rows]  # spaces fix the stage count; a hand-made study may not
+    levels = [sorted({r[i] for r in rows}) for i in range(n)]
+    x = _design(rows, levels)
+    rng = random.Random(seed)
+    out = []
+    for o in objectives:
+        raw = np.array([r.values[o.name] for r in recs], dtype=float)
+        pp = o.name == "accuracy"
+        y = 100.0 * raw if pp else np.log(np.maximum(raw, 1e-12))
+        est, r2 = _fit(x, y, levels)
+        boots: list[list[np.ndarray]] = []
+        for _ in range(BOOTSTRAP):
+            idx = [rng.randrange(len(rows)) for _ in rows]
+            xb, yb = x[idx], y[idx]
+            present = xb.any(axis=0)
+            fit, _ = _fit(xb, yb, levels)
+            k, masked = 1, []
+            for lv, f in zip(levels, fit, strict=True):  # a level absent from the resample has no estimate there
+                masked.append(np.where(present[k : k + len(lv)], f, np.nan))
+                k += len(lv)
+            boots.append(masked)
+        oe = ObjectiveEffects(o.name, "pp" if pp else "%", r2)
+        for i, lv in enumerate(levels):
+            for j, m in enumerate(lv):
+                samples = np.array([b[i][j] for b in boots if not math.isnan(b[i][j])])
+                lo, hi = np.percentile(samples, [2.5, 97.5]) if len(samples) else (np.nan, np.nan)
+                e, lo, hi = float(est[i][j]), float(lo), float(hi)
+                if not pp:
+                    e, lo, hi = (100.0 * (math.exp(v) - 1.0) for v in (e, lo, hi))
+                oe.effects.append(Effect(i, m, sum(r[i] == m for r in rows), e, lo, hi))
+        out.append(oe)
+    return out
+
+
+def _knee_text(front: list[results.TrialRecord], objectives: list[Objective]) -> str:
+    points = [[r.values[o.name] for o in objectives] for r in front]
+    knee = front[int(pareto.knee_point(points, [o.direction for o in objectives]))]
+    parts = []
+    for o in objectives:
+        best = max(front, key=lambda r: r.values[o.name] * (1 if o.direction == "maximize" else -1))
+        if best.number != knee.number:
+            ratio = knee.values[o.name] / best.values[o.name] if best.values[o.name] else float("nan")
+            parts.append(f"{100 * ratio:.1f} % of the best {o.name} (trial {best.number})")
+    why = "; ".join(parts) if parts else "it is the best at every objective"
+    return (f"**Knee: trial {knee.number}, `{knee.placement}`** — "
+            + ", ".join(f"{o.name} {knee.values[o.name]:.4g}" for o in objectives)
+            + f". It is the front point farthest from the line joining the front's extremes (objectives normalised): "
+            f"it keeps {why}.")  # fmt: skip
+
+
+def build(study: Any) -> str:
+    """The report as Markdown."""
+    objs = results.objectives_of(study)
+    recs = results.records(study)
+    done = results.eligible(recs, objs)
+    front = results.front(recs, objs)
+    lines = [f"# Placement report: study `{study.study_name}`", ""]
+    if len(done) < 3:
+        return "\n".join([*lines, "Fewer than 3 complete full-fidelity trials: nothing to report yet.", ""])
+    lines += [f"{len(done)} complete full-fidelity architectures, {len(front)} on the Pareto front "
+              f"({', '.join(f'{o.name} ({o.direction})' for o in objs)}).", ""]  # fmt: skip
+    n_stages = max(len(stage_mixers(r)) for r in done)
+    all_counts = [_count(done, i) for i in range(n_stages)]
+    front_counts = [_count(front, i) for i in range(n_stages)]
+    fx = effects(done, objs, seed=0)
+    trust = results.trust_lines(study)
+    unchecked = (
+        "Not checked yet: `nas validate STUDY` retrains the front at a larger budget and measures how well the "
+        "proxy ranks (Kendall tau); `nas calibrate STUDY_FILE` picks the proxy budget first."
+    )
+    lines += ["## How far to trust it", "", *([f"- {t}" for t in trust] or [unchecked]), ""]
+    lines += ["## Effect of each mixer, per stage", "",
+              "Centred per stage: a mixer's effect against the average choice at that stage; 95 % bootstrap "
+              "interval in brackets; an interval that excludes 0 is marked *. Accuracy in percentage points, the "
+              "other objectives in % change.", ""]  # fmt: skip
+    head = "| stage | mixer | trials | on front | " + " | ".join(f"{e.objective} ({e.unit})" for e in fx) + " |"
+    lines += [head, "|" + "---|" * (4 + len(fx))]
+    for i in range(n_stages):
+        for m in sorted(all_counts[i]):
+            cells = [str(i), f"`{m}`", str(all_counts[i][m]), f"{front_counts[i].get(m, 0)}/{len(front)}"]
+            for e in fx:
+                eff = next(x for x in e.effects if x.stage == i and x.mixer == m)
+                sig = "*" if eff.low > 0 or eff.high < 0 else ""
+                cells.append(f"{eff.estimate:+.2f} [{eff.low:+.2f}, {eff.high:+.2f}]{sig}")
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "R² of the additive model (how much placement alone explains): "
+              + ", ".join(f"{e.objective} {e.r2:.2f}" for e in fx) + ".", ""]  # fmt: skip
+    free = 1 + sum(len(c) - 1 for c in all_counts)  # intercept + one effect per extra mixer of each stage
+    if len(done) < 3 * free:
+        lines += [f"**Few trials for this model**: {len(done)} trials for {free} free effects (fewer than 3 per "
+                  "effect), so the fit nearly interpolates (R² near 1 by construction) and the effects are "
+                  "indicative only; more trials (`nas search` again) narrow them.", ""]  # fmt: skip
+    lines += ["## The front", "", _knee_text(front, objs), "", "| trial | placement | "
+              + " | ".join(o.name for o in objs) + " |", "|---|---|" + "---|" * len(objs)]  # fmt: skip
+    for r in front:
+        lines.append(f"| {r.number} | `{r.placement}` | " + " | ".join(f"{r.values[o.name]:.4g}" for o in objs) + " |")
+    lines += ["", "## Best mixer per stage, by objective", ""]
+    for e, o in zip(fx, objs, strict=True):
+        best, sign = [], 1.0 if o.direction == "maximize" else -1.0
+        for i in range(n_stages):
+            top = max((x for x in e.effects if x.stage == i), key=lambda x: sign * x.estimate)
+            best.append(f"stage {i}: `{top.mixer}` ({top.estimate:+.2f} {e.unit})")
+        lines.append(f"- **{e.objective}** — " + "; ".join(best))
+    return "\n".join(lines) + "\n"
+
+
+def _count(recs: list[results.TrialRecord], stage: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in recs:
+        mixers = stage_mixers(r)
+        m = mixers[stage] if stage < len(mixers) else "(none)"
+        out[m] = out.get(m, 0) + 1
+    return out
+
+
+def to_html(markdown: str) -> str:
+    """The report's Markdown as HTML for the dashboard: headings, paragraphs, bullets, pipe tables, `code`, **bold**
+    (all this report uses)."""
+    import html
+    import re
+
+    def inline(text: str) -> str:
+        text = html.escape(text)
+        text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+        return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+
+    out, table, bullets = [], [], []
+
+    def flush() -> None:
+        if table:
+            rows = [r for r in table if not re.fullmatch(r"\|(\s*-+\s*\|)+", r.replace(" ", ""))]
+            cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
+            head = "".join(f"<th>{inline(c)}</th>" for c in cells[0])
+            body = "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in cells[1:])
+            out.append(f"<table class='front'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            table.clear()
+        if bullets:
+            out.append("<ul>" + "".join(f"<li>{inline(b)}</li>" for b in bullets) + "</ul>")
+            bullets.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if line.startswith("- "):
+            bullets.append(line[2:])
+            continue
+        flush()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level + 1}>{inline(line.lstrip('#').strip())}</h{level + 1}>")
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+    flush()
+    return "".join(out)

@@ -1,0 +1,251 @@
+"""The replay executor: the real driver, sampler, pruner and SQLite storage on a hand-made table whose front is
+known; determinism, compute accounting, PRUNED never on the front, Ray's ASHA as the stopper, bad tables."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from nas import results
+from nas.engine.config import load_study
+from nas.engine.progress import Progress
+from nas.engine.replay import Table, TableArch, training_of
+from nas.engine.run import run_study
+from nas.errors import ConfigError
+
+SPACE = {
+    "name": "replay4",
+    "input": {"img_size": 16, "in_chans": 1},
+    "stem": {"kernel": 3, "stride": 2},
+    "knobs": {"mhsa": {"head_dim": 16}, "ska": {"head_dim": 16}, "key_only": {"heads": 2}},
+    "stages": [
+        {"depth": [1, 2], "dim": 16, "mixers": ["dwconv", "mhsa", "key_only", "ska"]},
+        {"depth": 1, "dim": 32, "mixers": ["dwconv", "key_only"]},
+    ],
+}
+EPOCHS = 6
+
+
+def _study(folder: Path, name: str, **over) -> Path:
+    (folder / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    raw = {
+        "name": name,
+        "space": "space.yaml",
+        "dataset": {"name": "fashion_mnist"},
+        "train": {"epochs": EPOCHS, "batch_size": 64},
+        "fidelity": {"rungs": [1, 3]},
+        "pruner": {"name": "pareto", "eta": 2},
+        "sampler": {"name": "random"},
+        "budget": {"n_trials": 40, "max_concurrent": 3},
+        "seed": 3,
+        **over,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def make_table(folder: Path, study: Path, seed: int = 0) -> tuple[Path, Table]:
+    """Every architecture with a saturating curve whose final accuracy and throughput are drawn at random."""
+    import itertools
+
+    cfg, space = load_study(study)
+    rng, archs, grid = random.Random(seed), {}, space.param_grid()
+    for values in itertools.product(*grid.values()):
+        params = dict(zip(grid, values, strict=True))
+        arch = space.arch_from_params(params, 10)
+        final, speed = rng.uniform(0.6, 0.9), rng.uniform(1000, 9000)
+        curve = [round(final * (1 - 0.5 ** (e + 1)) + rng.uniform(-0.01, 0.01), 4) for e in range(EPOCHS)]
+        archs[arch.arch_id] = TableArch(
+            arch_id=arch.arch_id,
+            params=params,
+            placement=arch.placement(),
+            n_params=1000,
+            flops=2000,
+            throughput={"median": speed, "iqr": 1.0, "cv": 0.01},
+            val_acc=curve,
+            val_loss=[1 - a for a in curve],
+            train_loss=[1.1 - a for a in curve],
+            seconds=[rng.uniform(1, 4)] * EPOCHS,
+        )
+    table = Table("replay4", space.model_dump(mode="json"), space.space_hash(), training_of(cfg), 10, EPOCHS, archs)
+    path = folder / "table.json"
+    path.write_text(json.dumps(table.to_json()))
+    return path, Table.load(path)
+
+
+def _replay(folder: Path, name: str, table: Path, **over) -> optuna.Study:
+    study = _study(folder, name, **over)
+    run_study(study, base_dir=folder / "studies", progress=Progress(quiet=True), replay=table)
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'studies' / name / 'study.db'}")
+
+
+def _history(study: optuna.Study) -> list[tuple]:
+    return [(t.user_attrs.get("arch_id"), t.state.name, t.values, t.user_attrs.get("fidelity")) for t in study.trials]
+
+
+def test_replay_is_a_real_study_with_the_tables_values(tmp_path: Path) -> None:
+    table_path, table = make_table(tmp_path, _study(tmp_path, "seed"))
+    study = _replay(tmp_path, "r1", table_path)
+    states = {t.state for t in study.trials}
+    assert TrialState.COMPLETE in states and TrialState.PRUNED in states  # the MO-ASHA pruner did decide
+    for t in study.trials:
+        if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs:
+            a = table.archs[t.user_attrs["arch_id"]]
+            assert t.values == [a.val_acc[-1], a.throughput["median"]]
+            assert [r["val_acc"] for r in t.user_attrs["curve"]] == a.val_acc
+            assert t.user_attrs["wall_time_s"] == pytest.approx(EPOCHS * a.epoch_seconds)
+        if t.state == TrialState.PRUNED:
+            assert t.user_attrs["pruned_at"] in (1, 3) and t.values is None
+    assert study.user_attrs["replay"]["name"] == "replay4"
+    recs = results.records(study)
+    front = results.front(recs, results.objectives_of(study))
+    assert front and all(r.state == "COMPLETE" and r.full_fidelity for r in front)  # PRUNED never on the front
+
+
+def test_a_grid_study_tabulates_every_architecture_once_and_ends_cleanly(tmp_path: Path) -> None:
+    """The table build's own mode (grid sampler, no pruning) run to the end of the grid: Optuna's GridSampler would
+    call Study.stop() from its after_trial hook on the last point, which raises outside Study.optimize."""
+    table_path, table = make_table(tmp_path, _study(tmp_path, "seed"))
+    study = _replay(
+        tmp_path, "g1", table_path, sampler={"name": "grid"}, pruner={"name": "none"}, fidelity={"rungs": []},
+        budget={"n_trials": 4 * len(table.archs), "max_concurrent": 2},
+    )  # fmt: skip
+    done = [t.user_attrs["arch_id"] for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(set(done)) == sorted(table.archs)  # every architecture, none missing
+    assert len(study.trials) < 4 * len(table.archs)  # stopped by the exhausted grid, not by n_trials
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+
+
+def test_a_resumed_grid_study_trains_each_remaining_architecture_once(tmp_path: Path) -> None:
+    """The grid's order is shuffled by the sampler's seed: a resume must keep the first run's order, or it trains
+    repeats and skips points (seen on the lab's table build)."""
+    table_path, table = make_table(tmp_path, _study(tmp_path, "seed"))
+    kw = {"sampler": {"name": "grid"}, "pruner": {"name": "none"}, "fidelity": {"rungs": []}}
+    first = _replay(tmp_path, "g2", table_path, budget={"n_trials": 7, "max_concurrent": 3}, **kw)
+    assert len(first.trials) == 7
+    study = _replay(tmp_path, "g2", table_path, budget={"n_trials": 100, "max_concurrent": 3}, **kw)
+    trained = [t.user_attrs["arch_id"] for t in study.trials if "reused_from" not in t.user_attrs]
+    assert sorted(trained) == sorted(table.archs)  # each exactly once, none skipped
+    assert len(study.trials) == len(table.archs)
+
+
+def test_rerunning_a_grid_build_retrains_an_architecture_interrupted_twice(tmp_path: Path) -> None:
+    """The stale-trial recovery retries an interrupted trial once; a grid counts the point as visited, so without
+    the rerun's requeue the table would keep a hole that no rerun fills."""
+    from nas.engine.driver import Driver
+    from nas.engine.pruners import make_pruner
+    from nas.engine.replay import ReplayExecutor
+    from nas.engine.samplers import make_sampler
+    from nas.engine.store import StudyStore
+
+    kw = {"sampler": {"name": "grid"}, "pruner": {"name": "none"}, "fidelity": {"rungs": []}}
+    study = _study(tmp_path, "holes", budget={"n_trials": None, "max_concurrent": 1}, **kw)
+    table_path, table = make_table(tmp_path, study)
+    cfg, space = load_study(study)
+    for _ in range(2):  # one trial cut after 3 of its 6 epochs, then its retry cut the same way
+        store = StudyStore(cfg, space, make_sampler(cfg, 0, space), make_pruner(cfg), tmp_path / "studies")
+        driver = Driver(cfg, space, store, store.study.pruner, 10, None)
+        ReplayExecutor(driver, table, workers=1).run(max_trial_epochs=3)
+        driver.finish()
+        store.close()
+    first = optuna.load_study(study_name="holes", storage=f"sqlite:///{tmp_path / 'studies' / 'holes' / 'study.db'}")
+    assert [t.state for t in first.trials] == [TrialState.FAIL, TrialState.FAIL]  # the retry was not retried
+    run_study(study, base_dir=tmp_path / "studies", progress=Progress(quiet=True), replay=table_path)
+    done = optuna.load_study(study_name="holes", storage=f"sqlite:///{tmp_path / 'studies' / 'holes' / 'study.db'}")
+    complete = {t.user_attrs["arch_id"] for t in done.trials if t.state == TrialState.COMPLETE}
+    assert complete == set(table.archs)
+
+
+def test_same_seed_same_study(tmp_path: Path) -> None:
+    table_path, _ = make_table(tmp_path, _study(tmp_path, "seed"))
+    a, b = _replay(tmp_path, "d1", table_path), _replay(tmp_path, "d2", table_path)
+    assert _history(a) == _history(b) and len(a.trials) >= 40
+    c = _replay(tmp_path, "d3", table_path, seed=4)
+    assert _history(c) != _history(a)
+
+
+def test_simulated_compute_accounting(tmp_path: Path) -> None:
+    """One worker: the simulation's clock is exactly the sum of the epochs it trained, each its table seconds."""
+    from nas.engine.driver import Driver
+    from nas.engine.pruners import make_pruner
+    from nas.engine.replay import ReplayExecutor
+    from nas.engine.samplers import make_sampler
+    from nas.engine.store import StudyStore
+
+    study = _study(tmp_path, "acct", budget={"n_trials": 25, "max_concurrent": 1})
+    _, table = make_table(tmp_path, study)
+    cfg, space = load_study(study)
+    store = StudyStore(cfg, space, make_sampler(cfg, 0), make_pruner(cfg), tmp_path / "studies")
+    driver = Driver(cfg, space, store, store.study.pruner, 10, cfg.budget.n_trials)
+    log = ReplayExecutor(driver, table, workers=1).run()
+    store.close()
+    trained = [t for t in store.study.trials if "reused_from" not in t.user_attrs and t.state != TrialState.FAIL]
+    assert len(log.epochs) == sum(t.user_attrs["fidelity"] for t in trained)
+    assert log.seconds == pytest.approx(sum(s for *_, s in log.epochs))
+    by_number = {t.number: t for t in trained}
+    for _, number, _, seconds in log.epochs:
+        assert seconds == table.archs[by_number[number].user_attrs["arch_id"]].epoch_seconds
+    assert [n for _, n in log.ends] == sorted(by_number)  # one worker: trials end in order
+
+
+def test_a_compute_budget_stops_the_replay(tmp_path: Path) -> None:
+    from nas.engine.driver import Driver
+    from nas.engine.pruners import make_pruner
+    from nas.engine.replay import ReplayExecutor
+    from nas.engine.samplers import make_sampler
+    from nas.engine.store import StudyStore
+
+    study = _study(tmp_path, "budget", budget={"n_trials": None, "max_concurrent": 2})
+    _, table = make_table(tmp_path, study)
+    cfg, space = load_study(study)
+    store = StudyStore(cfg, space, make_sampler(cfg, 0), make_pruner(cfg), tmp_path / "studies")
+    driver = Driver(cfg, space, store, store.study.pruner, 10, None)
+    log = ReplayExecutor(driver, table, workers=2).run(max_trial_epochs=30)
+    driver.finish()
+    store.close()
+    assert log.stopped_by_budget and len(log.epochs) == 30
+
+
+def test_rays_asha_on_accuracy_can_be_the_stopper(tmp_path: Path) -> None:
+    from ray.tune.schedulers import ASHAScheduler
+
+    table_path, _ = make_table(tmp_path, _study(tmp_path, "seed"))
+    study = _study(tmp_path, "asha", pruner={"name": "none"})
+
+    def asha(driver):
+        s = ASHAScheduler(time_attr="training_iteration", max_t=EPOCHS, grace_period=1, reduction_factor=2)
+        s.set_search_properties("val_acc", "max")
+        return s
+
+    run_study(study, base_dir=tmp_path / "studies", progress=Progress(quiet=True), replay=table_path,
+              scheduler_factory=asha)  # fmt: skip
+    st = optuna.load_study(study_name="asha", storage=f"sqlite:///{tmp_path / 'studies' / 'asha' / 'study.db'}")
+    pruned = [t for t in st.trials if t.state == TrialState.PRUNED]
+    assert pruned and all(t.values is None and not t.user_attrs["full_fidelity"] for t in pruned)
+
+
+def test_a_table_of_another_space_or_training_is_refused_in_one_line(tmp_path: Path) -> None:
+    table_path, _ = make_table(tmp_path, _study(tmp_path, "seed"))
+    other = _study(tmp_path, "lr", train={"epochs": EPOCHS, "batch_size": 64, "lr": 0.01})
+    with pytest.raises(ConfigError, match=r"train\.lr is 0\.01 but table .* was built with 0\.002"):
+        run_study(other, base_dir=tmp_path / "studies", progress=Progress(quiet=True), replay=table_path)
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({**SPACE, "mlp_ratio": 2}))
+    with pytest.raises(ConfigError, match=r"space: 'replay4' \(hash \w+\) is not the space table"):
+        run_study(tmp_path / "seed.yaml", base_dir=tmp_path / "studies", progress=Progress(quiet=True),
+                  replay=table_path)  # fmt: skip
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    raw = json.loads(table_path.read_text())
+    raw["archs"] = raw["archs"][:2]
+    holes = tmp_path / "holes.json"
+    holes.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="does not hold"):
+        run_study(_study(tmp_path, "holes"), base_dir=tmp_path / "studies", progress=Progress(quiet=True),
+                  replay=holes)  # fmt: skip
+    assert not (tmp_path / "studies" / "lr").exists()  # refused before anything was written

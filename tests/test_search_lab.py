@@ -1,0 +1,46 @@
+"""benchmarks/search_lab.py cannot rot: a small lab on a hand-made table (our engine, Ray's ASHA, Syne Tune's MOASHA
+and MOREA, two seeds) writes its report, its curves and its plot; the curves respect the compute budget."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_replay import _study, make_table
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_small_lab_reports_every_kind_of_peer(tmp_path: Path) -> None:
+    table, _ = make_table(tmp_path, _study(tmp_path, "seed"))
+    methods = ["random", "ours-random", "ray-asha", "syne-moasha", "syne-morea"]
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "search_lab.py"), "run", "--table", str(table), "--seeds", "2",
+         "--budget", "60", "--procs", "1", "--out", str(tmp_path / "lab"), "--methods", *methods],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "| method | 90 % HV" in out.stdout and "random / ours-random" in out.stdout
+    report = json.loads((tmp_path / "lab.json").read_text())
+    assert {c["method"] for c in report["curves"]} == set(methods) and report["budget"] == 60
+    for c in report["curves"]:
+        shares = [p[2] for p in c["points"]]
+        assert all(0 <= s <= 1 + 1e-9 for s in shares) and shares == sorted(shares)  # the front only grows
+        assert all(p[0] <= 60 for p in c["points"])  # no method trains past the budget
+    assert (tmp_path / "lab.html").stat().st_size > 1000 and (tmp_path / "lab.png").stat().st_size > 1000
+
+
+def test_fidelity_table_has_one_row_per_epoch(tmp_path: Path) -> None:
+    table, t = make_table(tmp_path, _study(tmp_path, "seed"))
+    lab = str(REPO / "benchmarks" / "search_lab.py")
+    out = subprocess.run(
+        [sys.executable, lab, "fidelity", "--table", str(table)], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [ln for ln in out.stdout.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
+    assert len(rows) == t.epochs and rows[-1].split("|")[2].strip() == "1.000"  # the last epoch ranks like itself

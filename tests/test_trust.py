@@ -1,0 +1,186 @@
+"""Trusting the answer: the placement report finds a planted effect with the right sign; validation's front survival
+on hand-made studies; the live view; calibration's budget ladder; one-line refusals."""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+from rich.console import Console
+
+from nas import report, results
+from nas.engine.calibrate import budgets
+from nas.engine.config import StudyConfig
+from nas.engine.validate import stored_config, validate, validation_config
+from nas.engine.validate import summarize as summarize_validation
+from nas.errors import ConfigError, StudyError
+
+OBJECTIVES = [{"name": "accuracy", "direction": "maximize"}, {"name": "throughput", "direction": "maximize"}]
+MIXERS = ["dwconv", "mhsa", "ska", "key_only"]
+SPACE = {"name": "s", "input": {"img_size": 28, "in_chans": 1},
+         "stages": [{"depth": 1, "dim": 16, "mixers": ["dwconv"]}]}  # fmt: skip
+
+
+def _trial(number_attrs: dict, values: list[float]) -> optuna.trial.FrozenTrial:
+    return create_trial(state=TrialState.COMPLETE, values=values, user_attrs={"full_fidelity": True, **number_attrs})
+
+
+def _synthetic(storage: str, name: str, n: int = 80, seed: int = 0) -> optuna.Study:
+    """Accuracy 0.80 + 0.04 when stage 1 uses ska (the planted effect), noise 0.01; throughput 5000 x 0.6 when
+    stage 2 uses mhsa (a planted slowdown), noise 3 %."""
+    rng = random.Random(seed)
+    study = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "maximize"])
+    study.set_user_attr("objectives", OBJECTIVES)
+    for i in range(n):
+        mixers = [rng.choice(MIXERS) for _ in range(3)]
+        acc = 0.80 + (0.04 if mixers[1] == "ska" else 0.0) + rng.gauss(0, 0.01)
+        tp = 5000 * (0.6 if mixers[2] == "mhsa" else 1.0) * rng.uniform(0.97, 1.03)
+        arch = {"stages": [{"mixer": m} for m in mixers]}
+        study.add_trial(_trial({"arch": arch, "arch_id": f"a{i}", "placement": "·".join(mixers)}, [acc, tp]))
+    return study
+
+
+def test_report_finds_the_planted_effects_with_the_right_sign(tmp_path: Path) -> None:
+    study = _synthetic(f"sqlite:///{tmp_path / 'r.db'}", "planted")
+    fx = {e.objective: e for e in report.effects(results.eligible(results.records(study), results.objectives_of(study)),
+                                                 results.objectives_of(study))}  # fmt: skip
+    ska1 = next(x for x in fx["accuracy"].effects if x.stage == 1 and x.mixer == "ska")
+    assert ska1.low > 0 and 2.0 < ska1.estimate < 4.5  # +4 pp vs the others' 0: +3 pp against the stage average
+    mhsa2 = next(x for x in fx["throughput"].effects if x.stage == 2 and x.mixer == "mhsa")
+    assert mhsa2.high < 0 and -40 < mhsa2.estimate < -20  # 0.6x against an average of 0.9x: -33 %
+    for x in fx["accuracy"].effects:  # no invented effect elsewhere: every other interval covers 0 or is tiny
+        if (x.stage, x.mixer) != (1, "ska") and x.stage != 1:
+            assert x.low < 0.6 and x.high > -0.6, x
+    text = report.build(study)
+    assert "| 1 | `ska` |" in text and "*" in text.split("| 1 | `ska` |")[1].split("\n")[0]
+    assert "stage 1: `ska`" in text  # the best mixer at stage 1 for accuracy
+    assert "<table" in report.to_html(text) and "<h2>" in report.to_html(text)
+
+
+def test_report_on_too_few_trials_says_so(tmp_path: Path) -> None:
+    study = _synthetic(f"sqlite:///{tmp_path / 'r.db'}", "few", n=2)
+    assert "nothing to report yet" in report.build(study)
+    saturated = _synthetic(f"sqlite:///{tmp_path / 'r.db'}", "seven", n=7)  # 10 free effects, 7 trials
+    assert "Few trials for this model" in report.build(saturated)
+    assert "Few trials for this model" not in report.build(_synthetic(f"sqlite:///{tmp_path / 'r.db'}", "many"))
+
+
+def _validation_pair(tmp_path: Path) -> tuple[optuna.Study, optuna.Study, list]:
+    """A proxy study whose front is trials 0, 1, 2 and a validation sub-study that swaps two accuracies."""
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    main = optuna.create_study(study_name="main", storage=url, directions=["maximize", "maximize"])
+    sub = optuna.create_study(study_name="main.validate", storage=url, directions=["maximize", "maximize"])
+    for s in (main, sub):
+        s.set_user_attr("objectives", OBJECTIVES)
+    proxy = [(0.90, 1000.0), (0.85, 2000.0), (0.80, 3000.0), (0.70, 1500.0)]  # 3 is dominated by 1
+    validated = [(0.91, 1000.0), (0.80, 2000.0), (0.88, 3000.0), (0.75, 1500.0)]  # 1 now dominated by 2
+    for i, (p, v) in enumerate(zip(proxy, validated, strict=True)):
+        attrs = {"arch": {"stages": []}, "arch_id": f"a{i}", "placement": f"p{i}"}
+        main.add_trial(_trial(attrs, list(p)))
+        sub.add_trial(_trial({**attrs, "validates": i}, list(v)))
+    main.set_user_attr(
+        "config",
+        StudyConfig.model_validate(
+            {"name": "main", "space": "s.yaml", "train": {"epochs": 3, "train_fraction": 0.1}}
+        ).model_dump(mode="json"),
+    )
+    main.set_user_attr("space", SPACE)
+    return main, sub, results.records(main)
+
+
+def test_front_survival_on_a_hand_made_study(tmp_path: Path) -> None:
+    main, sub, recs = _validation_pair(tmp_path)
+    cfg, _ = stored_config(main)
+    out = summarize_validation(main, sub, recs, validation_config(cfg, "sqlite:///x.db", None, None))
+    assert out.tau == pytest.approx(2 / 3)  # 6 pairs, one discordant (trials 1 and 2): (5 - 1) / 6
+    assert out.survivors == [0, 2] and out.lost == [1]
+    assert out.validated_front == [0, 2]
+    assert out.budget == {"epochs": 6, "train_fraction": 0.2}
+    assert "2/3 proxy-front members stay" in out.line()
+
+
+def test_status_warns_when_the_proxy_ranks_unlike_longer_training(tmp_path: Path) -> None:
+    main, _, _ = _validation_pair(tmp_path)
+    budget = {"epochs": 6, "train_fraction": 0.2}
+    main.set_user_attr("validation", {"at": "2026-11-30T10:00:00", "pairs": [{}] * 4, "budget": budget,
+                                      "tau": 0.33, "survivors": [0], "lost": [1, 2]})  # fmt: skip
+    lines = results.trust_lines(main)
+    assert "Kendall tau proxy vs validated 0.33" in lines[0] and lines[1].startswith("warning: the proxy ranks unlike")
+    main.set_user_attr("validation", {**main.user_attrs["validation"], "tau": 0.9})
+    assert len(results.trust_lines(main)) == 1
+
+
+def test_validate_refuses_bad_requests_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="--top must be at least 1"):
+        validate("main", None, 0, 0, None, None)
+    with pytest.raises(StudyError, match="unknown study 'nope'"):
+        validate("nope", None, 3, 0, None, None)
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    empty = optuna.create_study(study_name="empty", storage=url, directions=["maximize", "maximize"])
+    empty.set_user_attr("objectives", OBJECTIVES)
+    empty.set_user_attr("config", {"name": "empty", "space": "x.yaml"})
+    empty.set_user_attr("space", SPACE)
+    with pytest.raises(StudyError, match="no COMPLETE full-fidelity trial yet"):
+        validate("empty", url, 3, 0, None, None)
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["empty"]  # nothing written
+    main, sub, _ = _validation_pair(tmp_path)  # a study with COMPLETE trials whose data folder has gone
+    gone = {"name": "imagefolder", "root": str(tmp_path / "moved-away")}
+    main.set_user_attr("config", {**main.user_attrs["config"], "dataset": gone})
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    with pytest.raises(ConfigError, match="moved-away"):
+        validate("main", url, 3, 0, None, None)
+    assert "validation" not in optuna.load_study(study_name="main", storage=url).user_attrs
+    assert len(optuna.load_study(study_name="main.validate", storage=url).trials) == len(sub.trials)  # unchanged
+
+
+def test_a_budget_smaller_than_the_proxys_is_refused() -> None:
+    cfg = StudyConfig.model_validate({"name": "x", "space": "s.yaml", "train": {"epochs": 4, "train_fraction": 0.2}})
+    with pytest.raises(ConfigError, match="not a larger budget than the proxy's"):
+        validation_config(cfg, "sqlite:///x.db", 2, 0.5)
+    with pytest.raises(ConfigError, match="not a larger budget"):
+        validation_config(cfg, "sqlite:///x.db", 4, 0.2)
+    assert validation_config(cfg, "sqlite:///x.db", None, None).train.epochs == 8
+
+
+def test_calibration_budgets_are_balanced_multiples_of_the_proxy() -> None:
+    assert budgets(3, 0.1, 4) == [(3, 0.1), (6, 0.1), (3, 0.2), (6, 0.2)]
+    assert budgets(3, 0.5, 4) == [(3, 0.5), (6, 0.5), (3, 1.0), (6, 1.0)]  # data capped at all of it
+    assert budgets(5, 1.0, 2) == [(5, 1.0), (10, 1.0)]
+
+
+def test_live_view_shows_running_trials_the_front_and_an_eta() -> None:
+    from nas.engine.progress import Progress
+
+    buf = io.StringIO()
+    p = Progress(console=Console(file=buf, force_terminal=True, width=140))
+    assert p.live_wanted
+    p.budget, p.concurrent, p.objectives = 4, 2, ["accuracy", "throughput"]
+    p.event("start", {"number": 0, "placement": "dwconv·mhsa", "params": 1000})
+    p.event("epoch", {"number": 0, "epoch": 1, "val_acc": 0.61, "train_loss": 1.0, "images_per_s": 5.0})
+    p.event("complete", {"number": 0, "values": [0.7, 3000.0], "wall_time_s": 60.0})
+    p.event("start", {"number": 1, "placement": "ska·ska", "params": 1000})
+    Console(file=buf, width=140).print(p.render())
+    text = buf.getvalue()
+    assert "ska·ska" in text and "dwconv·mhsa" in text and "ETA 1m30s" in text  # 3 left x 60 s / 2 at once
+    plain = io.StringIO()
+    q = Progress(console=Console(file=plain, width=140))  # not a terminal: one line per event
+    assert not q.live_wanted
+    q.event("start", {"number": 3, "placement": "dwconv·mhsa", "params": 1000})
+    assert "trial   3 start" in plain.getvalue()
+
+
+def test_sub_studies_live_in_their_parents_storage_and_folder() -> None:
+    from nas import layout
+
+    assert (
+        layout.default_storage_url("st.validate") == layout.default_storage_url("st") == "sqlite:///studies/st/study.db"
+    )
+    assert layout.study_dir("st.calibrate.e6f0.2") == Path("studies/st/st.calibrate.e6f0.2")
+    assert layout.parent_study("v1.2.calibrate.e3f1") == "v1.2"
+    for name in ("st", "st.validated", "st.calibrate", "st.calibrate.eXf1"):
+        assert layout.parent_study(name) is None and layout.study_dir(name) == Path("studies") / name

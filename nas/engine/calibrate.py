@@ -59,23 +59,34 @@ def budgets(epochs: int, fraction: float, factor: float) -> list[tuple[int, floa
     return sorted(out, key=lambda eb: (eb[0] * eb[1], eb[1]))
 
 
-def diverse_sample(space: SearchSpace, n: int, seed: int, num_classes: int) -> list[Any]:
-    """``n`` distinct feasible architectures, picked greedily from random draws to cover each stage's mixers."""
+def diverse_sample(space: SearchSpace, n: int, seed: int, num_classes: int) -> list[tuple[Any, dict[str, Any]]]:
+    """``n`` distinct feasible architectures, picked greedily from random draws to cover each stage's mixers, each
+    with the Optuna parameters the space asked to build it (what a sub-study enqueues)."""
     rng, pool, seen = random.Random(seed), [], set()
     for _ in range(40 * n):
+        params: dict[str, Any] = {}
+
+        def suggest(name: str, choices: list[Any], params: dict[str, Any] = params) -> Any:
+            params[name] = rng.choice(choices)
+            return params[name]
+
         try:
-            arch = space.sample(lambda _name, choices: rng.choice(choices), num_classes)
+            arch = space.sample(suggest, num_classes)
         except NasError:
             continue
         if arch.arch_id not in seen and not space.check_constraints(arch):
             seen.add(arch.arch_id)
-            pool.append(arch)
+            pool.append((arch, params))
     chosen, covered = [], set()
+
+    def stage_mixers(arch: Any) -> set[tuple[int, str]]:
+        return {(i, m) for i, st in enumerate(arch.stages) for m in st.pattern}
+
     while pool and len(chosen) < n:
-        best = max(pool, key=lambda a: len({(i, m) for i, st in enumerate(a.stages) for m in st.pattern} - covered))
+        best = max(pool, key=lambda ap: len(stage_mixers(ap[0]) - covered))
         pool.remove(best)
         chosen.append(best)
-        covered |= {(i, m) for i, st in enumerate(best.stages) for m in st.pattern}
+        covered |= stage_mixers(best[0])
     return chosen
 
 
@@ -92,7 +103,8 @@ def calibrate(path: str, n: int, factor: float, progress: Progress | None = None
     cfg, space = load_study(path)
     num_classes, _ = dataset_shape(cfg, space, path)
     url = cfg.storage_url()
-    archs = diverse_sample(space, n, cfg.seed, num_classes)
+    sample = diverse_sample(space, n, cfg.seed, num_classes)
+    archs = [a for a, _ in sample]
     if len(archs) < 3:
         raise ConfigError(f"{path}: the space holds fewer than 3 feasible architectures; nothing to calibrate")
     ladder = budgets(cfg.train.epochs, cfg.train.train_fraction, factor)
@@ -102,7 +114,7 @@ def calibrate(path: str, n: int, factor: float, progress: Progress | None = None
         sub = retraining_config(cfg, f"{cfg.name}.calibrate.e{epochs}f{fraction:g}", url, epochs, fraction)
 
         def plan(study: Any) -> int:
-            return enqueue_missing(study, [(a.arch_id, _params_of(space, a, num_classes), {}) for a in archs])
+            return enqueue_missing(study, [(a.arch_id, params, {}) for a, params in sample])
 
         run_config(sub, space, f"calibrate {cfg.name} at {epochs} epochs x {fraction:g}", progress=progress, plan=plan)
         recs = results.records(results.load_study(sub.name, url))
@@ -135,28 +147,6 @@ def suggested_train(cfg_train: dict[str, Any], cal: Calibration) -> str:
     """The study file's ``train:`` block with the recommended budget."""
     train = {**cfg_train, "epochs": cal.recommended["epochs"], "train_fraction": cal.recommended["train_fraction"]}
     return "train: {" + ", ".join(f"{k}: {v}" for k, v in train.items() if v is not None) + "}"
-
-
-def _params_of(space: SearchSpace, arch: Any, num_classes: int) -> dict[str, Any]:
-    """The Optuna parameters that make the space build ``arch`` (replayed through the define-by-run sampler)."""
-    wanted = arch.to_model_args()
-    params: dict[str, Any] = {}
-
-    def suggest(name: str, choices: list[Any]) -> Any:
-        i, key = int(name[1 : name.index(".")]), name[name.index(".") + 1 :]
-        st = wanted["stages"][i]
-        if key == "mixer":
-            value = "+".join(st["mixer"]) if isinstance(st["mixer"], list) else st["mixer"]
-        elif key in ("depth", "dim"):
-            value = st[key]
-        else:
-            mixer, knob = key.split(".")
-            value = st["knobs"][mixer][knob]
-        params[name] = value
-        return value
-
-    space.sample(suggest, num_classes)
-    return params
 
 
 def _store(cfg: StudyConfig, url: str, cal: Calibration) -> None:

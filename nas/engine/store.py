@@ -71,7 +71,7 @@ def enqueue_missing(study: optuna.Study, wanted: list[tuple[str, dict[str, Any],
 def requeue_grid_holes(study: optuna.Study) -> int:
     """A grid study (tabulating a space) rerun to finish it: the architectures that were tried but have no COMPLETE
     trial (failed, or interrupted twice, which the stale-trial recovery does not retry again) are queued once more,
-    since the grid counts their points as visited. Infeasible proposals are not. Returns the number queued."""
+    since the grid counts their points as visited. Infeasible proposals are not. Returns the trials left to run."""
     trials = study.get_trials(deepcopy=False)
     done = {t.user_attrs.get("arch_id") for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
     holes = {
@@ -79,8 +79,7 @@ def requeue_grid_holes(study: optuna.Study) -> int:
         for t in trials
         if t.state == TrialState.FAIL and t.params and "arch_id" in t.user_attrs and not t.user_attrs.get("infeasible")
     }
-    wanted = [w for a, w in holes.items() if a not in done]
-    return enqueue_missing(study, wanted) if wanted else 0
+    return enqueue_missing(study, [w for a, w in holes.items() if a not in done])
 
 
 class StudyStore:

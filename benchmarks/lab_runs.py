@@ -17,6 +17,7 @@ import contextlib
 import io
 import logging
 import os
+import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,22 @@ def true_hv(table: Table) -> float:
     return normalized_hypervolume([final_point(a) for a in table.archs.values()], DIRECTIONS, lo, hi)
 
 
+class ShareWatch:
+    """Whether the COMPLETE full-fidelity architectures found so far reach ``share`` of the true front's HV: the lab
+    ends a run there (nothing above its highest reported share is measured; the plot carries the last value)."""
+
+    def __init__(self, table: Table, share: float) -> None:
+        self.table, self.share, self.found = table, share, {}
+        self.lo, self.hi = bounds(table)
+        self.total = true_hv(table)
+
+    def add(self, arch_ids: list[str]) -> bool:
+        for a in arch_ids:
+            self.found.setdefault(a, final_point(self.table.archs[a]))
+        hv = normalized_hypervolume(list(self.found.values()), DIRECTIONS, self.lo, self.hi) if self.found else 0.0
+        return hv / self.total >= self.share - 1e-12
+
+
 def curve_from_events(
     method: str, seed: int, table: Table, epochs: list[tuple[float, str]], completed: list[tuple[float, str]]
 ) -> Curve:
@@ -97,8 +114,11 @@ def curve_from_events(
 
 
 # ---------------------------------------------------------------------------------------------- our engine
-def run_engine(table: Table, base: dict[str, Any], m: Method, seed: int, workers: int, budget: int) -> Curve:
+def run_engine(
+    table: Table, base: dict[str, Any], m: Method, seed: int, workers: int, budget: int, stop_share: float = 1.0
+) -> Curve:
     import optuna
+    from optuna.trial import TrialState
 
     from nas.engine.config import StudyConfig
     from nas.engine.driver import Driver
@@ -138,7 +158,16 @@ def run_engine(table: Table, base: dict[str, Any], m: Method, seed: int, workers
                 time_attr="training_iteration", max_t=epochs, grace_period=1, reduction_factor=m.eta
             )
             scheduler.set_search_properties("val_acc", "max")
-        log = ReplayExecutor(driver, table, workers, scheduler).run(max_trial_epochs=budget)
+        watch, seen = ShareWatch(table, stop_share), [0]
+
+        def reached() -> bool:
+            done = store.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if len(done) == seen[0]:
+                return False
+            seen[0] = len(done)
+            return watch.add([t.user_attrs["arch_id"] for t in done if t.user_attrs.get("full_fidelity")])
+
+        log = ReplayExecutor(driver, table, workers, scheduler).run(max_trial_epochs=budget, until=reached)
         driver.finish()
         trials = {t.number: t for t in store.study.get_trials(deepcopy=False)}
     ids = {n: t.user_attrs.get("arch_id") for n, t in trials.items()}
@@ -189,7 +218,7 @@ def _blackbox(table: Table) -> tuple[Any, dict[tuple, str]]:
     return bb, by_params
 
 
-def run_syne(table: Table, m: Method, seed: int, workers: int, budget: int) -> Curve:
+def run_syne(table: Table, m: Method, seed: int, workers: int, budget: int, stop_share: float = 1.0) -> Curve:
     os.environ.setdefault("SYNETUNE_FOLDER", tempfile.mkdtemp(prefix="syne-tune-"))
     logging.getLogger("syne_tune").setLevel(logging.ERROR)
     from syne_tune import StoppingCriterion, Tuner
@@ -215,6 +244,7 @@ def run_syne(table: Table, m: Method, seed: int, workers: int, budget: int) -> C
         def __init__(self) -> None:
             self.epochs: list[tuple[float, str]] = []
             self.done: list[tuple[float, str]] = []
+            self.watch, self.reached = ShareWatch(table, stop_share), False
 
         def on_trial_result(self, trial: Any, status: str, result: dict, decision: str) -> None:
             arch = by_params[tuple(str(trial.config[n]) for n in names)]
@@ -222,11 +252,12 @@ def run_syne(table: Table, m: Method, seed: int, workers: int, budget: int) -> C
             self.epochs.append((t, arch))
             if int(result["epoch"]) >= table.epochs:
                 self.done.append((t, arch))
+                self.reached = self.reached or self.watch.add([arch])
 
-    rec = Recorder()
+    rec, spent = Recorder(), StoppingCriterion(max_num_evaluations=budget)
     backend = UserBlackboxBackend(blackbox=bb, elapsed_time_attr="elapsed_time", max_resource_attr="epochs")
     tuner = Tuner(
-        trial_backend=backend, scheduler=scheduler, stop_criterion=StoppingCriterion(max_num_evaluations=budget),
+        trial_backend=backend, scheduler=scheduler, stop_criterion=lambda status: rec.reached or spent(status),
         n_workers=workers, sleep_time=0, callbacks=[SimulatorCallback(), rec], save_tuner=False,
         results_update_interval=1e9, print_update_interval=1e9,
     )  # fmt: skip
@@ -239,9 +270,17 @@ def run_syne(table: Table, m: Method, seed: int, workers: int, budget: int) -> C
     return curve
 
 
-def run(table_path: str, base: dict[str, Any], m: Method, seed: int, workers: int, budget: int) -> Curve:
-    """One (method, seed): what a worker process of the lab runs."""
+def run(
+    table_path: str, base: dict[str, Any], m: Method, seed: int, workers: int, budget: int, stop_share: float = 1.0
+) -> Curve:
+    """One (method, seed): what a worker process of the lab runs; it ends at ``budget`` trial-epochs or once it has
+    reached ``stop_share`` of the true front's hypervolume. The global random generators are seeded too: Syne Tune
+    draws from them besides its ``random_seed`` (unseeded, two runs of one seed differed)."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
     table = Table.load(table_path)
     if m.kind == "syne":
-        return run_syne(table, m, seed, workers, budget)
-    return run_engine(table, base, m, seed, workers, budget)
+        return run_syne(table, m, seed, workers, budget, stop_share)
+    return run_engine(table, base, m, seed, workers, budget, stop_share)

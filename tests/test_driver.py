@@ -68,6 +68,7 @@ def make(tmp_path: Path):
         n_trials: int | None = 10,
         pruner: BasePruner | None = None,
         name: str = "drv",
+        pruner_cfg: dict[str, Any] | None = None,
         **cfg: Any,
     ) -> Driver:
         config = StudyConfig.model_validate(
@@ -77,6 +78,7 @@ def make(tmp_path: Path):
                 "train": {"epochs": EPOCHS},
                 "fidelity": {"rungs": [1, 2]},
                 "sampler": {"name": "random"},
+                **({"pruner": pruner_cfg} if pruner_cfg else {}),
                 **cfg,
             }
         )
@@ -430,8 +432,8 @@ def test_study_attributes_follow_storage_doc(make) -> None:
 
 def test_make_pruner_pareto_in_the_loop(make) -> None:
     """The real MO-ASHA pruner through the driver: a trial dominated at rung 1 is stopped there."""
-    d = make(name="asha")
-    d.pruner = make_pruner(d.cfg)  # the default: pareto, eta 3
+    d = make(name="asha", pruner_cfg={"name": "pareto", "eta": 3, "min_trials": 1})
+    d.pruner = make_pruner(d.cfg)
     assert d.cfg.pruner.name == "pareto"
     d.store.study.enqueue_trial({"s0.mixer": "dwconv"})
     d.store.study.enqueue_trial({"s0.mixer": "mhsa"})

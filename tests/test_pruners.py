@@ -438,3 +438,15 @@ def test_the_optuna_internals_the_adapter_relies_on_are_still_there() -> None:
     get_trials = inspect.signature(optuna.Study._get_trials)
     assert list(get_trials.parameters) == ["self", "deepcopy", "states", "use_cache"]
     assert "_get_trials" in inspect.getsource(optuna.samplers.TPESampler)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "fidelity", "rungs"),
+    [(8, None, [2, 4]), (10, {}, [2, 5]), (3, None, [1]), (2, None, [1]), (1, None, []), (8, {"rungs": []}, []),
+     (8, {"rungs": [3]}, [3])],
+)  # fmt: skip
+def test_default_rungs_are_a_quarter_and_a_half_of_the_epochs(epochs, fidelity, rungs) -> None:
+    raw = {"name": "d", "space": "s.yaml", "train": {"epochs": epochs}}
+    cfg = StudyConfig.model_validate(raw if fidelity is None else {**raw, "fidelity": fidelity})
+    assert cfg.fidelity.rungs == rungs
+    assert (cfg.pruner.name, cfg.pruner.eta, cfg.pruner.min_trials) == ("pareto", 2, 8)  # the lab's choice

@@ -14,9 +14,13 @@ from optuna.trial import TrialState
 
 from nas import results
 from nas.engine.config import load_study
+from nas.engine.driver import Driver
 from nas.engine.progress import Progress
-from nas.engine.replay import Table, TableArch, training_of
+from nas.engine.pruners import make_pruner
+from nas.engine.replay import ReplayExecutor, Table, TableArch, training_of
 from nas.engine.run import run_study
+from nas.engine.samplers import make_sampler
+from nas.engine.store import StudyStore
 from nas.errors import ConfigError
 
 SPACE = {
@@ -139,12 +143,6 @@ def test_a_resumed_grid_study_trains_each_remaining_architecture_once(tmp_path: 
 def test_rerunning_a_grid_build_retrains_an_architecture_interrupted_twice(tmp_path: Path) -> None:
     """The stale-trial recovery retries an interrupted trial once; a grid counts the point as visited, so without
     the rerun's requeue the table would keep a hole that no rerun fills."""
-    from nas.engine.driver import Driver
-    from nas.engine.pruners import make_pruner
-    from nas.engine.replay import ReplayExecutor
-    from nas.engine.samplers import make_sampler
-    from nas.engine.store import StudyStore
-
     kw = {"sampler": {"name": "grid"}, "pruner": {"name": "none"}, "fidelity": {"rungs": []}}
     study = _study(tmp_path, "holes", budget={"n_trials": None, "max_concurrent": 1}, **kw)
     table_path, table = make_table(tmp_path, study)
@@ -171,19 +169,18 @@ def test_same_seed_same_study(tmp_path: Path) -> None:
     assert _history(c) != _history(a)
 
 
-def test_simulated_compute_accounting(tmp_path: Path) -> None:
-    """One worker: the simulation's clock is exactly the sum of the epochs it trained, each its table seconds."""
-    from nas.engine.driver import Driver
-    from nas.engine.pruners import make_pruner
-    from nas.engine.replay import ReplayExecutor
-    from nas.engine.samplers import make_sampler
-    from nas.engine.store import StudyStore
-
-    study = _study(tmp_path, "acct", budget={"n_trials": 25, "max_concurrent": 1})
+def _replay_driver(tmp_path: Path, name: str, n_trials: int | None, workers: int) -> tuple[Driver, StudyStore, Table]:
+    """A driver on a real SQLite study of the hand-made space, and its table, for a ReplayExecutor run by hand."""
+    study = _study(tmp_path, name, budget={"n_trials": n_trials, "max_concurrent": workers})
     _, table = make_table(tmp_path, study)
     cfg, space = load_study(study)
     store = StudyStore(cfg, space, make_sampler(cfg, 0), make_pruner(cfg), tmp_path / "studies")
-    driver = Driver(cfg, space, store, store.study.pruner, 10, cfg.budget.n_trials)
+    return Driver(cfg, space, store, store.study.pruner, 10, n_trials), store, table
+
+
+def test_simulated_compute_accounting(tmp_path: Path) -> None:
+    """One worker: the simulation's clock is exactly the sum of the epochs it trained, each its table seconds."""
+    driver, store, table = _replay_driver(tmp_path, "acct", n_trials=25, workers=1)
     log = ReplayExecutor(driver, table, workers=1).run()
     store.close()
     trained = [t for t in store.study.trials if "reused_from" not in t.user_attrs and t.state != TrialState.FAIL]
@@ -196,21 +193,27 @@ def test_simulated_compute_accounting(tmp_path: Path) -> None:
 
 
 def test_a_compute_budget_stops_the_replay(tmp_path: Path) -> None:
-    from nas.engine.driver import Driver
-    from nas.engine.pruners import make_pruner
-    from nas.engine.replay import ReplayExecutor
-    from nas.engine.samplers import make_sampler
-    from nas.engine.store import StudyStore
-
-    study = _study(tmp_path, "budget", budget={"n_trials": None, "max_concurrent": 2})
-    _, table = make_table(tmp_path, study)
-    cfg, space = load_study(study)
-    store = StudyStore(cfg, space, make_sampler(cfg, 0), make_pruner(cfg), tmp_path / "studies")
-    driver = Driver(cfg, space, store, store.study.pruner, 10, None)
+    driver, store, table = _replay_driver(tmp_path, "budget", n_trials=None, workers=2)
     log = ReplayExecutor(driver, table, workers=2).run(max_trial_epochs=30)
     driver.finish()
     store.close()
     assert log.stopped_by_budget and len(log.epochs) == 30
+
+
+def test_until_ends_the_replay_after_the_trial_that_satisfied_it(tmp_path: Path) -> None:
+    driver, store, table = _replay_driver(tmp_path, "until", n_trials=None, workers=3)
+    asked = []
+
+    def third_end() -> bool:
+        asked.append(len(asked))
+        return len(asked) == 3
+
+    log = ReplayExecutor(driver, table, workers=3).run(until=third_end)
+    left = driver.finish()
+    store.close()
+    assert len(log.ends) == 3 and len(asked) == 3 and log.stopped_by_budget  # asked once per ended trial
+    assert log.seconds == max(t for t, _ in log.ends)  # nothing ran past the third end
+    assert left and all(n not in {m for _, m in log.ends} for n in left)  # the running ones failed, to be retried
 
 
 def test_rays_asha_on_accuracy_can_be_the_stopper(tmp_path: Path) -> None:

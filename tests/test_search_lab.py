@@ -35,6 +35,35 @@ def test_a_small_lab_reports_every_kind_of_peer(tmp_path: Path) -> None:
     assert (tmp_path / "lab.html").stat().st_size > 1000 and (tmp_path / "lab.png").stat().st_size > 1000
 
 
+def test_a_run_ends_where_it_reaches_the_stop_share_and_not_before(tmp_path: Path) -> None:
+    table, _ = make_table(tmp_path, _study(tmp_path, "seed"))
+    curves = {}
+    for stop in ("0.6", "1.0"):
+        out = subprocess.run(
+            [sys.executable, str(REPO / "benchmarks" / "search_lab.py"), "run", "--table", str(table), "--seeds", "2",
+             "--procs", "1", "--no-plot", "--stop-at", stop, "--out", str(tmp_path / f"stop{stop[-1]}"),
+             "--methods", "ours-tpe"],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        curves[stop] = json.loads((tmp_path / f"stop{stop[-1]}.json").read_text())["curves"]
+    for short, full in zip(curves["0.6"], curves["1.0"], strict=True):
+        cut = next(i for i, p in enumerate(full["points"]) if p[2] >= 0.6)
+        assert short["points"] == full["points"][: cut + 1]  # the same search, ended at the first point >= 0.6
+        assert len(full["points"]) > cut + 1  # (the full run went on: the stop did end it early)
+
+
+def test_a_syne_tune_run_is_reproducible_from_its_seed(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import lab_runs
+    import search_lab
+
+    table, t = make_table(tmp_path, _study(tmp_path, "seed"))
+    morea = next(m for m in search_lab.methods() if m.name == "syne-morea")
+    runs = [lab_runs.run(str(table), search_lab.base_config(t), morea, 5, 3, 80) for _ in range(3)]
+    assert runs[0].points and runs[0].points == runs[1].points == runs[2].points
+
+
 def test_fidelity_table_has_one_row_per_epoch(tmp_path: Path) -> None:
     table, t = make_table(tmp_path, _study(tmp_path, "seed"))
     lab = str(REPO / "benchmarks" / "search_lab.py")

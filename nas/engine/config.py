@@ -45,13 +45,21 @@ class SamplerConfig(BaseModel):
 class PrunerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: Literal["pareto", "median", "hyperband", "none"] = "pareto"
-    eta: int = Field(default=3, ge=2, description="keep the top 1/eta at each rung (pareto, hyperband)")
-    min_trials: int = Field(default=1, ge=1, description="pareto/median: trials a rung needs before it prunes")
+    # defaults: what the search lab chose on its table (benchmarks/RESULTS.md "Search-quality lab")
+    eta: int = Field(default=2, ge=2, description="keep the top 1/eta at each rung (pareto, hyperband)")
+    min_trials: int = Field(default=8, ge=1, description="pareto/median: trials a rung needs before it prunes")
 
 
 class FidelityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    rungs: list[int] = Field(default_factory=lambda: [1], description="epochs at which the pruner decides")
+    rungs: list[int] = Field(
+        default_factory=list, description="epochs at which the pruner decides; default: 1/4 and 1/2 of train.epochs"
+    )
+
+
+def default_rungs(epochs: int) -> list[int]:
+    """The search lab's choice (benchmarks/RESULTS.md): decide at 1/4 and at 1/2 of the training epochs."""
+    return sorted({r for r in (epochs // 4, epochs // 2) if 1 <= r < epochs})
 
 
 class BudgetConfig(BaseModel):
@@ -115,6 +123,20 @@ class StudyConfig(BaseModel):
     storage: str | None = Field(default=None, description="SQLAlchemy URL; null = sqlite file under studies/<name>/")
     seed: int = 0
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_rungs(cls, data: Any) -> Any:
+        """A study that names no rungs decides at 1/4 and 1/2 of its epochs (an explicit ``[]`` never prunes)."""
+        if isinstance(data, dict):
+            fidelity = data.get("fidelity")
+            if fidelity is None or (isinstance(fidelity, dict) and "rungs" not in fidelity):
+                train = data.get("train")
+                epochs = train.get("epochs") if isinstance(train, dict) else getattr(train, "epochs", None)
+                if not isinstance(epochs, int):
+                    epochs = TrainConfig.model_fields["epochs"].default
+                data = {**data, "fidelity": {**(fidelity or {}), "rungs": default_rungs(epochs)}}
+        return data
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StudyConfig:

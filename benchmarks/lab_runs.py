@@ -79,20 +79,18 @@ def true_hv(table: Table) -> float:
     return normalized_hypervolume([final_point(a) for a in table.archs.values()], DIRECTIONS, lo, hi)
 
 
-class ShareWatch:
-    """Whether the COMPLETE full-fidelity architectures found so far reach ``share`` of the true front's HV: the lab
-    ends a run there (nothing above its highest reported share is measured; the plot carries the last value)."""
+class FrontShare:
+    """The share of the true front's HV that the architectures found so far reach (each completed architecture's
+    final point; the table's range of each objective as the bounds): the curve's y, and where the lab ends a run."""
 
-    def __init__(self, table: Table, share: float) -> None:
-        self.table, self.share, self.found = table, share, {}
+    def __init__(self, table: Table) -> None:
+        self.table, self.found = table, {}
         self.lo, self.hi = bounds(table)
         self.total = true_hv(table)
 
-    def add(self, arch_ids: list[str]) -> bool:
-        for a in arch_ids:
-            self.found.setdefault(a, final_point(self.table.archs[a]))
-        hv = normalized_hypervolume(list(self.found.values()), DIRECTIONS, self.lo, self.hi) if self.found else 0.0
-        return hv / self.total >= self.share - 1e-12
+    def add(self, arch_id: str) -> float:
+        self.found.setdefault(arch_id, final_point(self.table.archs[arch_id]))
+        return normalized_hypervolume(list(self.found.values()), DIRECTIONS, self.lo, self.hi) / self.total
 
 
 def curve_from_events(
@@ -100,15 +98,13 @@ def curve_from_events(
 ) -> Curve:
     """``epochs``: (time, arch_id) of every epoch trained; ``completed``: (time, arch_id) of every trial that
     reached full fidelity (a reused copy is not an event). Both in simulated time."""
-    lo, hi = bounds(table)
-    total, curve, found = true_hv(table), Curve(method, seed), []
+    curve, found = Curve(method, seed), FrontShare(table)
     epochs = sorted(epochs)
     done_e, done_s, i = 0, 0.0, 0
     for t, arch_id in sorted(completed):
         while i < len(epochs) and epochs[i][0] <= t + 1e-9:
             done_e, done_s, i = done_e + 1, done_s + table.archs[epochs[i][1]].epoch_seconds, i + 1
-        found.append(final_point(table.archs[arch_id]))
-        curve.points.append((done_e, done_s, normalized_hypervolume(found, DIRECTIONS, lo, hi) / total))
+        curve.points.append((done_e, done_s, found.add(arch_id)))
     curve.unique_archs = len({a for _, a in completed})
     return curve
 
@@ -158,14 +154,13 @@ def run_engine(
                 time_attr="training_iteration", max_t=epochs, grace_period=1, reduction_factor=m.eta
             )
             scheduler.set_search_properties("val_acc", "max")
-        watch, seen = ShareWatch(table, stop_share), [0]
+        found = FrontShare(table)
 
-        def reached() -> bool:
-            done = store.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if len(done) == seen[0]:
+        def reached(number: int) -> bool:
+            t = store.frozen(number)
+            if t.state != TrialState.COMPLETE or not t.user_attrs.get("full_fidelity"):
                 return False
-            seen[0] = len(done)
-            return watch.add([t.user_attrs["arch_id"] for t in done if t.user_attrs.get("full_fidelity")])
+            return found.add(t.user_attrs["arch_id"]) >= stop_share - 1e-12
 
         log = ReplayExecutor(driver, table, workers, scheduler).run(max_trial_epochs=budget, until=reached)
         driver.finish()
@@ -244,7 +239,7 @@ def run_syne(table: Table, m: Method, seed: int, workers: int, budget: int, stop
         def __init__(self) -> None:
             self.epochs: list[tuple[float, str]] = []
             self.done: list[tuple[float, str]] = []
-            self.watch, self.reached = ShareWatch(table, stop_share), False
+            self.found, self.reached = FrontShare(table), False
 
         def on_trial_result(self, trial: Any, status: str, result: dict, decision: str) -> None:
             arch = by_params[tuple(str(trial.config[n]) for n in names)]
@@ -252,7 +247,7 @@ def run_syne(table: Table, m: Method, seed: int, workers: int, budget: int, stop
             self.epochs.append((t, arch))
             if int(result["epoch"]) >= table.epochs:
                 self.done.append((t, arch))
-                self.reached = self.reached or self.watch.add([arch])
+                self.reached = self.reached or self.found.add(arch) >= stop_share - 1e-12
 
     rec, spent = Recorder(), StoppingCriterion(max_num_evaluations=budget)
     backend = UserBlackboxBackend(blackbox=bb, elapsed_time_attr="elapsed_time", max_resource_attr="epochs")

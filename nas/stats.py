@@ -4,6 +4,8 @@
   concordant minus discordant pairs over the geometric mean of the pairs untied in each scoring;
 * :func:`spearman_rho` — Spearman's rho: Pearson correlation of the average ranks (ties share their mean rank).
 
+:func:`rank_agreement` gives both, None where undefined (what calibration and validation store).
+
 How well a proxy training ranks architectures like a longer one is what calibration and validation report.
 """
 
@@ -54,3 +56,10 @@ def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
     if ra.std() == 0 or rb.std() == 0:
         return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def rank_agreement(x: Sequence[float], y: Sequence[float]) -> tuple[float | None, float | None]:
+    """(Kendall's tau-b, Spearman's rho) of paired scores, each None where it is undefined (fewer than two pairs,
+    a constant side) — the JSON-safe form stored on a study."""
+    tau, rho = kendall_tau(x, y), spearman_rho(x, y)
+    return (None if tau != tau else tau), (None if rho != rho else rho)

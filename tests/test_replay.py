@@ -204,14 +204,15 @@ def test_until_ends_the_replay_after_the_trial_that_satisfied_it(tmp_path: Path)
     driver, store, table = _replay_driver(tmp_path, "until", n_trials=None, workers=3)
     asked = []
 
-    def third_end() -> bool:
-        asked.append(len(asked))
+    def third_end(number: int) -> bool:
+        asked.append(number)
         return len(asked) == 3
 
     log = ReplayExecutor(driver, table, workers=3).run(until=third_end)
     left = driver.finish()
     store.close()
-    assert len(log.ends) == 3 and len(asked) == 3 and log.stopped_by_budget  # asked once per ended trial
+    assert len(log.ends) == 3 and log.stopped_by_budget
+    assert asked == [n for _, n in log.ends]  # asked once per ended trial, with its number
     assert log.seconds == max(t for t, _ in log.ends)  # nothing ran past the third end
     assert left and all(n not in {m for _, m in log.ends} for n in left)  # the running ones failed, to be retried
 

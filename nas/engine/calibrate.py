@@ -21,7 +21,7 @@ from nas.engine.config import StudyConfig, retraining_config
 from nas.engine.progress import Progress
 from nas.errors import ConfigError, NasError
 from nas.space import SearchSpace
-from nas.stats import kendall_tau, spearman_rho
+from nas.stats import rank_agreement
 
 GOOD_TAU = 0.8
 
@@ -128,11 +128,11 @@ def calibrate(path: str, n: int, factor: float, progress: Progress | None = None
     for b in ladder:
         common = [a for a in accs[b] if a in accs[ref]]
         x, y = [accs[b][a] for a in common], [accs[ref][a] for a in common]
-        tau, rho = (kendall_tau(x, y), spearman_rho(x, y)) if len(common) >= 2 else (None, None)
+        tau, rho = rank_agreement(x, y)
         out.budgets.append({
             "epochs": b[0], "train_fraction": b[1], "compute": round(b[0] * b[1] / proxy_cost, 3),
             "seconds": seconds[b], "n": len(common), "reference": b == ref,
-            "tau": None if tau is None or tau != tau else tau, "rho": None if rho is None or rho != rho else rho,
+            "tau": tau, "rho": rho,
         })  # fmt: skip
     good = [b for b in out.budgets if b["reference"] or (b["tau"] is not None and b["tau"] >= GOOD_TAU)]
     pick = good[0]

@@ -146,8 +146,8 @@ class ReplayExecutor:
     ``scheduler``: a Ray Tune ``TrialScheduler`` (e.g. ``ASHAScheduler(metric="val_acc", mode="max")``) that makes the
     stop decisions instead of the study's pruner, as ``run_tune``'s scheduler would. ``max_trial_epochs``: stop
     starting and running trials once that many epochs were trained (a compute budget for comparisons). ``until``:
-    called after every trial that ends; when it returns True the run stops there as if its budget were spent (the
-    search lab ends a run once it has reached the share of the true front it measures).
+    called with the number of every trial that ends; when it returns True the run stops there as if its budget
+    were spent (the search lab ends a run once it has reached the share of the true front it measures).
     """
 
     def __init__(self, driver: Driver, table: Table, workers: int, scheduler: Any = None) -> None:
@@ -155,7 +155,7 @@ class ReplayExecutor:
         self.now = 0.0
         driver.clock = lambda: self.now
 
-    def run(self, max_trial_epochs: int | None = None, until: Callable[[], bool] | None = None) -> ReplayLog:
+    def run(self, max_trial_epochs: int | None = None, until: Callable[[int], bool] | None = None) -> ReplayLog:
         from ray.tune.schedulers import TrialScheduler
 
         log, heap, seq, ids = ReplayLog(), [], itertools.count(), itertools.count()
@@ -213,7 +213,7 @@ class ReplayExecutor:
                 self.driver.on_complete(tid)
                 log.ends.append((t, p.number))
                 del runs[tid]
-                if until is not None and until():
+                if until is not None and until(p.number):
                     max_trial_epochs = len(log.epochs)  # ends the run below, as a spent budget does
             else:
                 heapq.heappush(heap, (t + a.epoch_seconds, next(seq), tid, e + 1))

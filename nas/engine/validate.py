@@ -20,7 +20,7 @@ from nas.engine.config import StudyConfig, retraining_config
 from nas.engine.progress import Progress
 from nas.errors import ConfigError, StudyError
 from nas.space import SearchSpace
-from nas.stats import kendall_tau, spearman_rho
+from nas.stats import rank_agreement
 
 SUFFIX = ".validate"
 
@@ -136,11 +136,7 @@ def summarize(study: Any, sub_study: Any, chosen: list[Any], sub: StudyConfig) -
             out.pairs.append({"trial": r.number, "validated_trial": v.number, "placement": r.placement,
                               "proxy_acc": r.values.get("accuracy"), "validated_acc": v.values.get("accuracy"),
                               "values": v.values, "on_proxy_front": r.number in proxy_front})  # fmt: skip
-    if len(out.pairs) >= 2:
-        p, v = [x["proxy_acc"] for x in out.pairs], [x["validated_acc"] for x in out.pairs]
-        out.tau, out.rho = kendall_tau(p, v), spearman_rho(p, v)
-        out.tau = None if out.tau != out.tau else out.tau
-        out.rho = None if out.rho != out.rho else out.rho
+    out.tau, out.rho = rank_agreement([x["proxy_acc"] for x in out.pairs], [x["validated_acc"] for x in out.pairs])
     points = [[x["values"][o.name] for o in objs] for x in out.pairs]
     front = [out.pairs[i] for i in pareto.pareto_front(points, [o.direction for o in objs])] if points else []
     out.validated_front = [x["trial"] for x in sorted(front, key=lambda x: -x["validated_acc"])]

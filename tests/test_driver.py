@@ -344,6 +344,25 @@ def test_recover_stale_fails_and_requeues_once(make) -> None:
     assert study.get_trials(states=(TrialState.WAITING,)) == []
 
 
+def test_a_planned_trial_killed_before_its_arch_was_recorded_is_not_planned_twice(make) -> None:
+    """The kill can land between the driver taking a planned trial off the queue and recording its arch_id (a
+    validation killed right after it started its next architecture): the retry must still count as that plan."""
+    from nas.engine.store import enqueue_missing
+
+    old = make(name="plan")
+    wanted = [("arch-a", {"s0.mixer": "dwconv"}, {}), ("arch-b", {"s0.mixer": "mhsa"}, {})]
+    assert enqueue_missing(old.store.study, wanted) == 2
+    taken = old.store.ask()  # off the queue, RUNNING, arch_id not recorded yet
+    assert "arch_id" not in taken.user_attrs and taken.user_attrs["planned_arch"] == "arch-a"
+    old.store.study.set_user_attr(f"heartbeat:{old.store.driver_id}", time.time() - 3600)
+
+    new = make(name="plan")
+    assert new.store.recover_stale() == [taken.number]
+    assert enqueue_missing(new.store.study, wanted) == 2, "the retry and the other plan: nothing queued again"
+    waiting = new.store.study.get_trials(states=(TrialState.WAITING,))
+    assert sorted(w.user_attrs["planned_arch"] for w in waiting) == ["arch-a", "arch-b"]
+
+
 def test_recover_stale_trial_of_a_dead_local_process(make) -> None:
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = f"{socket.gethostname()}:{int(proc.stdout)}:cafe00"

@@ -181,9 +181,12 @@ class StudyStore:
 
     def enqueue_retry(self, t: FrozenTrial) -> None:
         """Queue one retry of an interrupted trial (never a retry of a retry); it carries the architecture it
-        retrains (``planned_arch``), so a sub-study's plan does not queue that architecture a second time."""
+        retrains (``planned_arch``), so a sub-study's plan does not queue that architecture a second time. A trial
+        killed after it left the queue but before the driver recorded its ``arch_id`` still has its plan's
+        ``planned_arch``: that one is carried over."""
         if "retry_of" not in t.user_attrs:
-            attrs = {"retry_of": t.number, "planned_arch": t.user_attrs.get("arch_id")}
+            planned = t.user_attrs.get("arch_id", t.user_attrs.get("planned_arch"))
+            attrs = {"retry_of": t.number, "planned_arch": planned}
             self.study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
 
     # ------------------------------------------------------------------------------------------ trials

@@ -3,6 +3,7 @@
     python benchmarks/search_lab.py table      # the built study (studies/fmnist_bench_build.yaml) -> the table
     python benchmarks/search_lab.py run        # every method x 20 seeds, replayed: report + plot (16 min on 2 CPUs)
     python benchmarks/search_lab.py fidelity   # how well an early epoch ranks like the last one
+    python benchmarks/search_lab.py run --oracle --methods tpe ours-tpe oracle-tpe   # + ours with a perfect signal
 
 ``run`` replays every method with every seed against ``benchmarks/tables/fmnist_bench.json`` (benchmarks/lab_runs.py
 says how one run is simulated and how compute is counted), then prints the Markdown table of RESULTS.md and writes
@@ -44,12 +45,19 @@ OURS_RUNGS = (2, 4)
 _SLOW = {"gp": 300, "syne-moasha": 40, "ours-gp": 30}
 
 
-def methods(eta: int = 3, ours: dict[str, Any] | None = None, rungs: tuple[int, ...] = OURS_RUNGS) -> list[Method]:
-    """Every method of the lab; ``ours``/``rungs`` replace our pruner's settings (to try other defaults)."""
+def methods(
+    eta: int = 3, ours: dict[str, Any] | None = None, rungs: tuple[int, ...] = OURS_RUNGS, oracle: bool = False
+) -> list[Method]:
+    """Every method of the lab; ``ours``/``rungs`` replace our pruner's settings (to try other defaults);
+    ``oracle`` adds oracle-<sampler>: ours ranking on the final accuracies (lab_runs.OraclePruner, a bound)."""
     engine = []
     for sampler in ("random", "tpe", "nsga2", "gp"):
         engine.append(Method(sampler, "engine", sampler=sampler))
         engine.append(Method(f"ours-{sampler}", "engine", sampler=sampler, pruner=ours or OURS, rungs=rungs))
+        if oracle:
+            engine.append(
+                Method(f"oracle-{sampler}", "engine", sampler=sampler, pruner=ours or OURS, rungs=rungs, oracle=True)
+            )
     return [
         *engine,
         Method("ray-asha", "engine", sampler="random", ray_asha=True, eta=eta),
@@ -190,7 +198,7 @@ def markdown(summary: dict[str, Any], budget: int) -> str:
         f"Budget per run: {budget} trial-epochs. Ratios (compute to 95 % of the true HV, paired over seeds):",
         "",
     ]
-    pairs = [(s, f"ours-{s}") for s in ("random", "tpe", "nsga2", "gp")]
+    pairs = [(s, f"{k}-{s}") for s in ("random", "tpe", "nsga2", "gp") for k in ("ours", "oracle")]
     pairs += [("random", "ours-tpe"), ("syne-moasha", "ours-tpe"), ("syne-morea", "ours-tpe"), ("ray-asha", "ours-tpe")]
     pairs += [("syne-moasha", "ours-random")]
     for slow, fast in pairs:
@@ -300,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ours-eta", type=int, default=None, help="try another eta for ours")
     ap.add_argument("--ours-min-trials", type=int, default=None, help="try another min_trials for ours")
     ap.add_argument("--no-plot", action="store_true", help="skip the HTML/PNG plot (tuning runs)")
+    ap.add_argument(
+        "--oracle", action="store_true", help="add oracle-<sampler>: ours ranking on the final accuracies (a bound)"
+    )
     args = ap.parse_args(argv)
     if args.command == "table":
         export_table(Path(args.study), Path(args.table))
@@ -315,7 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.ours_min_trials is not None:
         ours["min_trials"] = args.ours_min_trials
     rungs = tuple(int(r) for r in args.ours_rungs.split(",")) if args.ours_rungs else OURS_RUNGS
-    chosen = [m for m in methods(ours=ours, rungs=rungs) if args.methods is None or m.name in args.methods]
+    every = methods(ours=ours, rungs=rungs, oracle=args.oracle)
+    unknown = sorted(set(args.methods or ()) - {m.name for m in every})
+    if unknown:
+        hint = " (oracle-* needs --oracle)" if any(n.startswith("oracle-") for n in unknown) else ""
+        ap.error(f"--methods: no method {', '.join(unknown)}{hint}; choose from {', '.join(m.name for m in every)}")
+    chosen = [m for m in every if args.methods is None or m.name in args.methods]
     base = base_config(table)
     jobs = [
         (args.table, base, m, s, args.workers, budget, args.stop_at)

@@ -73,3 +73,43 @@ def test_fidelity_table_has_one_row_per_epoch(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [ln for ln in out.stdout.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
     assert len(rows) == t.epochs and rows[-1].split("|")[2].strip() == "1.000"  # the last epoch ranks like itself
+
+
+def test_the_oracle_bound_ranks_on_final_accuracy_where_ours_ranks_on_the_rung() -> None:
+    """lab_runs.OraclePruner: the same MO-ASHA decision as ours, on the table's final accuracy. Eight trials at rung
+    1 with equal throughput; the early leader ends last and the early last ends first."""
+    from types import SimpleNamespace
+
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import lab_runs
+
+    from nas.engine.pruners import ParetoPruner
+
+    finals = [0.90 - 0.01 * i for i in range(8)]  # arch 0 ends best ...
+    rung1 = [0.10 + 0.01 * i for i in range(8)]  # ... and is the worst at rung 1
+    table = SimpleNamespace(
+        archs={f"a{i}": SimpleNamespace(arch_id=f"a{i}", val_acc=[rung1[i], finals[i]]) for i in range(8)}
+    )
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    for i in range(8):
+        attrs = {"arch_id": f"a{i}", "curve": [{"epoch": 1, "val_acc": rung1[i]}], "throughput": {"median": 100.0}}
+        study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs=attrs))
+    ours = ParetoPruner([1], ["accuracy", "throughput"], ["maximize", "maximize"], eta=2, min_trials=8)
+    oracle = lab_runs.OraclePruner(table, ours)
+    pruned = {name: [p.prune(study, t) for t in study.trials] for name, p in (("ours", ours), ("oracle", oracle))}
+    assert pruned["ours"] == [True] * 4 + [False] * 4  # the better half at rung 1: a4..a7
+    assert pruned["oracle"] == [False] * 4 + [True] * 4  # the better half at the end: a0..a3
+    with pytest.raises(SystemExit, match="pareto pruner"):
+        lab_runs.OraclePruner(table, optuna.pruners.NopPruner())
+
+
+def test_an_unknown_method_is_one_line_naming_it(tmp_path: Path) -> None:
+    table, _ = make_table(tmp_path, _study(tmp_path, "seed"))
+    lab = [sys.executable, str(REPO / "benchmarks" / "search_lab.py"), "run", "--table", str(table), "--no-plot"]
+    lab += ["--out", str(tmp_path / "lab")]
+    out = subprocess.run([*lab, "--methods", "ours-tpe", "oracle-tpe"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "no method oracle-tpe (oracle-* needs --oracle)" in out.stderr
+    assert not (tmp_path / "lab.json").exists()  # nothing ran

@@ -41,14 +41,14 @@ class ParetoPruner(BasePruner):
         if not curve or curve[-1]["epoch"] not in self.rungs:
             return False
         rung = curve[-1]["epoch"]
-        me = objective_vector(trial, self.objectives, rung)
+        me = self.vector(trial, rung)
         if me is None:
             return False
         points, numbers = [me], [trial.number]
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
             if t.number == trial.number or "reused_from" in t.user_attrs:
                 continue  # a reused result is a copy: counting it twice would skew the rung
-            v = objective_vector(t, self.objectives, rung)
+            v = self.vector(t, rung)
             if v is not None:
                 points.append(v)
                 numbers.append(t.number)
@@ -57,6 +57,10 @@ class ParetoPruner(BasePruner):
         keep = max(1, len(points) // self.eta)
         order = rank_for_pruning(points, self.directions)
         return order.index(0) >= keep
+
+    def vector(self, trial: FrozenTrial, rung: int) -> list[float] | None:
+        """What a trial is ranked on at ``rung``: its objectives with the accuracy of that epoch."""
+        return objective_vector(trial, self.objectives, rung)
 
 
 class AccuracyPruner(BasePruner):

@@ -310,7 +310,7 @@ def test_an_exhausted_space_stops_sampling_without_error(make, monkeypatch: pyte
     d = make(space=ONE_ARCH, n_trials=None)
     _run(d, "a", [0.3, 0.4, 0.5])
     assert d.next_config("b") == FINISHED and not d.stop_is_error
-    assert "looks exhausted" in d.stop_reason and d.added == 4
+    assert "having tried 1 distinct architectures: the space looks exhausted" in d.stop_reason and d.added == 4
     assert [t.user_attrs.get("reused_from") for t in d.store.study.trials] == [None, 0, 0, 0]
 
 

@@ -157,9 +157,11 @@ class Driver:
             self.log("waiting", {"number": number, "source": training.number, "placement": attrs["placement"]})
         self.reuses_in_a_row += 1
         if self.reuses_in_a_row >= MAX_CONSECUTIVE_REUSES:
+            tried = {t.user_attrs.get("arch_id") for t in self.store.study.get_trials(deepcopy=False)} - {None}
             self._stop(
-                f"the sampler proposed {self.reuses_in_a_row} already-evaluated architectures in a row: the space "
-                "looks exhausted"
+                f"the sampler proposed {self.reuses_in_a_row} already-evaluated architectures in a row, having "
+                f"tried {len(tried)} distinct architectures: the space looks exhausted, or the sampler has converged "
+                "on what it has seen (sampler: random explores the rest; a pruned architecture is not trained again)"
             )
         return True
 

@@ -15,6 +15,7 @@ hypervolume, mean over the seeds that reached it with a 95 % bootstrap interval,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -53,11 +54,8 @@ def methods(
     engine = []
     for sampler in ("random", "tpe", "nsga2", "gp"):
         engine.append(Method(sampler, "engine", sampler=sampler))
-        engine.append(Method(f"ours-{sampler}", "engine", sampler=sampler, pruner=ours or OURS, rungs=rungs))
-        if oracle:
-            engine.append(
-                Method(f"oracle-{sampler}", "engine", sampler=sampler, pruner=ours or OURS, rungs=rungs, oracle=True)
-            )
+        mine = Method(f"ours-{sampler}", "engine", sampler=sampler, pruner=ours or OURS, rungs=rungs)
+        engine += [mine, dataclasses.replace(mine, name=f"oracle-{sampler}", oracle=True)] if oracle else [mine]
     return [
         *engine,
         Method("ray-asha", "engine", sampler="random", ray_asha=True, eta=eta),

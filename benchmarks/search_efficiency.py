@@ -249,6 +249,8 @@ def load_trials(
     import optuna
     from optuna.trial import TrialState
 
+    from nas.trial_attrs import TrialAttrs
+
     study = optuna.load_study(study_name=f"effbench_{variant}", storage=storage)
     res = VariantResult(variant, 0.0)
     rows, seen_pids = [], set()
@@ -256,18 +258,18 @@ def load_trials(
         res.counts[t.state.name] = res.counts.get(t.state.name, 0) + 1
         if t.datetime_complete is None:
             continue
-        a = t.user_attrs
-        reused, infeasible = "reused_from" in a, bool(a.get("infeasible"))
-        curve = a.get("curve", [])
+        a = TrialAttrs.of(t)
+        reused, infeasible = a.is_copy, bool(a.infeasible)
+        curve = a.curve_rows
         trained = not reused and not infeasible
         n_epochs = len(curve) if trained else 0
-        full = bool(a.get("full_fidelity"))
+        full = bool(a.full_fidelity)
         if trained:
             res.trained += 1
-            work = sum(float(r.get("seconds", 0.0)) for r in curve) + measurement_seconds(a.get("throughput") or {})
+            work = sum(float(r.get("seconds", 0.0)) for r in curve) + measurement_seconds(a.throughput or {})
             res.work_s += work
-            if "wall_time_s" in a:
-                over = float(a["wall_time_s"]) - work
+            if a.wall_time_s is not None:
+                over = float(a.wall_time_s) - work
                 res.latency_overheads.append(over)
                 pid = pid_of.get(t.number)
                 if pid is not None:
@@ -279,12 +281,12 @@ def load_trials(
                     res.invariant_errors.append(f"trial {t.number} stopped at epoch {n_epochs} but is {t.state.name}")
         if t.state == TrialState.COMPLETE and not full:
             res.invariant_errors.append(f"trial {t.number} is COMPLETE below full fidelity")
-        if not infeasible and "arch_id" in a:
-            res.proposals.append(a["arch_id"])
+        if not infeasible and a.arch_id is not None:
+            res.proposals.append(a.arch_id)
             if trained and curve:
-                res.curves[a["arch_id"]] = [float(r["val_acc"]) for r in curve]
-            if (a.get("throughput") or {}).get("median"):
-                res.throughputs[a["arch_id"]] = float(a["throughput"]["median"])
+                res.curves[a.arch_id] = [float(r["val_acc"]) for r in curve]
+            if (a.throughput or {}).get("median"):
+                res.throughputs[a.arch_id] = float(a.throughput["median"])
         rows.append(
             {
                 "number": t.number,

@@ -71,24 +71,25 @@ def export_table(study_file: Path, out: Path) -> Table:
 
     from nas import layout
     from nas.engine.config import load_study
+    from nas.trial_attrs import TrialAttrs
 
     cfg, space = load_study(study_file)
     study = optuna.load_study(study_name=cfg.name, storage=layout.open_storage(cfg.storage_url()))
-    done = [t for t in study.trials if t.state.name == "COMPLETE" and t.user_attrs.get("full_fidelity")]
-    done = [t for t in done if "reused_from" not in t.user_attrs]
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and TrialAttrs.of(t).full_fidelity]
+    done = [t for t in done if not TrialAttrs.of(t).is_copy]
     expected = 1
     for values in space.param_grid().values():
         expected *= len(values)
     archs: dict[str, TableArch] = {}
     for t in done:
-        ua, curve = t.user_attrs, t.user_attrs["curve"]
-        tp = ua["throughput"]
-        archs[ua["arch_id"]] = TableArch(
-            arch_id=ua["arch_id"],
+        a = TrialAttrs.of(t)
+        curve, tp = a.curve_rows, a.throughput or {}
+        archs[a.arch_id] = TableArch(
+            arch_id=a.arch_id,
             params=dict(t.params),
-            placement=ua["placement"],
-            n_params=int(ua["params"]),
-            flops=int(ua["flops"]),
+            placement=a.placement,
+            n_params=int(a.params),
+            flops=int(a.flops),
             throughput={k: round(float(tp[k]), 2 if k != "cv" else 5) for k in ("median", "iqr", "cv")},
             val_acc=[round(r["val_acc"], 5) for r in curve],
             val_loss=[round(r["val_loss"], 5) for r in curve],
@@ -105,7 +106,7 @@ def export_table(study_file: Path, out: Path) -> Table:
         "study_file": str(study_file.resolve().relative_to(ROOT))
         if study_file.resolve().is_relative_to(ROOT)
         else study_file.name,
-        "device": done[0].user_attrs.get("device"),
+        "device": TrialAttrs.of(done[0]).device,
         "machine": "2-core shared CPU; two trials trained at once, one thread each",
         "versions": study.user_attrs.get("versions"),
         "built": f"{min(starts):%Y-%m-%d %H:%M} to {max(ends):%Y-%m-%d %H:%M} UTC",

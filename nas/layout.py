@@ -125,9 +125,19 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
 
 
+def create_engine(url: str) -> Any:
+    """A SQLAlchemy engine with the settings every study database gets (those of :func:`create_storage`)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, **_engine_kwargs(url))
+    fast_sqlite(engine)
+    return engine
+
+
 # ---------------------------------------------------------------------------------------------- storages
-def create_storage(url: str) -> Any:
-    """The engine's (writer's) storage: creates the SQLite folder and Optuna's schema if needed.
+def create_storage(url: str, storage_class: Any = None) -> Any:
+    """The engine's (writer's) storage: creates the SQLite folder and Optuna's schema if needed. ``storage_class``:
+    an ``optuna.storages.RDBStorage`` subclass (the engine's ``OwnedStorage``); default ``RDBStorage``.
 
     Two drivers creating an empty database's schema at once race; the loser sees the winner's tables half-made
     and retries, by which time the schema is simply there.
@@ -140,7 +150,7 @@ def create_storage(url: str) -> Any:
         path.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(5):
         try:
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+            storage = (storage_class or optuna.storages.RDBStorage)(url, engine_kwargs=_engine_kwargs(url))
             fast_sqlite(storage.engine)
             return storage
         except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError) as e:

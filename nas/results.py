@@ -23,6 +23,7 @@ from typing import Any
 from nas import layout, pareto
 from nas.errors import StudyError
 from nas.layout import Objective
+from nas.trial_attrs import TrialAttrs
 
 PICKS = ("knee", "max-accuracy")
 
@@ -149,34 +150,34 @@ def objectives_of(study) -> list[Objective]:
 
 
 def _to_record(t, objectives: Sequence[Objective]) -> TrialRecord:
-    ua = t.user_attrs
+    a = TrialAttrs.of(t)
     values = {}
     if t.values is not None:
         values = {o.name: float(v) for o, v in zip(objectives, t.values, strict=False)}
-    duration = ua.get("wall_time_s")
+    duration = a.wall_time_s
     if duration is None and t.datetime_start and t.datetime_complete:
         duration = (t.datetime_complete - t.datetime_start).total_seconds()
     return TrialRecord(
         number=t.number,
         state=t.state.name,
         values=values,
-        arch=ua.get("arch"),
-        arch_id=ua.get("arch_id"),
-        placement=ua.get("placement"),
-        curve=list(ua.get("curve") or []),
-        fidelity=ua.get("fidelity"),
-        full_fidelity=bool(ua.get("full_fidelity", False)),
-        throughput=dict(ua.get("throughput") or {}),
-        params=ua.get("params"),
-        flops=ua.get("flops"),
-        pruned_at=ua.get("pruned_at"),
-        failure=ua.get("failure"),
-        reused_from=ua.get("reused_from"),
-        checkpoint=ua.get("checkpoint"),
+        arch=a.arch,
+        arch_id=a.arch_id,
+        placement=a.placement,
+        curve=a.curve_rows,
+        fidelity=a.fidelity,
+        full_fidelity=bool(a.full_fidelity),
+        throughput=dict(a.throughput or {}),
+        params=a.params,
+        flops=a.flops,
+        pruned_at=a.pruned_at,
+        failure=a.failure,
+        reused_from=a.reused_from,
+        checkpoint=a.checkpoint,
         datetime_start=t.datetime_start,
         datetime_complete=t.datetime_complete,
         duration=float(duration) if duration is not None else None,
-        device=ua.get("device"),
+        device=a.device,
         search_params=dict(t.params),
     )
 

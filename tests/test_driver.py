@@ -347,12 +347,12 @@ def test_recover_stale_fails_and_requeues_once(make) -> None:
 def test_a_planned_trial_killed_before_its_arch_was_recorded_is_not_planned_twice(make) -> None:
     """The kill can land between the driver taking a planned trial off the queue and recording its arch_id (a
     validation killed right after it started its next architecture): the retry must still count as that plan."""
-    from nas.engine.store import enqueue_missing
+    from nas.engine.lifecycle import enqueue_missing
 
     old = make(name="plan")
     wanted = [("arch-a", {"s0.mixer": "dwconv"}, {}), ("arch-b", {"s0.mixer": "mhsa"}, {})]
     assert enqueue_missing(old.store.study, wanted) == 2
-    taken = old.store.ask()  # off the queue, RUNNING, arch_id not recorded yet
+    taken = old.store.life.start()  # off the queue, RUNNING, arch_id not recorded yet
     assert "arch_id" not in taken.user_attrs and taken.user_attrs["planned_arch"] == "arch-a"
     old.store.study.set_user_attr(f"heartbeat:{old.store.driver_id}", time.time() - 3600)
 
@@ -488,3 +488,62 @@ def test_the_checkpoint_tune_persisted_is_recorded_on_the_complete_trial(make) -
     d.on_complete("a")
     assert _trial(d, p.number).user_attrs["checkpoint"] == "s3://bucket/studies/drv/trial_a/checkpoint_000000"
     assert "checkpoint_path" not in p.__dict__  # the worker decides nothing about where weights go
+
+
+# ---------------------------------------------------------------------------------------------- several drivers
+def test_an_architecture_another_driver_trains_is_waited_for_then_reused(make) -> None:
+    a = make(space=ONE_ARCH, name="two_drivers", n_trials=1)
+    b = make(space=ONE_ARCH, name="two_drivers", n_trials=1)
+    first = _payload(a.next_config("a"))
+    assert b.next_config("b") == FINISHED  # the same architecture: b waits instead of training it a second time
+    waiter = next(t for t in b.store.study.trials if t.number != first.number)
+    assert waiter.state == TrialState.RUNNING and waiter.user_attrs["waiting_for"] == first.number
+    assert b.running == {} and list(b.foreign) == [first.number]
+    for epoch, acc in enumerate([0.3, 0.4, 0.5], 1):
+        a.on_result("a", _result(first, epoch, acc, tp=321.0))
+    a.on_complete("a")
+    b.settle()
+    t = _trial(b, waiter.number)
+    assert t.state == TrialState.COMPLETE and t.values == [0.5, 321.0] and t.user_attrs["reused_from"] == first.number
+    assert b.foreign == {}
+
+
+def test_a_waiter_on_a_killed_drivers_trial_is_failed_once_and_the_retry_trains(make) -> None:
+    a = make(space=ONE_ARCH, name="killed", n_trials=1)
+    b = make(space=ONE_ARCH, name="killed", n_trials=2)
+    first = _payload(a.next_config("a"))
+    assert b.next_config("b") == FINISHED
+    a.store.study.set_user_attr(f"heartbeat:{a.store.driver_id}", time.time() - 3600)  # a stopped beating
+    b.store._write_heartbeat()
+    assert b.store.recover_stale() == [first.number]  # what b's heartbeat thread does at each beat
+    b.finish()  # resolves the waiter: its source was interrupted, the source's retry covers the architecture
+    states = {t.number: (t.state, t.user_attrs.get("failure", "")) for t in b.store.study.trials}
+    assert states[first.number][0] == TrialState.FAIL and states[first.number][1].startswith("interrupted")
+    assert next(s for n, s in states.items() if n != first.number and s[0] == TrialState.FAIL)[1].startswith(
+        "interrupted: the trial it waited for"
+    )
+    retries = b.store.study.get_trials(states=(TrialState.WAITING,))
+    assert [r.user_attrs["retry_of"] for r in retries] == [first.number]  # one retry, not one per waiter
+    c = make(space=ONE_ARCH, name="killed", n_trials=1)
+    retry = _payload(c.next_config("c"))  # the retry claims the architecture over from the failed trial: trains it
+    assert retry.arch_id == first.arch_id and list(c.running) == ["c"]
+
+
+def test_the_heartbeat_thread_recovers_while_the_driver_runs(make, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nas.engine import store as store_mod
+
+    monkeypatch.setattr(store_mod, "HEARTBEAT_S", 0.05)
+    a = make(name="live_recovery", n_trials=1)
+    first = _payload(a.next_config("a"))
+    a.store.study.set_user_attr(f"heartbeat:{a.store.driver_id}", time.time() - 3600)
+    b = make(name="live_recovery", n_trials=1)
+    b.store._beat = store_mod.threading.Thread(target=b.store._heartbeat_loop, daemon=True)
+    b.store.start()
+    deadline = time.time() + 20
+    while _trial(b, first.number).state == TrialState.RUNNING and time.time() < deadline:
+        time.sleep(0.05)
+    assert _trial(b, first.number).state == TrialState.FAIL  # recovered without b restarting
+    deadline = time.time() + 5
+    while not b.store.recovered and time.time() < deadline:
+        time.sleep(0.05)
+    assert b.store.take_recovered() == [first.number] and b.store.take_recovered() == []

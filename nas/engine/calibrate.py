@@ -93,8 +93,8 @@ def diverse_sample(space: SearchSpace, n: int, seed: int, num_classes: int) -> l
 def calibrate(path: str, n: int, factor: float, progress: Progress | None = None) -> Calibration:
 
     from nas.engine.config import load_study
+    from nas.engine.lifecycle import enqueue_missing
     from nas.engine.run import dataset_shape, run_config
-    from nas.engine.store import enqueue_missing
 
     if n < 3:
         raise ConfigError("calibrate: --n must be at least 3 (a rank correlation needs a few architectures)")

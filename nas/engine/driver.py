@@ -3,7 +3,9 @@
 * ``next_config`` asks Optuna (define-by-run from the space), rejects infeasible or over-budget samples before any
   training (stored as FAIL with the reason, not counted against the budget), and never trains an architecture
   twice: one already evaluated under the same training (same arch_id and training key) is reused, and one that is
-  training right now is waited for and then reused (the new trial stays RUNNING until its source finishes).
+  training right now — by this driver or by another one sharing the study — is waited for and then reused (the new
+  trial stays RUNNING until its source finishes). Across drivers, one trainer per architecture is a claim in the
+  database (``Lifecycle.claim_arch``), so drivers that start together never train the same architecture twice.
 * Proposals that cannot train are bounded: ``MAX_CONSECUTIVE_REJECTS`` infeasible samples in a row stop the run
   with a reason (the feasible part of the space is tiny), ``MAX_CONSECUTIVE_REUSES`` reuses in a row stop it as
   exhausted (the sampler keeps proposing what was already evaluated).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,26 +30,20 @@ from optuna.trial import TrialState
 
 from nas.cost import arch_cost
 from nas.engine.config import StudyConfig
+from nas.engine.lifecycle import INTERRUPTED
 from nas.engine.messages import EpochReport, TrialPayload
 from nas.engine.objectives import objective_vector
 from nas.engine.store import StudyStore
 from nas.errors import ConfigError
 from nas.space import SearchSpace
+from nas.trial_attrs import TrialAttrs
 
 FINISHED = "FINISHED"
 MAX_CONSECUTIVE_REJECTS = 50
-MAX_CONSECUTIVE_REUSES = 50
-COPIED_ATTRS = (
-    "curve",
-    "fidelity",
-    "full_fidelity",
-    "throughput",
-    "device",
-    "pruned_at",
-    "checkpoint",
-    "wall_time_s",
-    "failure",
-)
+# NAS_MAX_REUSES_IN_A_ROW: a larger value lets a run go on proposing into a nearly exhausted space (a stress test of
+# several drivers on one small table does; a search would only burn proposals)
+MAX_CONSECUTIVE_REUSES = int(os.environ.get("NAS_MAX_REUSES_IN_A_ROW", 50))
+FOREIGN_POLL_S = 0.5  # how often a driver with nothing else to do looks whether another driver's trial finished
 
 
 @dataclass
@@ -63,7 +60,7 @@ class RunningTrial:
     pruned_at: int | None = None
     checkpoint: str | None = None  # URI of the weights Tune persisted (full fidelity)
     measured: bool = False  # throughput recorded
-    waiters: dict[int, dict[str, Any]] = field(default_factory=dict)  # later trials of this arch -> their attrs
+    waiters: dict[int, TrialAttrs] = field(default_factory=dict)  # later trials of this arch -> their description
 
 
 class Driver:
@@ -87,6 +84,7 @@ class Driver:
         self.clock = clock  # seconds; a replay of a tabulated benchmark passes its simulated time
         self.train_key = hashlib.sha256(json.dumps(cfg.training_key(), sort_keys=True).encode()).hexdigest()[:16]
         self.running: dict[str, RunningTrial] = {}  # by Tune trial id
+        self.foreign: dict[int, dict[int, TrialAttrs]] = {}  # another driver's trial -> our trials waiting for it
         self.added = 0
         self.rejects_in_a_row = self.reuses_in_a_row = 0
         self.stop_reason: str | None = None  # why sampling stopped before the budget was spent
@@ -97,12 +95,13 @@ class Driver:
         return self.n_trials is None or self.added < self.n_trials
 
     def next_config(self, tune_id: str) -> dict[str, Any] | str:
+        self.settle()
         while self.budget_left() and self.stop_reason is None:
             exhausted = getattr(self.store.study.sampler, "is_exhausted", None)  # a grid sampler's own test
             if exhausted is not None and exhausted(self.store.study):
                 self._stop("every architecture of the grid has been proposed")
                 break
-            trial = self.store.ask()
+            trial = self.store.life.start()
             try:
                 arch = self.space.sample(trial.suggest_categorical, self.num_classes)
                 reasons = self.space.check_constraints(arch)
@@ -114,26 +113,25 @@ class Driver:
             self.rejects_in_a_row = 0
             args = arch.to_model_args()
             cost = arch_cost(args)
-            attrs = {
-                "arch": args,
-                "arch_id": arch.arch_id,
-                "placement": arch.placement(),
-                "train_key": self.train_key,
-                "params": cost.params,
-                "flops": cost.flops,
-            }
+            desc = TrialAttrs(
+                arch=args,
+                arch_id=arch.arch_id,
+                placement=arch.placement(),
+                train_key=self.train_key,
+                params=cost.params,
+                flops=cost.flops,
+            )
             self.added += 1
-            if self._reuse_or_wait(trial.number, attrs):
+            if self._reuse_or_wait(trial.number, desc):
                 continue
             self.reuses_in_a_row = 0
-            self.store.set_attrs(trial.number, attrs)
             self.running[tune_id] = RunningTrial(trial.number, tune_id, arch.arch_id, started=self.clock())
-            self.log("start", {"number": trial.number, "placement": attrs["placement"], "params": cost.params})
+            self.log("start", {"number": trial.number, "placement": desc.placement, "params": cost.params})
             return self._payload(trial.number, arch.arch_id, args).to_config()
         return FINISHED
 
     def _reject(self, number: int, reason: str) -> None:
-        self.store.tell(number, TrialState.FAIL, attrs={"failure": "infeasible: " + reason, "infeasible": True})
+        self.store.life.reject(number, reason)
         self.log("infeasible", {"number": number, "reason": reason})
         self.rejects_in_a_row += 1
         if self.rejects_in_a_row >= MAX_CONSECUTIVE_REJECTS:
@@ -143,21 +141,28 @@ class Driver:
                 f"of space '{self.space.name}' meets its constraints: relax constraints or narrow the space"
             )
 
-    def _reuse_or_wait(self, number: int, attrs: dict[str, Any]) -> bool:
-        """Reuse a finished trial of the same architecture, or wait for the one training it now. True if so."""
-        source = self.store.find_reusable(attrs["arch_id"], self.train_key)
-        if source is not None:
-            self._reuse(number, attrs, source)
-        else:
-            training = next((r for r in self.running.values() if r.arch_id == attrs["arch_id"]), None)
-            if training is None:
+    def _reuse_or_wait(self, number: int, desc: TrialAttrs) -> bool:
+        """Reuse a finished trial of the same architecture, or wait for the one training it now (ours or another
+        driver's). False, with the architecture described and claimed for this trial, if it is to be trained."""
+        arch_id = desc.arch_id
+        source = self.store.life.find_reusable(arch_id, self.train_key)
+        training = next((r for r in self.running.values() if r.arch_id == arch_id), None)
+        if source is None and training is None:
+            self.store.life.describe(number, desc)
+            source = self.store.life.claim_arch(arch_id, self.train_key, number)
+            if source is None:
                 return False
-            training.waiters[number] = attrs
-            self.store.set_attrs(number, {**attrs, "waiting_for": training.number})
-            self.log("waiting", {"number": number, "source": training.number, "placement": attrs["placement"]})
+        if training is not None:
+            training.waiters[number] = desc
+            self._wait(number, desc, training.number)
+        elif source.state == TrialState.RUNNING:  # another driver trains it now
+            self.foreign.setdefault(source.number, {})[number] = desc
+            self._wait(number, desc, source.number)
+        else:
+            self._reuse(number, desc, source)
         self.reuses_in_a_row += 1
         if self.reuses_in_a_row >= MAX_CONSECUTIVE_REUSES:
-            tried = {t.user_attrs.get("arch_id") for t in self.store.study.get_trials(deepcopy=False)} - {None}
+            tried = {TrialAttrs.of(t).arch_id for t in self.store.study.get_trials(deepcopy=False)} - {None}
             self._stop(
                 f"the sampler proposed {self.reuses_in_a_row} already-evaluated architectures in a row, having "
                 f"tried {len(tried)} distinct architectures: the space looks exhausted, or the sampler has converged "
@@ -165,17 +170,43 @@ class Driver:
             )
         return True
 
+    def _wait(self, number: int, desc: TrialAttrs, source: int) -> None:
+        self.store.life.wait(number, desc, source)
+        self.log("waiting", {"number": number, "source": source, "placement": desc.placement})
+
+    def settle(self, block: bool = False) -> None:
+        """Report trials the heartbeat recovered, and resolve our trials that wait for another driver's trial that
+        has finished; with ``block``, until none is left (a killed driver's trial is recovered within the stale
+        limit, so this ends)."""
+        for number in self.store.take_recovered():
+            self.log("recovered", {"number": number})
+        while self.foreign:
+            for source_number in list(self.foreign):
+                source = self.store.frozen(source_number)
+                if source.state.is_finished():
+                    for number, desc in self.foreign.pop(source_number).items():
+                        self._resolve_waiter(number, desc, source)
+            if not block or not self.foreign:
+                return
+            time.sleep(FOREIGN_POLL_S)
+
+    def _resolve_waiter(self, number: int, desc: TrialAttrs, source: optuna.trial.FrozenTrial) -> None:
+        failure = TrialAttrs.of(source).failure or ""
+        if source.state == TrialState.FAIL and failure.startswith(INTERRUPTED):
+            why = f"the trial it waited for ({source.number}) was interrupted; that trial's retry covers it"
+            self.store.life.interrupt(number, why, retry=False)
+            self.log("fail", {"number": number, "failure": why})
+        else:
+            self._reuse(number, desc, source)
+
     def _stop(self, reason: str) -> None:
         self.stop_reason = reason
         self.log("stopped", {"reason": reason})
 
-    def _reuse(self, number: int, attrs: dict[str, Any], src: optuna.trial.FrozenTrial) -> None:
-        copied = {k: src.user_attrs[k] for k in COPIED_ATTRS if k in src.user_attrs}
-        if src.state == TrialState.FAIL:
-            copied["failure"] = f"same architecture as trial {src.number}, which failed: {copied.get('failure', '?')}"
-        self.store.tell(number, src.state, values=src.values, attrs={**attrs, **copied, "reused_from": src.number})
+    def _reuse(self, number: int, desc: TrialAttrs, src: optuna.trial.FrozenTrial) -> None:
+        self.store.life.reuse(number, desc, src)
         self.log(
-            "reused", {"number": number, "source": src.number, "state": src.state.name, "placement": attrs["placement"]}
+            "reused", {"number": number, "source": src.number, "state": src.state.name, "placement": desc.placement}
         )
 
     def _payload(self, number: int, arch_id: str, arch: dict[str, Any]) -> TrialPayload:
@@ -205,13 +236,13 @@ class Driver:
         if not run.measured and report.throughput:
             tp = dict(report.throughput)
             where = {"node": report.node, "device_lock": report.device_lock, "visible_gpus": report.visible_gpus}
-            self.store.set_attrs(run.number, {"throughput": tp, "device": tp.get("device"), **where})
+            self.store.life.record(run.number, throughput=tp, device=tp.get("device"), **where)
             if not tp.pop("cached", False):
                 self.store.put_throughput(tp["key"], run.arch_id, tp["device"], tp)
             run.measured = True
         row = report.curve_row()
         run.curve = [r for r in run.curve if r["epoch"] < row["epoch"]] + [row]  # a retried worker restarts
-        self.store.record_epoch(run.number, run.curve)
+        self.store.life.record_epoch(run.number, run.curve)
         self.log("epoch", {"number": run.number, **row, "pid": report.pid})
 
     def on_checkpoint(self, tune_id: str, uri: str) -> None:
@@ -242,43 +273,45 @@ class Driver:
         if run is None:
             return
         fidelity = run.curve[-1]["epoch"] if run.curve else 0
-        attrs: dict[str, Any] = {
-            "fidelity": fidelity,
-            "full_fidelity": fidelity >= self.cfg.train.epochs,
-            "wall_time_s": self.clock() - run.started,
-        }
+        full = fidelity >= self.cfg.train.epochs
+        attrs: dict[str, Any] = dict(fidelity=fidelity, full_fidelity=full, wall_time_s=self.clock() - run.started)
         if error or run.failure is not None:
             reason = run.failure or run.error or "worker process died (killed or crashed); see Ray logs"
-            self._tell(run.number, TrialState.FAIL, None, {**attrs, "failure": reason})
-        elif attrs["full_fidelity"]:
+            self._tell(run.number, TrialState.FAIL, None, dict(attrs, failure=reason))
+        elif full:
             if run.checkpoint:
-                attrs["checkpoint"] = run.checkpoint
+                attrs.update(checkpoint=run.checkpoint)
             values = objective_vector(self.store.frozen(run.number), self.cfg.objective_names, self.cfg.train.epochs)
             if values is None:
-                self._tell(run.number, TrialState.FAIL, None, {**attrs, "failure": "an objective was not measured"})
+                self._tell(run.number, TrialState.FAIL, None, dict(attrs, failure="an objective was not measured"))
             else:
                 self._tell(run.number, TrialState.COMPLETE, values, attrs)
         else:
-            self._tell(run.number, TrialState.PRUNED, None, {**attrs, "pruned_at": run.pruned_at or fidelity})
+            self._tell(run.number, TrialState.PRUNED, None, dict(attrs, pruned_at=run.pruned_at or fidelity))
         source = self.store.frozen(run.number)
-        for number, waiter_attrs in run.waiters.items():
-            self._reuse(number, waiter_attrs, source)
+        for number, desc in run.waiters.items():
+            self._reuse(number, desc, source)
+        self.settle()
 
     def _tell(self, number: int, state: TrialState, values: list[float] | None, attrs: dict[str, Any]) -> None:
-        self.store.tell(number, state, values=values, attrs=attrs)
+        self.store.life.finish(number, state, values, attrs)
         self.log(state.name.lower(), {"number": number, "values": values, **attrs})
 
     def finish(self) -> list[int]:
         """Trials this run started but never finished (wall-time budget, Ctrl-C, an error): FAIL now; the trained
-        ones are queued again for the next run, the ones that waited for them are not (the retry covers them)."""
+        ones are queued again for the next run, the ones that waited for them are not (the retry covers them).
+        Then the trials waiting for another driver's trial are resolved once it finishes."""
         left = []
         for run in list(self.running.values()):
-            frozen = self.store.frozen(run.number)
-            why = "interrupted: the run ended before this trial finished"
-            self._tell(run.number, TrialState.FAIL, None, {"failure": f"{why}; it is queued again"})
-            self.store.enqueue_retry(frozen)
+            why = "the run ended before this trial finished"
+            self.store.life.interrupt(run.number, f"{why}; it is queued again")
+            self.log("fail", {"number": run.number, "failure": why})
             for number in run.waiters:
-                self._tell(number, TrialState.FAIL, None, {"failure": f"{why} (it waited for trial {run.number})"})
+                self.store.life.interrupt(number, f"{why} (it waited for trial {run.number})", retry=False)
             left += [run.number, *run.waiters]
         self.running.clear()
+        if self.foreign:
+            waiting = sorted(n for w in self.foreign.values() for n in w)
+            self.log("waiting_foreign", {"numbers": waiting, "sources": sorted(self.foreign)})
+        self.settle(block=True)
         return left

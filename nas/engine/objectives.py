@@ -11,9 +11,11 @@ import math
 
 from optuna.trial import FrozenTrial
 
+from nas.trial_attrs import TrialAttrs
+
 
 def curve_at(trial: FrozenTrial, epoch: int) -> float | None:
-    for row in trial.user_attrs.get("curve", []):
+    for row in TrialAttrs.of(trial).curve_rows:
         if row.get("epoch") == epoch:
             return float(row["val_acc"])
     return None
@@ -21,7 +23,8 @@ def curve_at(trial: FrozenTrial, epoch: int) -> float | None:
 
 def objective_vector(trial: FrozenTrial, objectives: list[str], epoch: int) -> list[float] | None:
     """The trial's objectives with accuracy taken at ``epoch``; None when something is not measured yet."""
-    tp = trial.user_attrs.get("throughput") or {}
+    attrs = TrialAttrs.of(trial)
+    tp = attrs.throughput or {}
     out = []
     for name in objectives:
         if name == "accuracy":
@@ -31,7 +34,7 @@ def objective_vector(trial: FrozenTrial, objectives: list[str], epoch: int) -> l
         elif name == "latency":
             v = tp.get("latency_ms_b1")
         else:
-            v = trial.user_attrs.get(name)
+            v = getattr(attrs, name, None)  # params, flops
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return None
         out.append(float(v))

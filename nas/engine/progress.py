@@ -153,6 +153,10 @@ def line(kind: str, info: dict[str, Any]) -> str:
         return f"trial {n:>3} [blue]reused[/]   {info['placement']} = trial {info['source']} ({info['state']})"
     if kind == "waiting":
         return f"trial {n:>3} [blue]waits[/]    {info['placement']} = trial {info['source']}, still training"
+    if kind == "recovered":
+        return f"trial {n:>3} [yellow]recovered[/] its driver stopped beating: FAIL, queued again"
+    if kind == "waiting_foreign":
+        return f"trials {info['numbers']} wait for trials {info['sources']} of other drivers to finish"
     if kind == "stopped":
         return f"[yellow]sampling stopped[/]: {info['reason']}"
     if kind == "infeasible":

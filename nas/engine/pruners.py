@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nas.engine.config import PrunerConfig, StudyConfig
 from nas.engine.objectives import objective_vector
 from nas.pareto import rank_for_pruning
+from nas.trial_attrs import TrialAttrs
 
 
 class ParetoPruner(BasePruner):
@@ -37,7 +38,7 @@ class ParetoPruner(BasePruner):
         self.eta, self.min_trials = eta, min_trials
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
-        curve = trial.user_attrs.get("curve", [])
+        curve = TrialAttrs.of(trial).curve_rows
         if not curve or curve[-1]["epoch"] not in self.rungs:
             return False
         rung = curve[-1]["epoch"]
@@ -46,7 +47,7 @@ class ParetoPruner(BasePruner):
             return False
         points, numbers = [me], [trial.number]
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
-            if t.number == trial.number or "reused_from" in t.user_attrs:
+            if t.number == trial.number or TrialAttrs.of(t).is_copy:
                 continue  # a reused result is a copy: counting it twice would skew the rung
             v = self.vector(t, rung)
             if v is not None:
@@ -83,10 +84,11 @@ class AccuracyPruner(BasePruner):
         mirror_id = mirror_storage.get_study_id_from_name(study.study_name)
         target_attrs: dict[str, Any] | None = None
         for t in study.get_trials(deepcopy=False):
-            curve = {int(r["epoch"]): float(r["val_acc"]) for r in t.user_attrs.get("curve", [])}
+            attrs = TrialAttrs.of(t)
+            curve = {int(r["epoch"]): float(r["val_acc"]) for r in attrs.curve_rows}
             # keep trial numbers aligned (hyperband assigns brackets by study name + number)
             state = t.state if t.state != TrialState.WAITING else TrialState.FAIL
-            if "reused_from" in t.user_attrs and t.number != trial.number:
+            if attrs.is_copy and t.number != trial.number:
                 curve, state = {}, TrialState.FAIL  # a copy of another trial's curve: count that curve once
             value = max(curve.values()) if state == TrialState.COMPLETE and curve else None
             if state == TrialState.COMPLETE and value is None:

@@ -11,10 +11,12 @@ from typing import Any
 
 from nas import layout
 from nas.engine.config import StudyConfig, load_study
+from nas.engine.lifecycle import requeue_grid_holes
+from nas.engine.optuna_adapter import OwnedStorage
 from nas.engine.progress import Progress
 from nas.engine.pruners import make_pruner
 from nas.engine.samplers import make_sampler
-from nas.engine.store import StudyStore, requeue_grid_holes
+from nas.engine.store import StudyStore, single_driver
 from nas.errors import ConfigError, StudyError
 from nas.space import SearchSpace
 
@@ -83,8 +85,7 @@ def run_config(
     through it). ``plan(study) -> n_trials`` enqueues the trials a sub-study still needs once its storage is open
     and returns how many to run (0: nothing left)."""
     local_ray_on_loopback(cfg.ray.address)
-    from nas.engine.driver import Driver
-    from nas.engine.replay import ReplayExecutor, Table
+    from nas.engine.replay import Table
 
     make_sampler(cfg, 0, space), make_pruner(cfg)  # configuration errors surface here, before any storage exists
     table = Table.load(replay) if replay is not None else None
@@ -100,9 +101,29 @@ def run_config(
         init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus)
         check_resources(cfg, where)
     progress = progress or Progress()
-    storage = layout.create_storage(cfg.storage_url(base_dir))
+    with single_driver(cfg.storage_url(base_dir), cfg.name):
+        return _drive(cfg, space, base_dir, progress, scheduler_factory, table, data_stats, num_classes, plan)
+
+
+def _drive(
+    cfg: StudyConfig,
+    space: SearchSpace,
+    base_dir: Path | None,
+    progress: Progress,
+    scheduler_factory: Any,
+    table: Any,
+    data_stats: dict[str, list[float]] | None,
+    num_classes: int,
+    plan: Any,
+) -> RunSummary:
+    """Open the study as one of its drivers, run its trials (Ray, or the table's replay), report."""
+    from nas.engine.driver import Driver
+    from nas.engine.replay import ReplayExecutor
+
+    storage = layout.create_storage(cfg.storage_url(base_dir), OwnedStorage)
     n_existing = _count_existing(storage, cfg.name)
-    store = StudyStore(cfg, space, make_sampler(cfg, n_existing, space), make_pruner(cfg, storage), base_dir, storage)
+    sampler = lambda slot: make_sampler(cfg, n_existing, space, stream=slot)  # noqa: E731
+    store = StudyStore(cfg, space, sampler, make_pruner(cfg, storage), base_dir, storage)
     if table is not None:
         store.study.set_user_attr("replay", {"table": table.source, "name": table.name, **table.provenance})
     else:

@@ -3,6 +3,7 @@ curves the engine stores on PRUNED trials of a multi-objective study (optuna#526
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from typing import Any
@@ -36,11 +37,24 @@ class GridSampler(optuna.samplers.GridSampler):
         return len({t.system_attrs["grid_id"] for t in trials if "grid_id" in t.system_attrs}) >= self.size
 
 
-def make_sampler(cfg: StudyConfig, n_existing: int, space: SearchSpace | None = None) -> optuna.samplers.BaseSampler:
-    """The study's sampler, reseeded by the number of trials already stored so a resumed run does not re-propose
-    the points of the first run (optuna#3255); ``grid`` keeps the study's seed and needs the space (its full
-    parameter grid)."""
-    seed = cfg.seed + n_existing
+def sampler_seed(seed: int, n_existing: int, stream: int = 0) -> int:
+    """The seed of one driver's sampler: the study's seed plus the trials already stored, so a resumed run does not
+    re-propose the points of the first run (optuna#3255); a study's later drivers (``stream`` >= 1: its driver
+    number, nas.engine.store.register_driver) each get their own stream, so drivers started together do not all
+    propose the same architectures. The first driver of a study keeps ``seed + n_existing``: one driver alone
+    reproduces the runs made before several drivers were supported."""
+    if stream == 0:
+        return seed + n_existing
+    digest = hashlib.sha256(f"{seed}:{n_existing}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def make_sampler(
+    cfg: StudyConfig, n_existing: int, space: SearchSpace | None = None, stream: int = 0
+) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded by :func:`sampler_seed`; ``grid`` keeps the study's seed and needs the space
+    (its full parameter grid)."""
+    seed = sampler_seed(cfg.seed, n_existing, stream)
     s = cfg.sampler
     kw: dict[str, Any] = {"seed": seed}
     with warnings.catch_warnings():

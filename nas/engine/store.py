@@ -1,13 +1,16 @@
 """The study's persistent state: an Optuna RDB study (SQLAlchemy URL) plus the project's own ``nas_`` tables.
 
-Only the driver writes (Optuna FAQ: one writer per SQLite file). Trials are touched only through Optuna's API;
-per-epoch curves go to user attributes *and* to intermediate values through the storage's public
-``set_trial_intermediate_value`` (``Trial.report`` refuses multi-objective studies, the storage does not), so
-optuna-dashboard shows learning curves. Layout: docs/storage.md.
+Trials change only through :mod:`nas.engine.lifecycle`; this module opens the study, keeps the driver's heartbeat
+(and, at every beat, recovers the trials of drivers that stopped beating: no restart needed), numbers the drivers
+of a study (each gets its own sampler stream) and caches throughput. Per-epoch curves go to user attributes *and*
+to intermediate values (optuna-dashboard shows learning curves). Several drivers may share a study on a database
+server (PostgreSQL); a SQLite study has one driver at a time (:func:`single_driver`). Layout: docs/storage.md.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -15,30 +18,41 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy as sa
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from nas import layout
 from nas.engine.config import StudyConfig
+from nas.engine.lifecycle import METADATA, Lifecycle, create_tables
+from nas.engine.optuna_adapter import OwnedStorage
 from nas.errors import StudyError
 from nas.space import SearchSpace
 
 FORMAT_VERSION = 1
 HEARTBEAT_S = float(os.environ.get("NAS_HEARTBEAT_S", 10.0))
 STALE_AFTER_S = float(os.environ.get("NAS_STALE_AFTER_S", 60.0))
-_META = sa.MetaData()
+HEARTBEAT_PREFIX = "heartbeat:"  # study user attribute per driver: the time of its last beat (0: closed)
 THROUGHPUT_TABLE = sa.Table(
     "nas_throughput",
-    _META,
+    METADATA,
     sa.Column("key", sa.String(512), primary_key=True),
     sa.Column("arch_id", sa.String(64), index=True),
     sa.Column("device", sa.String(256)),
     sa.Column("result", sa.Text),
     sa.Column("created", sa.Float),
+)
+DRIVERS_TABLE = sa.Table(  # every driver that opened a study, numbered: its sampler stream (make_sampler)
+    "nas_drivers",
+    METADATA,
+    sa.Column("study", sa.String(512), primary_key=True),
+    sa.Column("slot", sa.Integer, primary_key=True),
+    sa.Column("driver", sa.String(256), nullable=False),
+    sa.Column("started", sa.Float, nullable=False),
 )
 
 
@@ -56,61 +70,90 @@ def _alive(driver_id: str) -> bool:
     return True
 
 
-def enqueue_missing(study: optuna.Study, wanted: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> int:
-    """Queue each wanted ``(arch_id, params, user_attrs)`` that the study has neither COMPLETE nor queued (a resumed
-    validation or calibration trains only what is left); returns the number of trials left to run."""
-    done = {t.user_attrs.get("arch_id") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    queued = {t.user_attrs.get("planned_arch") for t in waiting}
-    needed = [w for w in wanted if w[0] not in done | queued]
-    for arch_id, params, attrs in needed:
-        study.enqueue_trial(params, user_attrs={**attrs, "planned_arch": arch_id}, skip_if_exists=False)
-    return len(needed) + len(waiting)
+def register_driver(engine: sa.engine.Engine, study: str, driver_id: str) -> int:
+    """The driver's number in this study (0 for the first driver ever, 1 for the next, ...), taken atomically: a
+    unique (study, slot) row, so drivers that start together get different numbers."""
+    for _ in range(1000):
+        with engine.connect() as c:
+            slot = c.execute(sa.select(sa.func.count()).where(DRIVERS_TABLE.c.study == study)).scalar() or 0
+        try:
+            row = dict(study=study, slot=slot, driver=driver_id, started=time.time())
+            with engine.begin() as c:
+                c.execute(sa.insert(DRIVERS_TABLE).values(**row))
+            return int(slot)
+        except sa.exc.IntegrityError:
+            continue  # another driver took that number between our count and our insert
+    raise StudyError(f"study '{study}': could not register this driver (1000 tries)")
 
 
-def requeue_grid_holes(study: optuna.Study) -> int:
-    """A grid study (tabulating a space) rerun to finish it: the architectures that were tried but have no COMPLETE
-    trial (failed, or interrupted twice, which the stale-trial recovery does not retry again) are queued once more,
-    since the grid counts their points as visited. Infeasible proposals are not. Returns the trials left to run."""
-    trials = study.get_trials(deepcopy=False)
-    done = {t.user_attrs.get("arch_id") for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
-    holes = {
-        t.user_attrs["arch_id"]: (t.user_attrs["arch_id"], dict(t.params), {})
-        for t in trials
-        if t.state == TrialState.FAIL and t.params and "arch_id" in t.user_attrs and not t.user_attrs.get("infeasible")
-    }
-    return enqueue_missing(study, [w for a, w in holes.items() if a not in done])
+@contextlib.contextmanager
+def single_driver(url: str, study: str) -> Iterator[None]:
+    """A SQLite study has one driver at a time (SQLite serialises writers and Optuna's FAQ advises one per file):
+    a second ``nas search`` on it is refused in one line, before anything is written, instead of racing. An
+    exclusive lock on a file beside the database, released by the OS when the driver exits, killed or not."""
+    path = layout.sqlite_path(url)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f"{path.name}.{study}.driver")
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            who = f.read().strip() or "another process"
+            raise StudyError(
+                f"study '{study}' in {layout.safe_url(url)}: a driver ({who}) is running it, and a SQLite study has "
+                "one driver at a time; wait for it, or run several drivers on PostgreSQL (--storage postgresql://...)"
+            ) from None
+        f.truncate(0)
+        f.write(f"{socket.gethostname()}:{os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class StudyStore:
-    """Driver-side handle on one study: create/load, heartbeat, stale-trial recovery, reuse, curves, cache."""
+    """Driver-side handle on one study: create/load, heartbeat and live recovery, the trials' lifecycle
+    (``self.life``), the throughput cache.
+
+    ``sampler``: a sampler, or ``f(slot) -> sampler`` given this driver's number in the study (its own stream).
+    """
 
     def __init__(
         self,
         cfg: StudyConfig,
         space: SearchSpace,
-        sampler: optuna.samplers.BaseSampler,
+        sampler: optuna.samplers.BaseSampler | Callable[[int], optuna.samplers.BaseSampler],
         pruner: optuna.pruners.BasePruner,
         base_dir: Path | None = None,
-        storage: optuna.storages.RDBStorage | None = None,
+        storage: OwnedStorage | optuna.storages.InMemoryStorage | None = None,
     ) -> None:
         self.cfg, self.space = cfg, space
         self.study_dir = cfg.study_dir(base_dir)
         self.study_dir.mkdir(parents=True, exist_ok=True)
         self.url = cfg.storage_url(base_dir)
-        self.storage = storage or layout.create_storage(self.url)
+        self.storage = storage or layout.create_storage(self.url, OwnedStorage)
         self.lock = threading.RLock()
         self.driver_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._check_existing()
+        # the nas_* tables live in the study's database; an in-memory Optuna storage (the search lab) has none
+        is_rdb = isinstance(self.storage, optuna.storages.RDBStorage)
+        self.engine = self.storage.engine if is_rdb else layout.create_engine(self.url)
+        create_tables(self.engine)
+        self.slot = register_driver(self.engine, cfg.name, self.driver_id)
         self.study = optuna.create_study(
             study_name=cfg.name,
             storage=self.storage,
             directions=cfg.directions,
-            sampler=sampler,
+            sampler=sampler(self.slot) if callable(sampler) else sampler,
             pruner=pruner,
             load_if_exists=True,
         )
-        self.study_id = self.storage.get_study_id_from_name(cfg.name)
+        self.life = Lifecycle(self.study, self.storage, self.engine, self.driver_id, self.lock)
         attrs = self.study.user_attrs
         if "config" not in attrs:
             self.study.set_user_attr("nas_version", FORMAT_VERSION)
@@ -120,9 +163,7 @@ class StudyStore:
         self.study.set_user_attr("config", cfg.model_dump(mode="json"))
         self.study.set_user_attr("versions", layout.package_versions())
         self.study.set_user_attr("study_dir", str(self.study_dir))
-        self.engine = sa.create_engine(self.url, **({"connect_args": {"timeout": 30}} if "sqlite" in self.url else {}))
-        layout.fast_sqlite(self.engine)
-        _META.create_all(self.engine)
+        self.recovered: list[int] = []  # trials the heartbeat thread recovered since the driver last looked
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat_loop, name="nas-heartbeat", daemon=True)
 
@@ -148,90 +189,51 @@ class StudyStore:
 
     def close(self) -> None:
         self._stop.set()
+        if self._beat.is_alive():
+            self._beat.join(timeout=HEARTBEAT_S + 30)
         with self.lock:
-            self.study.set_user_attr(f"heartbeat:{self.driver_id}", 0.0)
-        self.engine.dispose()
+            self.study.set_user_attr(f"{HEARTBEAT_PREFIX}{self.driver_id}", 0.0)
 
     def _write_heartbeat(self) -> None:
         with self.lock:
-            self.study.set_user_attr(f"heartbeat:{self.driver_id}", time.time())
+            self.study.set_user_attr(f"{HEARTBEAT_PREFIX}{self.driver_id}", time.time())
 
     def _heartbeat_loop(self) -> None:
+        """Beat, then recover what dead drivers left RUNNING: every live driver does, so a killed driver's trials
+        are failed and retried within the stale limit plus one beat, without a restart."""
         while not self._stop.wait(HEARTBEAT_S):
             try:
                 self._write_heartbeat()
+                found = self.recover_stale()
             except Exception as e:  # never kill the driver over a heartbeat; the next one retries
-                warnings.warn(f"heartbeat failed: {e}", stacklevel=1)
+                warnings.warn(f"heartbeat or stale-trial recovery failed: {e}", stacklevel=1)
+                continue
+            with self.lock:
+                self.recovered += found
+
+    def take_recovered(self) -> list[int]:
+        """Trials recovered by the heartbeat thread since the last call (the driver reports them)."""
+        with self.lock:
+            found, self.recovered = self.recovered, []
+        return found
 
     def recover_stale(self) -> list[int]:
-        """Fail RUNNING trials whose driver stopped beating, and enqueue one retry of each. Returns their numbers."""
-        beats = {k.split(":", 1)[1]: v for k, v in self.study.user_attrs.items() if k.startswith("heartbeat:")}
-        now, failed = time.time(), []
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            owner = t.user_attrs.get("driver")
-            if owner == self.driver_id or (owner in beats and now - beats[owner] < STALE_AFTER_S and _alive(owner)):
-                continue  # ours, or another live driver's (several drivers may share a PostgreSQL study)
-            with self.lock:
-                why = "interrupted: its driver stopped (killed or crashed) while it ran"
-                self.set_attrs(t.number, {"failure": why})
-                self.study.tell(t.number, state=TrialState.FAIL)
-                self.enqueue_retry(t)
-            failed.append(t.number)
-        return failed
+        """Fail RUNNING trials whose driver stopped beating, and enqueue one retry of each. Returns their numbers.
+        The heartbeats are read after the trials, so a driver that started in between counts as live."""
+        beats: dict[str, float] | None = None
+        now = time.time()
 
-    def enqueue_retry(self, t: FrozenTrial) -> None:
-        """Queue one retry of an interrupted trial (never a retry of a retry); it carries the architecture it
-        retrains (``planned_arch``), so a sub-study's plan does not queue that architecture a second time. A trial
-        killed after it left the queue but before the driver recorded its ``arch_id`` still has its plan's
-        ``planned_arch``: that one is carried over."""
-        if "retry_of" not in t.user_attrs:
-            planned = t.user_attrs.get("arch_id", t.user_attrs.get("planned_arch"))
-            attrs = {"retry_of": t.number, "planned_arch": planned}
-            self.study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+        def live(owner: str) -> bool:
+            nonlocal beats
+            if beats is None:
+                n = len(HEARTBEAT_PREFIX)
+                beats = {k[n:]: v for k, v in self.study.user_attrs.items() if k.startswith(HEARTBEAT_PREFIX)}
+            return owner in beats and now - beats[owner] < STALE_AFTER_S and _alive(owner)
 
-    # ------------------------------------------------------------------------------------------ trials
-    def ask(self) -> optuna.Trial:
-        with self.lock:
-            trial = self.study.ask()
-            trial.set_user_attr("driver", self.driver_id)
-            return trial
-
-    def set_attrs(self, number_or_trial: Any, attrs: dict[str, Any]) -> None:
-        trial_id = self._trial_id(number_or_trial)
-        with self.lock:
-            for k, v in attrs.items():
-                self.storage.set_trial_user_attr(trial_id, k, v)
-
-    def record_epoch(self, number: int, curve: list[dict[str, Any]]) -> None:
-        trial_id = self._trial_id(number)
-        with self.lock:
-            self.storage.set_trial_user_attr(trial_id, "curve", curve)
-            self.storage.set_trial_user_attr(trial_id, "fidelity", curve[-1]["epoch"] if curve else 0)
-            if curve:
-                self.storage.set_trial_intermediate_value(trial_id, curve[-1]["epoch"], curve[-1]["val_acc"])
-
-    def tell(
-        self, number: int, state: TrialState, values: list[float] | None = None, attrs: dict[str, Any] | None = None
-    ) -> None:
-        with self.lock:
-            if attrs:
-                self.set_attrs(number, attrs)
-            self.study.tell(number, values if state == TrialState.COMPLETE else None, state=state)
+        return self.life.recover(live, STALE_AFTER_S)
 
     def frozen(self, number: int) -> FrozenTrial:
-        return self.storage.get_trial(self._trial_id(number))
-
-    def _trial_id(self, number_or_trial: Any) -> int:
-        number = getattr(number_or_trial, "number", number_or_trial)
-        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
-
-    def find_reusable(self, arch_id: str, train_key: str) -> FrozenTrial | None:
-        """A finished trial (COMPLETE, or PRUNED at a rung) of the same architecture under the same training."""
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            a = t.user_attrs
-            if a.get("arch_id") == arch_id and a.get("train_key") == train_key and "reused_from" not in a:
-                return t
-        return None
+        return self.life.frozen(number)
 
     # ------------------------------------------------------------------------------------------ cache
     def cached_throughput(self, arch_id: str) -> dict[str, dict[str, Any]]:
@@ -241,10 +243,12 @@ class StudyStore:
         return {r.key: json.loads(r.result) for r in rows}
 
     def put_throughput(self, key: str, arch_id: str, device: str, result: dict[str, Any]) -> None:
-        with self.engine.begin() as c:
-            c.execute(sa.delete(THROUGHPUT_TABLE).where(THROUGHPUT_TABLE.c.key == key))
-            c.execute(
-                sa.insert(THROUGHPUT_TABLE).values(
-                    key=key, arch_id=arch_id, device=device, result=json.dumps(result), created=time.time()
-                )
-            )
+        """Cache a measurement (the newest wins); another driver storing the same key at the same moment keeps its
+        row (the same architecture on the same device: an equally good measurement)."""
+        row = dict(key=key, arch_id=arch_id, device=device, result=json.dumps(result), created=time.time())
+        try:
+            with self.engine.begin() as c:
+                c.execute(sa.delete(THROUGHPUT_TABLE).where(THROUGHPUT_TABLE.c.key == key))
+                c.execute(sa.insert(THROUGHPUT_TABLE).values(**row))
+        except sa.exc.IntegrityError:
+            pass

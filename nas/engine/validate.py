@@ -97,8 +97,8 @@ def validate(
     progress: Progress | None = None,
 ) -> Validation:
     """Retrain the chosen architectures (resuming a validation that was interrupted) and store the summary."""
+    from nas.engine.lifecycle import enqueue_missing
     from nas.engine.run import run_config
-    from nas.engine.store import enqueue_missing
 
     if top < 1:
         raise ConfigError("validate: --top must be at least 1 (the number of front members to retrain)")
@@ -116,7 +116,7 @@ def validate(
     sub = validation_config(cfg, url, epochs, fraction)
 
     def plan(sub_study: Any) -> int:
-        return enqueue_missing(sub_study, [(r.arch_id, r.search_params, {"validates": r.number}) for r in chosen])
+        return enqueue_missing(sub_study, [(r.arch_id, r.search_params, dict(validates=r.number)) for r in chosen])
 
     run_config(sub, space, f"validate {name}", progress=progress or Progress(), plan=plan)
     outcome = summarize(study, results.load_study(sub.name, url), chosen, sub)

@@ -26,6 +26,7 @@ from typing import Any
 from nas.engine.pruners import ParetoPruner
 from nas.engine.replay import Table, TableArch
 from nas.pareto import normalized_hypervolume, pareto_front
+from nas.trial_attrs import TrialAttrs
 
 DIRECTIONS = ["maximize", "maximize"]  # accuracy, throughput
 
@@ -126,7 +127,7 @@ class OraclePruner(ParetoPruner):
     def vector(self, trial: Any, rung: int) -> list[float] | None:
         v = super().vector(trial, rung)
         if v is not None:
-            v[self.objectives.index("accuracy")] = self.final[trial.user_attrs["arch_id"]]
+            v[self.objectives.index("accuracy")] = self.final[TrialAttrs.of(trial).arch_id]
         return v
 
 
@@ -179,19 +180,19 @@ def run_engine(
 
         def reached(number: int) -> bool:
             t = store.frozen(number)
-            if t.state != TrialState.COMPLETE or not t.user_attrs.get("full_fidelity"):
+            if t.state != TrialState.COMPLETE or not TrialAttrs.of(t).full_fidelity:
                 return False
-            return found.add(t.user_attrs["arch_id"]) >= stop_share - 1e-12
+            return found.add(TrialAttrs.of(t).arch_id) >= stop_share - 1e-12
 
         log = ReplayExecutor(driver, table, workers, scheduler).run(max_trial_epochs=budget, until=reached)
         driver.finish()
         trials = {t.number: t for t in store.study.get_trials(deepcopy=False)}
-    ids = {n: t.user_attrs.get("arch_id") for n, t in trials.items()}
+    ids = {n: TrialAttrs.of(t).arch_id for n, t in trials.items()}
     epochs = [(t, ids[n]) for t, n, _, _ in log.epochs]
     done = [
         (t, ids[n])
         for t, n in log.ends
-        if trials[n].state.name == "COMPLETE" and trials[n].user_attrs.get("full_fidelity")
+        if trials[n].state.name == "COMPLETE" and TrialAttrs.of(trials[n]).full_fidelity
     ]
     curve = curve_from_events(m.name, seed, table, epochs, done)
     curve.trials = len(trials)
@@ -270,8 +271,22 @@ def run_syne(table: Table, m: Method, seed: int, workers: int, budget: int, stop
                 self.done.append((t, arch))
                 self.reached = self.reached or self.found.add(arch) >= stop_share - 1e-12
 
+    class TableTimeBackend(UserBlackboxBackend):
+        """Syne Tune's simulator whose clock advances by simulated time only: the table's epoch seconds, its fixed
+        event delays and the tuner's simulated sleeps.
+
+        WHY: every entry of ``SimulatorBackend`` (``fetch_status_results``, ``_schedule``, ``_stop_or_pause_trial``)
+        first calls ``_advance_by_outside_time``, which adds the REAL seconds spent outside the backend since its last
+        call (``SimulatedTimeKeeper.real_time_since_last_recent_exit``: ``time.time()``): how long the scheduler, the
+        tuner loop and our Recorder took on this machine. A few milliseconds more or less (a slow first call, a busy
+        CPU, a GC pause) move when the next trial starts and which result arrives first, so MOREA's population and
+        the curve of one seed changed from run to run. The lab compares methods in the table's seconds only."""
+
+        def _advance_by_outside_time(self) -> None:
+            pass
+
     rec, spent = Recorder(), StoppingCriterion(max_num_evaluations=budget)
-    backend = UserBlackboxBackend(blackbox=bb, elapsed_time_attr="elapsed_time", max_resource_attr="epochs")
+    backend = TableTimeBackend(blackbox=bb, elapsed_time_attr="elapsed_time", max_resource_attr="epochs")
     tuner = Tuner(
         trial_backend=backend, scheduler=scheduler, stop_criterion=lambda status: rec.reached or spent(status),
         n_workers=workers, sleep_time=0, callbacks=[SimulatorCallback(), rec], save_tuner=False,

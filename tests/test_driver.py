@@ -547,3 +547,16 @@ def test_the_heartbeat_thread_recovers_while_the_driver_runs(make, monkeypatch: 
     while not b.store.recovered and time.time() < deadline:
         time.sleep(0.05)
     assert b.store.take_recovered() == [first.number] and b.store.take_recovered() == []
+
+
+def test_an_interrupted_run_does_not_wait_for_another_drivers_trial(make) -> None:
+    a = make(space=ONE_ARCH, name="ctrl_c", n_trials=1)
+    b = make(space=ONE_ARCH, name="ctrl_c", n_trials=1)
+    first = _payload(a.next_config("a"))
+    assert b.next_config("b") == FINISHED
+    waiter = next(t.number for t in b.store.study.trials if t.number != first.number)
+    assert b.finish(wait_for_others=False) == [waiter]  # Ctrl-C: returns at once, a's trial still runs
+    t = _trial(b, waiter)
+    assert t.state == TrialState.FAIL and t.user_attrs["failure"].startswith("interrupted: the run ended while it")
+    assert b.store.study.get_trials(states=(TrialState.WAITING,)) == []  # a's trial covers the architecture
+    assert _trial(a, first.number).state == TrialState.RUNNING

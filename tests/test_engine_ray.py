@@ -347,4 +347,6 @@ def test_postgresql_storage_shared_by_two_drivers(tmp_path):
     assert len(real) == 4
     assert all(t.state in (TrialState.COMPLETE,) for t in real), [(t.number, t.state) for t in real]
     assert len({t.user_attrs["driver"] for t in real}) == 2
+    trained = collections.Counter(t.user_attrs["arch_id"] for t in real if "reused_from" not in t.user_attrs)
+    assert max(trained.values()) == 1, f"an architecture was trained twice: {trained}"  # reused or waited for
     optuna.delete_study(study_name=name, storage=url)

@@ -53,15 +53,32 @@ def test_a_run_ends_where_it_reaches_the_stop_share_and_not_before(tmp_path: Pat
         assert len(full["points"]) > cut + 1  # (the full run went on: the stop did end it early)
 
 
-def test_a_syne_tune_run_is_reproducible_from_its_seed(tmp_path: Path) -> None:
+def test_a_syne_tune_run_is_reproducible_from_its_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One seed, one curve, however slow the machine: Syne Tune's simulator used to add the real seconds spent
+    outside it to its simulated clock, so a slow first run (a fresh clone) gave another curve. The third run here
+    has a wall clock that jumps 0.3 s at every reading (what the simulator read); another seed gives another curve."""
+    import itertools
+    from types import SimpleNamespace
+
+    from syne_tune.backend.simulator_backend import time_keeper
+
     sys.path.insert(0, str(REPO / "benchmarks"))
     import lab_runs
     import search_lab
 
     table, t = make_table(tmp_path, _study(tmp_path, "seed"))
     morea = next(m for m in search_lab.methods() if m.name == "syne-morea")
-    runs = [lab_runs.run(str(table), search_lab.base_config(t), morea, 5, 3, 80) for _ in range(3)]
-    assert runs[0].points and runs[0].points == runs[1].points == runs[2].points
+
+    def run(seed: int) -> list[tuple[int, float, float]]:
+        return lab_runs.run(str(table), search_lab.base_config(t), morea, seed, 3, 80).points
+
+    runs = [run(5), run(5)]
+    with monkeypatch.context() as m:
+        clock = itertools.count(step=0.3)
+        m.setattr(time_keeper, "time", SimpleNamespace(time=lambda: float(next(clock))))
+        runs.append(run(5))
+    assert runs[0] and runs[0] == runs[1] == runs[2]
+    assert run(6) != runs[0]
 
 
 def test_fidelity_table_has_one_row_per_epoch(tmp_path: Path) -> None:

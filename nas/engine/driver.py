@@ -297,10 +297,11 @@ class Driver:
         self.store.life.finish(number, state, values, attrs)
         self.log(state.name.lower(), {"number": number, "values": values, **attrs})
 
-    def finish(self) -> list[int]:
+    def finish(self, wait_for_others: bool = True) -> list[int]:
         """Trials this run started but never finished (wall-time budget, Ctrl-C, an error): FAIL now; the trained
         ones are queued again for the next run, the ones that waited for them are not (the retry covers them).
-        Then the trials waiting for another driver's trial are resolved once it finishes."""
+        Our trials that wait for another driver's trial are resolved once it finishes (``wait_for_others``: the run
+        ended normally), else failed now (Ctrl-C, an error: the other driver's trial covers the architecture)."""
         left = []
         for run in list(self.running.values()):
             why = "the run ended before this trial finished"
@@ -310,6 +311,13 @@ class Driver:
                 self.store.life.interrupt(number, f"{why} (it waited for trial {run.number})", retry=False)
             left += [run.number, *run.waiters]
         self.running.clear()
+        self.settle()
+        if self.foreign and not wait_for_others:
+            for source, waiters in self.foreign.items():
+                for number in waiters:
+                    self.store.life.interrupt(number, f"the run ended while it waited for trial {source}", retry=False)
+                    left.append(number)
+            self.foreign.clear()
         if self.foreign:
             waiting = sorted(n for w in self.foreign.values() for n in w)
             self.log("waiting_foreign", {"numbers": waiting, "sources": sorted(self.foreign)})

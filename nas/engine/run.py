@@ -146,6 +146,7 @@ def _drive(
     )
     t0 = time.time()
     interrupted: list[int] = []
+    ended = False
     try:
         scheduler = scheduler_factory(driver) if scheduler_factory else None
         if table is not None:
@@ -154,8 +155,9 @@ def _drive(
             from nas.engine.tune import run_tune
 
             run_tune(driver, scheduler=scheduler, wall_time_s=cfg.budget.wall_time_s)
+        ended = True
     finally:
-        interrupted = driver.finish()
+        interrupted = driver.finish(wait_for_others=ended)
         store.close()
     summary = run_summary(store, cfg, driver.added, time.time() - t0, recovered, interrupted, driver.stop_reason)
     progress.end(summary)

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from nas.model_args import resolve_model_args, stage_grids
+from nas.model_args import mixer_pattern, resolve_model_args, stage_grids
 
 _UNION_TAG = re.compile(r"^(int|float|str|bool|none|.*\[.*\])$")  # pydantic names union members in error locs
 
@@ -86,7 +86,7 @@ class StageSpec(BaseModel):
 
     @property
     def pattern(self) -> tuple[str, ...]:
-        return (self.mixer,) if isinstance(self.mixer, str) else tuple(self.mixer)
+        return mixer_pattern(self.mixer)
 
 
 class ArchSpec(BaseModel):

@@ -34,10 +34,10 @@ def calibrate(
     """
     from nas.engine.calibrate import calibrate as run_calibration
     from nas.engine.calibrate import suggested_train
-    from nas.engine.config import load_study
+    from nas.engine.config import read_study_file
     from nas.engine.progress import Progress
 
-    cfg, _ = load_study(study_file)
+    cfg, _ = read_study_file(study_file)
     cal = run_calibration(str(study_file), n, factor, Progress(live=not plain))
     typer.echo(f"calibration of '{cfg.name}' on {len(cal.archs)} architectures:")
     typer.echo(cal.table())
@@ -99,7 +99,7 @@ def report(
     from nas import layout, results
     from nas.report import build
 
-    text = build(results.load_study(study, storage))
+    text = build(results.open_study(study, storage))
     path = out or layout.study_dir(study) / "report.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
@@ -169,11 +169,11 @@ def show(
         args = raw.get("model_args", raw) if isinstance(raw, dict) else raw
         where = str(arch)
     else:
-        from nas.results import get_record, load_study
+        from nas.results import get_record, open_study
 
         if not study:
             raise ConfigError("show: --trial needs --study NAME")
-        args, where = get_record(load_study(study, storage), trial).arch, f"{study} trial {trial}"
+        args, where = get_record(open_study(study, storage), trial).arch, f"{study} trial {trial}"
     spec = ArchSpec.from_model_args(args, where=where)
     model = timm.create_model("mixerformer", **spec.to_model_args())
     typer.echo(f"{where}: {spec.placement()}  arch_id {spec.arch_id}")

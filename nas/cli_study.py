@@ -77,7 +77,7 @@ def status(
     """
     from nas import results
 
-    st = results.load_study(study, storage)
+    st = results.open_study(study, storage)
     s = results.summarize(st)
     counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(s.counts.items())) or "none"
     typer.echo(f"study {s.name}  storage {s.storage}")
@@ -112,7 +112,7 @@ def pareto(
 
     if fmt not in ("table", "csv", "json"):
         raise ConfigError(f"--format: unknown format {fmt!r}; use table, csv or json")
-    st = results.load_study(study, storage)
+    st = results.open_study(study, storage)
     objs = results.objectives_of(st)
     rows = results.front_rows(results.front(results.records(st), objs), objs)
     if fmt == "json":
@@ -147,7 +147,7 @@ def dashboard(
     from nas import dashboard as dash
     from nas import layout, results
 
-    st = results.load_study(study, storage)
+    st = results.open_study(study, storage)
     if serve:
         dash.serve(
             st, port, host, refresh, announce=lambda url: typer.echo(f"serving study {study} on {url} (Ctrl-C stops)")
@@ -180,7 +180,7 @@ def export(
         raise ConfigError("export: give exactly one of --trial N or --pick knee|max-accuracy")
     if trial is not None and (min_throughput is not None or max_params is not None):
         raise ConfigError("export: --min-throughput/--max-params apply to --pick only")
-    st = results.load_study(study, storage)
+    st = results.open_study(study, storage)
     if validated:
         st = results.validation_study(st)  # the retrained trials: their values, their weights
     if pick is not None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from nas import mixers
 from nas.fmt import si
-from nas.model_args import resolve_model_args, stage_grids
+from nas.model_args import block_mixers, mixer_pattern, resolve_model_args, stage_grids
 
 Grid = tuple[int, int]
 
@@ -92,11 +92,9 @@ def block_rest(dim: int, grid: Grid, mlp_ratio: float, res_scale: Any, layer_sca
 
 def stage_blocks(stage: Mapping[str, Any], grid: Grid, design_grid: Grid, mlp_ratio: float) -> tuple[Cost, Cost]:
     """(all blocks, their mixers only) of one resolved stage; a block pattern cycles over the depth."""
-    pattern = [stage["mixer"]] if isinstance(stage["mixer"], str) else list(stage["mixer"])
     dim, total, mix = stage["dim"], ZERO, ZERO
     rest = block_rest(dim, grid, mlp_ratio, stage.get("res_scale"), stage.get("layer_scale"))
-    for b in range(stage["depth"]):
-        name = pattern[b % len(pattern)]
+    for name in block_mixers(stage["mixer"], stage["depth"]):
         m = mixer(name, dim, grid, design_grid, stage["knobs"][name])
         mix, total = mix + m, total + m + rest
     return total, mix
@@ -169,7 +167,7 @@ def stage_costs(model_or_args: Any, img_size: Any = None, counted: bool = False)
     for i, (st, grid) in enumerate(zip(a["stages"], grids, strict=True)):
         down = downsample(prev, st["dim"], a["downsample"], grid) if i > 0 else ZERO
         blocks, mix = stage_blocks(st, grid, design[i], a["mlp_ratio"])
-        pattern = [st["mixer"]] if isinstance(st["mixer"], str) else st["mixer"]
+        pattern = mixer_pattern(st["mixer"])
         total = down + blocks
         rows.append(
             StageCost(

@@ -35,7 +35,7 @@ _SOURCE_KEYS = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "so
 
 
 def _pretrained_cfg_fields() -> set[str]:
-    from timm.models._pretrained import PretrainedCfg
+    from timm.models import PretrainedCfg
 
     return {f.name for f in dataclasses.fields(PretrainedCfg)}
 

@@ -85,9 +85,10 @@ def safe_url(url: str) -> str:
     """The URL with any password removed (what may be printed or written into an export)."""
     try:
         from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
 
         u = make_url(url)
-    except Exception:
+    except (ImportError, ArgumentError, ValueError):  # not a URL SQLAlchemy can parse: drop any credentials part
         return url.split("@")[-1] if "@" in url else url
     if u.password is not None:
         u = u._replace(password=None)  # URL is a namedtuple; URL.set() ignores None

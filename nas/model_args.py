@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nas import mixers
@@ -87,6 +87,18 @@ def _dict(v: Any, where: str, fields: tuple[str, ...]) -> dict[str, Any]:
             f"(known: {list(fields)})"
         )
     return dict(v)
+
+
+def mixer_pattern(mixer: str | Sequence[str]) -> tuple[str, ...]:
+    """A stage's ``mixer`` as a block pattern: one name is a pattern of one."""
+    return (mixer,) if isinstance(mixer, str) else tuple(mixer)
+
+
+def block_mixers(mixer: str | Sequence[str], depth: int) -> list[str]:
+    """The mixer of each of a stage's ``depth`` blocks: the block pattern cycled over the depth (the one rule the
+    model, the cost formulas, the timm mapping and the search space's cheapest-architecture bound all use)."""
+    pattern = mixer_pattern(mixer)
+    return [pattern[b % len(pattern)] for b in range(depth)]
 
 
 def conv_padding(kernel: int, stride: int) -> int:

@@ -19,15 +19,21 @@ from typing import Any
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models._builder import build_model_with_cfg
-from timm.models._manipulate import checkpoint_seq
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch import nn
 
 from nas import mixers
 from nas.errors import ConfigError
 from nas.mixers.dwconv import SquaredReLU, StarReLU
-from nas.model_args import DEFAULT_MODEL_ARGS, as_int, conv_padding, resolve_model_args, s18_stages, stage_grids
+from nas.model_args import (
+    DEFAULT_MODEL_ARGS,
+    as_int,
+    block_mixers,
+    conv_padding,
+    resolve_model_args,
+    s18_stages,
+    stage_grids,
+)
 from nas.timm_compat import checkpoint_filter_fn
 
 __all__ = ["MixerFormer", "model_args_from", "resolve_model_args", "stage_grids"]
@@ -164,10 +170,8 @@ class MixerFormer(nn.Module):
             if i > 0:
                 down = Downsampling(prev, s["dim"], a["downsample"]["kernel"], a["downsample"]["stride"])
                 reduction *= a["downsample"]["stride"]
-            pattern = [s["mixer"]] if isinstance(s["mixer"], str) else s["mixer"]
             blocks = []
-            for b in range(s["depth"]):
-                name = pattern[b % len(pattern)]
+            for name in block_mixers(s["mixer"], s["depth"]):
                 mixer = mixers.get(name).build(s["dim"], grid, s["knobs"][name], where=f"stages[{i}]")
                 blocks.append(
                     MetaFormerBlock(s["dim"], mixer, a["mlp_ratio"], dpr[j], s["res_scale"], s["layer_scale"])

@@ -90,7 +90,7 @@ def local_study_names(root: Path = layout.STUDIES_DIR) -> list[str]:
     return sorted(p.parent.name for p in root.glob(f"*/{layout.DB_NAME}"))
 
 
-def load_study(name: str, storage: str | None = None):
+def open_study(name: str, storage: str | None = None):
     """The Optuna study ``name`` in ``storage`` (default: ``sqlite:///studies/<name>/study.db``)."""
     import optuna
 
@@ -342,7 +342,7 @@ def validation_study(study):
         raise StudyError(
             f"study '{study.study_name}' has no validation yet; run `nas validate {study.study_name}` first"
         )
-    return load_study(val["substudy"], layout.url_of(study) or None)
+    return open_study(val["substudy"], layout.url_of(study) or None)
 
 
 # ---------------------------------------------------------------------------------------------- pick

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from nas import cost, mixers
 from nas.arch import ArchSpec, ConvSpec, HeadSpec, StageSpec, pydantic_problem
 from nas.errors import ConfigError, InfeasibleArchError
-from nas.model_args import default_res_scale
+from nas.model_args import block_mixers, default_res_scale
 from nas.yamlfile import read_yaml
 
 Suggest = Callable[[str, list[Any]], Any]
@@ -265,7 +265,7 @@ class SearchSpace(BaseModel):
                 pattern = _as_choices(entry)
                 if any(per_mixer[n] is None for n in pattern):
                     continue
-                total = depth * rest + sum(per_mixer[pattern[b % len(pattern)]] for b in range(depth))
+                total = depth * rest + sum(per_mixer[n] for n in block_mixers(pattern, depth))
                 best = total if best is None else min(best, total)
         return best
 

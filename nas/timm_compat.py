@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from nas.errors import ConfigError
+from nas.model_args import block_mixers
 
 _BLOCK_MIXER = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.token_mixer\.")
 # timm's head -> ours (sail-sg names)
@@ -65,9 +66,7 @@ def _timm_block_mixers(sd: Mapping[str, torch.Tensor]) -> dict[tuple[int, int], 
 def _our_block_mixers(model: nn.Module) -> dict[tuple[int, int], tuple[str, dict]]:
     out = {}
     for i, s in enumerate(model.model_args["stages"]):
-        pattern = [s["mixer"]] if isinstance(s["mixer"], str) else s["mixer"]
-        for b in range(s["depth"]):
-            name = pattern[b % len(pattern)]
+        for b, name in enumerate(block_mixers(s["mixer"], s["depth"])):
             out[(i, b)] = (name, s["knobs"][name])
     return out
 
@@ -110,7 +109,7 @@ def map_timm_state_dict(
         if value.ndim == 4 and target.ndim == 2 and value.shape[2:] == (1, 1):
             value = value.reshape(value.shape[:2])  # timm's 1x1 conv == our Linear
         if k == "stem.conv.weight" and value.shape != target.shape and value.shape[0] == target.shape[0]:
-            from timm.models._manipulate import adapt_input_conv
+            from timm.models import adapt_input_conv
 
             value = adapt_input_conv(target.shape[1], value)  # e.g. RGB weights for grayscale inputs
             report.notes.append(f"stem.conv adapted from {sd[key].shape[1]} to {target.shape[1]} input channels")
@@ -139,9 +138,8 @@ def load_timm_metaformer(
 
     ``strict=True`` raises ConfigError unless every tensor of both models was matched (the equivalence use).
     """
-    from nas.models import MixerFormer
-
-    if not isinstance(model, MixerFormer):
+    if not isinstance(getattr(model, "model_args", None), Mapping):  # what the mapping reads (no import of models:
+        # nas.models imports this module for its pretrained_filter_fn)
         raise ConfigError(f"load_timm_metaformer: expected a MixerFormer, got {type(model).__name__}")
     sd = source.state_dict() if isinstance(source, nn.Module) else dict(source)
     if "stem.conv.weight" not in sd:

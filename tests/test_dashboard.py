@@ -30,7 +30,7 @@ pytest_plugins = ("tests.conftest_study",)  # the study_env fixture
 
 @pytest.fixture
 def loaded(study_env: StudyFixture):
-    st = results.load_study("demo")
+    st = results.open_study("demo")
     return st, results.records(st), results.objectives_of(st)
 
 

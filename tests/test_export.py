@@ -54,7 +54,7 @@ print(json.dumps({{"pretrained_cfg": dict(m.pretrained_cfg), "fresh_classes": fr
 
 @pytest.fixture
 def st(study_env: StudyFixture):
-    return results.load_study("demo")
+    return results.open_study("demo")
 
 
 def _reference(study_env: StudyFixture, n: int) -> torch.nn.Module:

@@ -132,9 +132,9 @@ def test_a_measurement_waits_for_training_on_the_same_gpu(tmp_path: Path) -> Non
 
 
 def test_the_shipped_gpu_study_validates() -> None:
-    from nas.engine.config import load_study
+    from nas.engine.config import read_study_file
 
-    cfg, space = load_study(REPO / "studies" / "cifar_small_gpu.yaml")
+    cfg, space = read_study_file(REPO / "studies" / "cifar_small_gpu.yaml")
     assert cfg.resources.gpus_per_trial == 0.25 and cfg.budget.max_concurrent == 4
     assert cfg.train.device == "cuda" and cfg.throughput.precision == "bf16"
     assert space.input.img_size == 32

@@ -13,7 +13,7 @@ import yaml
 from optuna.trial import TrialState
 
 from nas import results
-from nas.engine.config import load_study
+from nas.engine.config import read_study_file
 from nas.engine.driver import Driver
 from nas.engine.progress import Progress
 from nas.engine.pruners import make_pruner
@@ -59,7 +59,7 @@ def make_table(folder: Path, study: Path, seed: int = 0) -> tuple[Path, Table]:
     """Every architecture with a saturating curve whose final accuracy and throughput are drawn at random."""
     import itertools
 
-    cfg, space = load_study(study)
+    cfg, space = read_study_file(study)
     rng, archs, grid = random.Random(seed), {}, space.param_grid()
     for values in itertools.product(*grid.values()):
         params = dict(zip(grid, values, strict=True))
@@ -146,7 +146,7 @@ def test_rerunning_a_grid_build_retrains_an_architecture_interrupted_twice(tmp_p
     kw = {"sampler": {"name": "grid"}, "pruner": {"name": "none"}, "fidelity": {"rungs": []}}
     study = _study(tmp_path, "holes", budget={"n_trials": None, "max_concurrent": 1}, **kw)
     table_path, table = make_table(tmp_path, study)
-    cfg, space = load_study(study)
+    cfg, space = read_study_file(study)
     for _ in range(2):  # one trial cut after 3 of its 6 epochs, then its retry cut the same way
         store = StudyStore(cfg, space, make_sampler(cfg, 0, space), make_pruner(cfg), tmp_path / "studies")
         driver = Driver(cfg, space, store, store.study.pruner, 10, None)
@@ -173,7 +173,7 @@ def _replay_driver(tmp_path: Path, name: str, n_trials: int | None, workers: int
     """A driver on a real SQLite study of the hand-made space, and its table, for a ReplayExecutor run by hand."""
     study = _study(tmp_path, name, budget={"n_trials": n_trials, "max_concurrent": workers})
     _, table = make_table(tmp_path, study)
-    cfg, space = load_study(study)
+    cfg, space = read_study_file(study)
     store = StudyStore(cfg, space, make_sampler(cfg, 0), make_pruner(cfg), tmp_path / "studies")
     return Driver(cfg, space, store, store.study.pruner, 10, n_trials), store, table
 

@@ -40,7 +40,7 @@ def hv2d_max(points: list[tuple[float, float]]) -> float:
 
 @pytest.fixture
 def loaded(study_env: StudyFixture):
-    st = results.load_study("demo")
+    st = results.open_study("demo")
     return st, results.records(st), results.objectives_of(st)
 
 
@@ -141,22 +141,22 @@ def test_summary_counts_and_compute(loaded) -> None:
 
 def test_open_errors_are_one_line(study_env: StudyFixture, tmp_path: Path) -> None:
     with pytest.raises(StudyError, match=r"unknown study 'nope'.*studies under studies/: demo, other") as e:
-        results.load_study("nope")
+        results.open_study("nope")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "studies" / "nope").exists()  # reading never creates a database
     with pytest.raises(StudyError, match="studies there: demo"):
-        results.load_study("other", study_env.url)
+        results.open_study("other", study_env.url)
     with pytest.raises(StudyError, match="cannot open") as e:
-        results.load_study("demo", "postgresql://me:hunter2@127.0.0.1:1/nas")
+        results.open_study("demo", "postgresql://me:hunter2@127.0.0.1:1/nas")
     assert "hunter2" not in str(e.value)
     with pytest.raises(StudyError, match="cannot open"):
-        results.load_study("demo", "not a url")
+        results.open_study("demo", "not a url")
     with pytest.raises(StudyError, match="no database file"):
-        results.load_study("demo", "sqlite:///missing/study.db")
+        results.open_study("demo", "sqlite:///missing/study.db")
     (tmp_path / "junk.db").write_bytes(b"not sqlite at all" * 100)
     with pytest.raises(StudyError):
-        results.load_study("demo", "sqlite:///junk.db")
-    st = results.load_study("demo")
+        results.open_study("demo", "sqlite:///junk.db")
+    st = results.open_study("demo")
     with pytest.raises(StudyError, match=r"no trial 99; trials are numbered 0\.\.7"):
         results.get_record(st, 99)
 
@@ -188,7 +188,7 @@ def test_a_reused_architecture_is_one_point_with_its_reuses_listed_beside(tmp_pa
     ]
     make_study(tmp_path, "dup", plan=plan)
     monkeypatch.chdir(tmp_path)
-    study = results.load_study("dup")
+    study = results.open_study("dup")
     recs, objs = results.records(study), results.objectives_of(study)
     assert [r.number for r in results.front(recs, objs)] == EXPECTED_FRONT  # not 4 three times
     assert next(r for r in recs if r.number == 4).reused_by == [8, 9]

@@ -100,6 +100,21 @@ def test_resources_the_cluster_cannot_place(tmp_path: Path, over: dict, expected
     assert "2 CPU/0 GPU" in line
 
 
+@pytest.mark.parametrize(
+    ("device", "gpus", "expected"),
+    [
+        ("cuda", 0, "train.device is 'cuda' but resources.gpus_per_trial is 0"),
+        ("cuda:1", 0, "train.device is 'cuda:1' but resources.gpus_per_trial is 0"),
+        ("cpu", 0.5, "train.device is 'cpu' but resources.gpus_per_trial is 0.5"),
+    ],
+)
+def test_device_and_gpu_share_that_disagree(tmp_path: Path, device: str, gpus: float, expected: str) -> None:
+    """Before: the study started and every trial failed ~100 s later, then `nas search` exited 0 with FAIL rows."""
+    study = write_study(tmp_path, "bad", train={"device": device}, resources={"gpus_per_trial": gpus})
+    line = _assert_refused(tmp_path, study, expected)
+    assert "set resources.gpus_per_trial" in line and "train.device: auto" in line
+
+
 def test_sampler_and_pruner_errors_come_before_the_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A sampler that cannot be built (here: made to fail) leaves no empty study database behind."""
     from nas.engine import run

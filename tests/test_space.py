@@ -18,7 +18,7 @@ import yaml
 from nas import mixers
 from nas.arch import ArchSpec
 from nas.cost import arch_cost
-from nas.engine.config import load_study
+from nas.engine.config import read_study_file
 from nas.errors import ConfigError, InfeasibleArchError
 from nas.space import PATTERN_SEP, SearchSpace
 
@@ -72,7 +72,7 @@ def test_bad_file_fails_in_one_line_naming_file_field_and_fix(
         if path.name.startswith("space_"):
             SearchSpace.load(path)
         else:
-            load_study(path)
+            read_study_file(path)
     msg = str(info.value)
     assert "\n" not in msg and msg == msg.strip()
     assert h.get("file", path.name) in msg
@@ -87,8 +87,8 @@ def test_error_in_nested_override_names_the_field(tmp_path: Path, monkeypatch: p
     monkeypatch.chdir(tmp_path)
     study = REPO / "studies" / "fashion_mnist_tiny.yaml"
     with pytest.raises(ConfigError, match=r"budget\.max_concurrent: Input should be greater than or equal to 1"):
-        load_study(study, {"budget.max_concurrent": 0})
-    cfg, _ = load_study(study, {"budget.n_trials": 3, "seed": 7})
+        read_study_file(study, {"budget.max_concurrent": 0})
+    cfg, _ = read_study_file(study, {"budget.n_trials": 3, "seed": 7})
     assert (cfg.budget.n_trials, cfg.seed) == (3, 7)
     assert _listing(tmp_path) == []
 
@@ -100,7 +100,7 @@ def test_shipped_study_loads_without_touching_storage(
 ) -> None:
     _needs_all_mixers()
     monkeypatch.chdir(tmp_path)
-    cfg, space = load_study(path)
+    cfg, space = read_study_file(path)
     space_file = yaml.safe_load(path.read_text())["space"]  # a study may reuse another study's space
     assert cfg.name == path.stem and space.name == Path(space_file).stem
     assert all(r < cfg.train.epochs for r in cfg.fidelity.rungs)  # the table build has none: no pruning

@@ -22,7 +22,7 @@ _EXPORTS = {
     "StudyConfig": "nas.engine.config",
     "StudyStore": "nas.engine.store",
     "TrialPayload": "nas.engine.messages",
-    "load_study": "nas.engine.config",
+    "read_study_file": "nas.engine.config",
     "make_pruner": "nas.engine.pruners",
     "make_sampler": "nas.engine.samplers",
     "objective_vector": "nas.engine.objectives",

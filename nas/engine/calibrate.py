@@ -92,7 +92,7 @@ def diverse_sample(space: SearchSpace, n: int, seed: int, num_classes: int) -> l
 
 def calibrate(path: str, n: int, factor: float, progress: Progress | None = None) -> Calibration:
 
-    from nas.engine.config import load_study
+    from nas.engine.config import read_study_file
     from nas.engine.lifecycle import enqueue_missing
     from nas.engine.run import dataset_shape, run_config
 
@@ -100,7 +100,7 @@ def calibrate(path: str, n: int, factor: float, progress: Progress | None = None
         raise ConfigError("calibrate: --n must be at least 3 (a rank correlation needs a few architectures)")
     if factor < 2:
         raise ConfigError("calibrate: --factor must be at least 2 (the largest budget, in multiples of the proxy's)")
-    cfg, space = load_study(path)
+    cfg, space = read_study_file(path)
     num_classes, _ = dataset_shape(cfg, space, path)
     url = cfg.storage_url()
     sample = diverse_sample(space, n, cfg.seed, num_classes)
@@ -117,7 +117,7 @@ def calibrate(path: str, n: int, factor: float, progress: Progress | None = None
             return enqueue_missing(study, [(a.arch_id, params, {}) for a, params in sample])
 
         run_config(sub, space, f"calibrate {cfg.name} at {epochs} epochs x {fraction:g}", progress=progress, plan=plan)
-        recs = results.records(results.load_study(sub.name, url))
+        recs = results.records(results.open_study(sub.name, url))
         done = {r.arch_id: r for r in recs if r.state == "COMPLETE" and r.full_fidelity and r.reused_from is None}
         accs[(epochs, fraction)] = {a: done[a].values["accuracy"] for a in (x.arch_id for x in archs) if a in done}
         seconds[(epochs, fraction)] = sum(done[a].duration or 0.0 for a in accs[(epochs, fraction)])

@@ -17,7 +17,8 @@ from nas.space import SearchSpace, pydantic_line
 from nas.yamlfile import read_yaml
 from trainers.config import DataConfig, TrainConfig
 
-ObjectiveName = Literal["accuracy", "throughput", "params", "flops", "latency"]
+# the objective names a study file may use: those nas.layout knows the direction of (one list, written there)
+ObjectiveName = Literal[tuple(layout.DIRECTIONS)]  # type: ignore[valid-type]
 
 
 class ObjectiveSpec(BaseModel):
@@ -148,7 +149,23 @@ class StudyConfig(BaseModel):
             raise ValueError(
                 f"fidelity.rungs {rungs} must be increasing epochs in [1, train.epochs - 1 = {self.train.epochs - 1}]"
             )
+        self._check_device_and_resources()
         return self
+
+    def _check_device_and_resources(self) -> None:
+        """``train.device`` and ``resources.gpus_per_trial`` must agree: Ray hides the GPUs from a trial given no
+        GPU share (it would fail on ``cuda`` only once started), and a GPU share trained on ``cpu`` sits idle."""
+        device, gpus = self.train.device, self.resources.gpus_per_trial
+        if device.startswith("cuda") and gpus == 0:
+            raise ValueError(
+                f"train.device is {device!r} but resources.gpus_per_trial is 0, so Ray gives each trial no GPU; "
+                "set resources.gpus_per_trial (1, or a share such as 0.25) or train.device: auto"
+            )
+        if device == "cpu" and gpus > 0:
+            raise ValueError(
+                f"train.device is 'cpu' but resources.gpus_per_trial is {gpus:g}: the GPU share would sit idle; "
+                "set resources.gpus_per_trial: 0 or train.device: auto"
+            )
 
     # ------------------------------------------------------------------------------------------ derived
     @property
@@ -175,7 +192,7 @@ class StudyConfig(BaseModel):
         }
 
 
-def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[StudyConfig, SearchSpace]:
+def read_study_file(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[StudyConfig, SearchSpace]:
     """Load and validate a study file and its search space; raises ConfigError (one line) on any problem."""
     path = Path(path)
     raw = read_yaml(path, "study file not found; pass the path of a studies/*.yaml file")

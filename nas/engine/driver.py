@@ -92,9 +92,17 @@ class Driver:
 
     # ------------------------------------------------------------------------------------------ sampling
     def budget_left(self) -> bool:
+        """Whether this run may still add a trial (``n_trials`` None: no limit but the stop rules)."""
         return self.n_trials is None or self.added < self.n_trials
 
     def next_config(self, tune_id: str) -> dict[str, Any] | str:
+        """The next trial to train, for the executor's trial ``tune_id``: a :class:`TrialPayload` config, or
+        ``FINISHED`` when the budget is spent or sampling stopped (``stop_reason`` says why).
+
+        Asks Optuna until a proposal needs training: infeasible ones are rejected (FAIL, not counted), and an
+        architecture already evaluated or in training (here or by another driver) is reused or waited for.
+        Raises :class:`~nas.errors.StudyError` if the architecture claim cannot be taken (database trouble).
+        """
         self.settle()
         while self.budget_left() and self.stop_reason is None:
             exhausted = getattr(self.store.study.sampler, "is_exhausted", None)  # a grid sampler's own test
@@ -224,6 +232,8 @@ class Driver:
 
     # ------------------------------------------------------------------------------------------ results
     def on_result(self, tune_id: str, result: dict[str, Any]) -> None:
+        """Store one epoch a worker reported (idempotent: the scheduler, the searcher and a callback may all pass
+        the same result): the curve, and on the first epoch the throughput, cached per device."""
         run = self.running.get(tune_id)
         report = EpochReport.from_result(result)
         if run is None or report is None:
@@ -256,6 +266,8 @@ class Driver:
             self.running[tune_id].error = message
 
     def should_stop(self, tune_id: str, result: dict[str, Any]) -> bool:
+        """Whether the executor must stop this trial now: it reported a failure, or the study's pruner says so
+        at a rung (``fidelity.rungs``); a pruned trial records the rung in ``pruned_at``."""
         run = self.running.get(tune_id)
         if run is None:
             return False
@@ -269,6 +281,9 @@ class Driver:
         return False
 
     def on_complete(self, tune_id: str, error: bool = False) -> None:
+        """The executor ended the trial (``error``: its worker died): tell Optuna the truth — COMPLETE at full
+        fidelity with its objective vector, PRUNED below it, FAIL with the reason — then resolve the trials of
+        this driver that waited for it, and those waiting for other drivers' trials that have finished."""
         run = self.running.pop(tune_id, None)
         if run is None:
             return

@@ -79,6 +79,7 @@ class Lifecycle:
 
     # ------------------------------------------------------------------------------------------ reading
     def frozen(self, number: int) -> FrozenTrial:
+        """The trial ``number`` of this study as stored now (read from the storage, not a cache)."""
         return self.storage.get_trial(self._id(number))
 
     def _id(self, number: int) -> int:

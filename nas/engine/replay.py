@@ -29,6 +29,7 @@ from nas.engine.config import StudyConfig
 from nas.engine.driver import FINISHED, Driver
 from nas.engine.messages import EpochReport, TrialPayload
 from nas.errors import ConfigError
+from nas.measure import ThroughputKey
 from nas.space import SearchSpace
 
 TABLE_FORMAT = "mixer-nas-table/1"
@@ -80,6 +81,12 @@ class Table:
 
     @classmethod
     def load(cls, path: str | Path) -> Table:
+        """Read a table file (``benchmarks/tables/*.json``).
+
+        Raises:
+            ConfigError: the file is missing, not JSON, of another format version, or an architecture has fewer
+                epochs than the table says (one line naming the file).
+        """
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: table file not found; pass a benchmarks/tables/*.json file to --replay")
@@ -97,6 +104,7 @@ class Table:
         return cls(**fields, archs=archs, provenance=raw.get("provenance", {}), source=str(path))
 
     def to_json(self) -> dict[str, Any]:
+        """The table as its file stores it (``format`` first)."""
         out = {k: v for k, v in asdict(self).items() if k not in ("archs", "source")}
         out["archs"] = [asdict(a) for a in self.archs.values()]
         return {"format": TABLE_FORMAT, **out}
@@ -125,7 +133,7 @@ class Table:
         h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
         device = f"replay:{self.name}"
         tp = cfg.throughput
-        key = f"{a.arch_id}|{device}|b{tp.batch_size}|{h}x{w}|{tp.precision}|{tp.compile or 'eager'}"
+        key = str(ThroughputKey(a.arch_id, device, tp.batch_size, (h, w), tp.precision, tp.compile or "eager"))
         return {**a.throughput, "key": key, "device": device, "params": a.n_params, "flops": a.flops, "cached": True}
 
 
@@ -156,6 +164,11 @@ class ReplayExecutor:
         driver.clock = lambda: self.now
 
     def run(self, max_trial_epochs: int | None = None, until: Callable[[int], bool] | None = None) -> ReplayLog:
+        """Replay trials until the driver's budget is spent (or ``max_trial_epochs``, or ``until``); see the class.
+
+        Raises:
+            ConfigError: the sampler proposed an architecture the table does not hold.
+        """
         from ray.tune.schedulers import TrialScheduler
 
         log, heap, seq, ids = ReplayLog(), [], itertools.count(), itertools.count()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nas import layout
-from nas.engine.config import StudyConfig, load_study
+from nas.engine.config import StudyConfig, read_study_file
 from nas.engine.lifecycle import requeue_grid_holes
 from nas.engine.optuna_adapter import OwnedStorage
 from nas.engine.progress import Progress
@@ -23,6 +23,9 @@ from nas.space import SearchSpace
 
 @dataclass
 class RunSummary:
+    """What one ``nas search`` run did: trials it added, the study's trials by state, its front, the seconds it
+    took, the trials it recovered (left RUNNING by dead drivers) or interrupted, and why sampling stopped early."""
+
     study: str
     storage: str
     added: int
@@ -66,8 +69,24 @@ def run_study(
     Everything a user can get wrong is checked before the storage is touched (nothing written, one-line error):
     the files, the sampler and pruner, the dataset (or that the table matches the study), that some architecture
     of the space meets its constraints, and that the Ray cluster can place the trials it asks for.
+
+    Args:
+        path: the study file (``studies/*.yaml``).
+        overrides: dotted keys replacing the file's values (``{"budget.n_trials": 4, "storage": URL}``).
+        base_dir: where ``studies/<name>/`` lives (default: ``studies`` under the working directory).
+        progress: where events go (default: a terminal live view, or one line per event).
+        scheduler_factory: ``f(driver) -> TrialScheduler`` to let a Ray Tune scheduler (ASHA) stop trials.
+        replay: a table file; trials come from it instead of Ray.
+
+    Returns:
+        The :class:`RunSummary` of this run.
+
+    Raises:
+        ConfigError: something the user wrote cannot run (one line naming the file, the field and the fix).
+        StudyError: the storage cannot be opened, the study exists with other objectives, a SQLite study already
+            has a driver, or sampling stopped on an error (e.g. the last 50 proposals were all infeasible).
     """
-    cfg, space = load_study(path, overrides)
+    cfg, space = read_study_file(path, overrides)
     return run_config(cfg, space, str(path), base_dir, progress, scheduler_factory, replay)
 
 

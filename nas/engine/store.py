@@ -170,24 +170,24 @@ class StudyStore:
     def _check_existing(self) -> None:
         """An existing study with other objectives is a user error, not something to merge into."""
         try:
-            summaries = optuna.study.get_all_study_summaries(self.storage, include_best_trial=False)
-        except Exception:
-            return
-        for s in summaries:
-            if s.study_name == self.cfg.name:
-                existing = [d.name.lower() for d in s.directions]
-                if existing != self.cfg.directions:
-                    raise StudyError(
-                        f"study '{self.cfg.name}' already exists in {layout.safe_url(self.url)} with directions "
-                        f"{existing}, but the study file asks for {self.cfg.directions}; give the study a new name"
-                    )
+            study_id = self.storage.get_study_id_from_name(self.cfg.name)
+        except KeyError:
+            return  # a new study
+        existing = [d.name.lower() for d in self.storage.get_study_directions(study_id)]
+        if existing != self.cfg.directions:
+            raise StudyError(
+                f"study '{self.cfg.name}' already exists in {layout.safe_url(self.url)} with directions {existing}, "
+                f"but the study file asks for {self.cfg.directions}; give the study a new name"
+            )
 
     # ------------------------------------------------------------------------------------------ heartbeat
     def start(self) -> None:
+        """Write the first heartbeat and start beating (and recovering dead drivers' trials) in a thread."""
         self._write_heartbeat()
         self._beat.start()
 
     def close(self) -> None:
+        """Stop beating and mark this driver closed (heartbeat 0): its trials are all told by now."""
         self._stop.set()
         if self._beat.is_alive():
             self._beat.join(timeout=HEARTBEAT_S + 30)
@@ -233,6 +233,7 @@ class StudyStore:
         return self.life.recover(live, STALE_AFTER_S)
 
     def frozen(self, number: int) -> FrozenTrial:
+        """The trial ``number`` as stored now."""
         return self.life.frozen(number)
 
     # ------------------------------------------------------------------------------------------ cache

@@ -69,7 +69,7 @@ def _node_id() -> str:
 
         if ray.is_initialized():
             return ray.get_runtime_context().get_node_id()
-    except Exception:
+    except (ImportError, RuntimeError):  # no Ray here, or no runtime context: the host names the node
         pass
     return socket.gethostname()
 

@@ -104,8 +104,8 @@ def _capture_error(driver: Driver, trial: Any) -> None:
     try:
         err = trial.get_error()
         msg = " ".join(str(err).split())[-400:] if err else None
-    except Exception:
-        msg = None
+    except Exception as e:  # Ray's error file unreadable: say so in the trial's failure instead of dropping it
+        msg = f"(its error could not be read: {type(e).__name__}: {e})"
     driver.on_error(
         trial.trial_id, f"worker failed: {msg}" if msg else "worker process died (killed or crashed); see Ray logs"
     )
@@ -218,6 +218,8 @@ class PlacementWatchdog(tune.Callback):
 
 
 def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None = None) -> None:
+    """Join the Ray cluster at ``address``, or start a local runtime of ``num_cpus``/``num_gpus`` on 127.0.0.1
+    (never another Ray instance found on the machine); nothing if Ray is already initialised in this process."""
     if ray.is_initialized():
         return
     if address:

@@ -104,7 +104,7 @@ def validate(
         raise ConfigError("validate: --top must be at least 1 (the number of front members to retrain)")
     if random_m < 0:
         raise ConfigError("validate: --random must be 0 or more")
-    study = results.load_study(name, storage)
+    study = results.open_study(name, storage)
     url = layout.url_of(study)
     cfg, space = stored_config(study)
     recs, objs = results.records(study), results.objectives_of(study)
@@ -119,7 +119,7 @@ def validate(
         return enqueue_missing(sub_study, [(r.arch_id, r.search_params, dict(validates=r.number)) for r in chosen])
 
     run_config(sub, space, f"validate {name}", progress=progress or Progress(), plan=plan)
-    outcome = summarize(study, results.load_study(sub.name, url), chosen, sub)
+    outcome = summarize(study, results.open_study(sub.name, url), chosen, sub)
     study.set_user_attr("validation", asdict(outcome))
     return outcome
 

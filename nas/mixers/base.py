@@ -16,7 +16,7 @@ Only torch and the standard library are imported here (an exported model must re
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -80,7 +80,6 @@ class MixerDef:
     params_fn: Callable[[int, Grid, Knobs], int]
     macs_fn: Callable[[int, Grid, Knobs], int]
     doc: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def resolve_knobs(self, dim: int, knobs: Mapping[str, Any] | None, where: str) -> Knobs:
         """Fill defaults and validate every knob; raises ConfigError naming ``where`` and the knob."""

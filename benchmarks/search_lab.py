@@ -70,10 +70,10 @@ def export_table(study_file: Path, out: Path) -> Table:
     import optuna
 
     from nas import layout
-    from nas.engine.config import load_study
+    from nas.engine.config import read_study_file
     from nas.trial_attrs import TrialAttrs
 
-    cfg, space = load_study(study_file)
+    cfg, space = read_study_file(study_file)
     study = optuna.load_study(study_name=cfg.name, storage=layout.open_storage(cfg.storage_url()))
     done = [t for t in study.trials if t.state.name == "COMPLETE" and TrialAttrs.of(t).full_fidelity]
     done = [t for t in done if not TrialAttrs.of(t).is_copy]

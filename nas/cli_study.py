@@ -40,6 +40,14 @@ def cli_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _print_front(rows: list[dict[str, Any]], title: str) -> None:
+    """The front as a table (``title`` and its size), or the line saying there is none yet."""
+    if rows:
+        _print_table(rows, title=f"{title} ({len(rows)} trials)")
+    else:
+        typer.echo("no COMPLETE full-fidelity trials yet: no front")
+
+
 def _print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -92,11 +100,7 @@ def status(
     )
     for line in results.trust_lines(st):
         typer.echo(line)
-    rows = results.front_rows(s.front, s.objectives)
-    if rows:
-        _print_table(rows, title=f"Pareto front ({len(rows)} trials)")
-    else:
-        typer.echo("no COMPLETE full-fidelity trials yet: no front")
+    _print_front(results.front_rows(s.front, s.objectives), "Pareto front")
 
 
 def pareto(
@@ -124,10 +128,8 @@ def pareto(
         w.writeheader()
         w.writerows({k: cell(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows)
         typer.echo(buf.getvalue(), nl=False)
-    elif rows:
-        _print_table(rows, title=f"Pareto front of {study} ({len(rows)} trials)")
     else:
-        typer.echo("no COMPLETE full-fidelity trials yet: no front")
+        _print_front(rows, f"Pareto front of {study}")
 
 
 def dashboard(

@@ -138,30 +138,12 @@ def _label(o: Objective) -> str:
 
 def hypervolume_figure(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("over trials", "over wall time"))
-    by_n = results.hypervolume_history(recs, objectives, by="number")
-    by_t = results.hypervolume_history(recs, objectives, by="time")
-    fig.add_trace(
-        go.Scatter(
-            x=[x for x, _ in by_n],
-            y=[h for _, h in by_n],
-            mode="lines+markers",
-            line_shape="hv",
-            name="hypervolume (trial)",
-        ),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=[x / 60.0 for x, _ in by_t],
-            y=[h for _, h in by_t],
-            mode="lines+markers",
-            line_shape="hv",
-            name="hypervolume (time)",
-        ),
-        row=1,
-        col=2,
-    )
+    panels = (("number", 1.0, "trial"), ("time", 60.0, "time"))  # x: trial number, or minutes since the first
+    for col, (by, scale, what) in enumerate(panels, 1):
+        history = results.hypervolume_history(recs, objectives, by=by)
+        line = go.Scatter(x=[x / scale for x, _ in history], y=[h for _, h in history], mode="lines+markers",
+                          line_shape="hv", name=f"hypervolume ({what})")  # fmt: skip
+        fig.add_trace(line, row=1, col=col)
     fig.update_xaxes(title_text="trial number", row=1, col=1)
     fig.update_xaxes(title_text="minutes since the first trial started", row=1, col=2)
     fig.update_layout(

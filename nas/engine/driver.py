@@ -157,17 +157,17 @@ class Driver:
         training = next((r for r in self.running.values() if r.arch_id == arch_id), None)
         if source is None and training is None:
             self.store.life.describe(number, desc)
-            source = self.store.life.claim_arch(arch_id, self.train_key, number)
+            source = self.store.life.claim_arch(arch_id, self.train_key, number)  # None: this trial trains it
             if source is None:
                 return False
-        if training is not None:
-            training.waiters[number] = desc
-            self._wait(number, desc, training.number)
-        elif source.state == TrialState.RUNNING:  # another driver trains it now
+        if source is not None and source.state == TrialState.RUNNING:  # another driver trains it now
             self.foreign.setdefault(source.number, {})[number] = desc
             self._wait(number, desc, source.number)
-        else:
+        elif source is not None:
             self._reuse(number, desc, source)
+        else:
+            training.waiters[number] = desc
+            self._wait(number, desc, training.number)
         self.reuses_in_a_row += 1
         if self.reuses_in_a_row >= MAX_CONSECUTIVE_REUSES:
             tried = {TrialAttrs.of(t).arch_id for t in self.store.study.get_trials(deepcopy=False)} - {None}

@@ -1,7 +1,8 @@
 """One search run on a tabulated benchmark, for every method of the search lab, as a hypervolume-vs-compute curve.
 
 * ours and Optuna's samplers (with or without our MO-ASHA pruner) and Ray Tune's ASHA: the real engine (driver,
-  sampler, pruner, an in-memory Optuna storage) through :class:`nas.engine.replay.ReplayExecutor`;
+  sampler, pruner, an in-memory Optuna storage) through ``run_config`` (the entry point of ``nas search``) on
+  :class:`nas.engine.replay.ReplayExecutor`;
 * Syne Tune's MOASHA and MOREA: its own simulator (``BlackboxTabular`` + ``UserBlackboxBackend`` +
   ``SimulatorCallback``) on a blackbox built from the same table, the same epoch seconds.
 
@@ -134,15 +135,16 @@ class OraclePruner(ParetoPruner):
 def run_engine(
     table: Table, base: dict[str, Any], m: Method, seed: int, workers: int, budget: int, stop_share: float = 1.0
 ) -> Curve:
+    """One run of our engine through the entry point every study takes (``run_config``), on the replay executor
+    and an in-memory Optuna storage."""
     import optuna
-    from optuna.trial import TrialState
+    from optuna.trial import FrozenTrial, TrialState
+    from rich.console import Console
 
     from nas.engine.config import StudyConfig
-    from nas.engine.driver import Driver
-    from nas.engine.pruners import make_pruner
+    from nas.engine.progress import Progress
     from nas.engine.replay import ReplayExecutor
-    from nas.engine.samplers import make_sampler
-    from nas.engine.store import StudyStore
+    from nas.engine.run import run_config
     from nas.space import SearchSpace
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -159,34 +161,31 @@ def run_engine(
             "storage": "sqlite://",
         }
     )
-    space = SearchSpace.from_dict(table.space)
-    storage = optuna.storages.InMemoryStorage()
+    found = FrontShare(table)
+
+    def reached(t: FrozenTrial) -> bool:
+        if t.state != TrialState.COMPLETE or not TrialAttrs.of(t).full_fidelity:
+            return False
+        return found.add(TrialAttrs.of(t).arch_id) >= stop_share - 1e-12
+
+    def ray_asha(driver: Any) -> Any:
+        from ray.tune.schedulers import ASHAScheduler
+
+        epochs = cfg.train.epochs
+        s = ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1, reduction_factor=m.eta)
+        s.set_search_properties("val_acc", "max")
+        return s
+
+    storage, quiet = optuna.storages.InMemoryStorage(), Progress(Console(quiet=True), quiet=True)
+    executor = ReplayExecutor(table, workers, max_trial_epochs=budget, until=reached)
     with tempfile.TemporaryDirectory() as tmp:
-        pruner = make_pruner(cfg, storage)
-        if m.oracle:
-            pruner = OraclePruner(table, pruner)
-        store = StudyStore(cfg, space, make_sampler(cfg, 0, space), pruner, Path(tmp), storage=storage)
-        driver = Driver(cfg, space, store, store.study.pruner, table.num_classes, None)
-        scheduler = None
-        if m.ray_asha:
-            from ray.tune.schedulers import ASHAScheduler
-
-            epochs = cfg.train.epochs
-            scheduler = ASHAScheduler(
-                time_attr="training_iteration", max_t=epochs, grace_period=1, reduction_factor=m.eta
-            )
-            scheduler.set_search_properties("val_acc", "max")
-        found = FrontShare(table)
-
-        def reached(number: int) -> bool:
-            t = store.frozen(number)
-            if t.state != TrialState.COMPLETE or not TrialAttrs.of(t).full_fidelity:
-                return False
-            return found.add(TrialAttrs.of(t).arch_id) >= stop_share - 1e-12
-
-        log = ReplayExecutor(driver, table, workers, scheduler).run(max_trial_epochs=budget, until=reached)
-        driver.finish()
-        trials = {t.number: t for t in store.study.get_trials(deepcopy=False)}
+        run_config(
+            cfg, SearchSpace.from_dict(table.space), f"lab {m.name} seed {seed}", Path(tmp), quiet,
+            ray_asha if m.ray_asha else None, executor, storage=storage,
+            wrap_pruner=(lambda p: OraclePruner(table, p)) if m.oracle else None,
+        )  # fmt: skip
+    trials = {t.number: t for t in storage.get_all_trials(storage.get_study_id_from_name(cfg.name), deepcopy=False)}
+    log = executor.log
     ids = {n: TrialAttrs.of(t).arch_id for n, t in trials.items()}
     epochs = [(t, ids[n]) for t, n, _, _ in log.epochs]
     done = [

@@ -223,6 +223,7 @@ register(app)
 
 
 def main() -> None:
+    """The ``nas`` console script: Ray's local authentication off (loopback only), then the typer app."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     app()
 

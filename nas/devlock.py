@@ -106,13 +106,7 @@ class DeviceLock:
             with self._nested(h):
                 yield self
             return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        assert h.turn_fd is not None and h.lock_fd is not None
-        self._flock(h.turn_fd, fcntl.LOCK_EX, deadline)
-        try:
-            self._flock(h.lock_fd, fcntl.LOCK_SH, deadline)
-        finally:
-            fcntl.flock(h.turn_fd, fcntl.LOCK_UN)
+        self._take(h, fcntl.LOCK_SH, timeout)
         with self._holding(h, "shared", (h.lock_fd,)):
             yield self
 
@@ -129,17 +123,23 @@ class DeviceLock:
             with self._nested(h):
                 yield self
             return
+        self._take(h, fcntl.LOCK_EX, timeout)
+        with self._holding(h, "exclusive", (h.lock_fd, h.turn_fd)):
+            yield self
+
+    def _take(self, h: _Held, op: int, timeout: float | None) -> None:
+        """Turnstile first, then the lock with ``op``. A writer (``LOCK_EX``) keeps the turnstile until it lets go:
+        holding it while waiting is what stops new readers from overtaking it; a reader passes straight through."""
         deadline = None if timeout is None else time.monotonic() + timeout
         assert h.turn_fd is not None and h.lock_fd is not None
-        # Holding the turnstile while waiting is what stops new readers from overtaking us.
         self._flock(h.turn_fd, fcntl.LOCK_EX, deadline)
         try:
-            self._flock(h.lock_fd, fcntl.LOCK_EX, deadline)
+            self._flock(h.lock_fd, op, deadline)
         except BaseException:
             fcntl.flock(h.turn_fd, fcntl.LOCK_UN)
             raise
-        with self._holding(h, "exclusive", (h.lock_fd, h.turn_fd)):
-            yield self
+        if op != fcntl.LOCK_EX:
+            fcntl.flock(h.turn_fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         """Close this thread's descriptors (releases anything it holds)."""

@@ -349,12 +349,7 @@ def measure_throughput(
     res = _resolution(img_size)
     prec = resolve_precision(precision, dev)
     comp = _compile_name(compile_mode)
-    for name, v, lo in (("batch_size", batch_size, 1), ("in_chans", in_chans, 1), ("warmup", warmup, 0)):
-        if not isinstance(v, int) or v < lo:
-            raise ConfigError(f"measure: {name}={v!r} must be an int >= {lo}")
-    for name, v in (("steps", steps), ("repeats", repeats)):
-        if not isinstance(v, int) or v < 1:
-            raise ConfigError(f"measure: {name}={v!r} must be an int >= 1")
+    _check_counts(batch_size=batch_size, in_chans=in_chans, warmup=warmup, steps=steps, repeats=repeats)
     if train_batch_size is not None and (not isinstance(train_batch_size, int) or train_batch_size < 1):
         raise ConfigError(f"measure: train_batch_size={train_batch_size!r} must be None or an int >= 1")
     cl = dev.type == "cuda" if channels_last is None else bool(channels_last)
@@ -362,56 +357,17 @@ def measure_throughput(
     notes: list[str] = []
 
     with exclusive if exclusive is not None else contextlib.nullcontext(), _fast_backend(dev):
-        model = model_or_factory if isinstance(model_or_factory, nn.Module) else model_or_factory()
-        if not isinstance(model, nn.Module):
-            raise ConfigError(f"measure: the factory returned {type(model).__name__}, expected an nn.Module")
-        model = model.to(dev)
-        if cl:
-            model = model.to(memory_format=torch.channels_last)
-        model.eval()
+        model = _placed(model_or_factory, dev, cl)
         params = sum(p.numel() for p in model.parameters())
         # fp32, no autocast: FLOPs are a property of the architecture (analytic for ours), not of the precision
-        flops = model_flops(model, _input(1, in_chans, res, dev, cl))
+        inputs = _Inputs(in_chans, res, dev, cl, prec)
+        flops = model_flops(model, inputs.batch(1))
 
-        peak_mem: int | None = None
-        if train_batch_size is not None:
-            if dev.type == "cuda":
-                try:
-                    peak_mem = _peak_train_mem(model, _input(train_batch_size, in_chans, res, dev, cl), dev, prec)
-                except Exception as exc:  # OOM or otherwise: report, don't abort the throughput measurement
-                    if not _is_oom(exc):
-                        raise
-                    notes.append(f"peak training memory: OOM at train batch {train_batch_size}")
-                free_memory(dev)
-            else:
-                notes.append("peak training memory is measured on CUDA only (None on CPU)")
-
+        peak_mem = None if train_batch_size is None else _peak_or_note(model, train_batch_size, inputs, notes)
         runner = torch.compile(model, mode=compile_mode) if compile_mode is not None else model
-        batch, values = batch_size, []
-        while True:
-            try:
-                x = _input(batch, in_chans, res, dev, cl)
-                with torch.inference_mode(), _autocast(dev, prec):
-                    values = [batch * steps / t for t in _repeated(runner, x, warmup, steps, repeats, dev)]
-                break
-            except Exception as exc:
-                if not _is_oom(exc) or batch == 1:
-                    raise
-            # Freed only here, outside the except block: the traceback pins the failed step's tensors.
-            x = None
-            free_memory(dev)
-            notes.append(f"OOM at batch {batch}; retried at {batch // 2}")
-            batch //= 2
-        del x
-        if batch != batch_size:
-            notes.append(f"batch reduced from {batch_size} to {batch} (OOM)")
+        batch, values = _timed_with_backoff(runner, batch_size, inputs, (warmup, steps, repeats), notes)
 
-        latency_ms: float | None = None
-        if latency:
-            x1 = _input(1, in_chans, res, dev, cl)
-            with torch.inference_mode(), _autocast(dev, prec):
-                lat = [1000.0 * t / steps for t in _repeated(runner, x1, warmup, steps, repeats, dev)]
-            latency_ms = statistics.median(lat)
+        latency_ms = _latency_ms(runner, inputs, (warmup, steps, repeats)) if latency else None
 
     med, iqr, cv = _stats(values)
     return ThroughputResult(
@@ -440,3 +396,91 @@ def measure_throughput(
         key=ThroughputKey(arch_id, dname, batch_size, res, prec, comp),
         notes=notes,
     )
+
+
+def _placed(model_or_factory: ModelOrFactory, dev: torch.device, cl: bool) -> nn.Module:
+    """The module (built now if a factory) on the device, channels-last if asked, in eval mode."""
+    model = model_or_factory if isinstance(model_or_factory, nn.Module) else model_or_factory()
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"measure: the factory returned {type(model).__name__}, expected an nn.Module")
+    model = model.to(dev)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The measured inputs: channels, resolution, device, memory format, precision."""
+
+    in_chans: int
+    res: tuple[int, int]
+    dev: torch.device
+    cl: bool
+    prec: str
+
+    def batch(self, n: int) -> torch.Tensor:
+        return _input(n, self.in_chans, self.res, self.dev, self.cl)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        return _autocast(self.dev, self.prec)
+
+
+def _latency_ms(runner: Any, inputs: _Inputs, counts: tuple[int, int, int]) -> float:
+    """Median milliseconds per batch-1 forward pass (``counts`` = warmup, steps, repeats)."""
+    warmup, steps, repeats = counts
+    x1 = inputs.batch(1)
+    with torch.inference_mode(), inputs.autocast():
+        lat = [1000.0 * t / steps for t in _repeated(runner, x1, warmup, steps, repeats, inputs.dev)]
+    return statistics.median(lat)
+
+
+def _check_counts(**counts: Any) -> None:
+    """Every count of a measurement is an int, at least 1 (``warmup`` at least 0)."""
+    for name, v in counts.items():
+        lo = 0 if name == "warmup" else 1
+        if not isinstance(v, int) or v < lo:
+            raise ConfigError(f"measure: {name}={v!r} must be an int >= {lo}")
+
+
+def _peak_or_note(model: nn.Module, batch: int, inputs: _Inputs, notes: list[str]) -> int | None:
+    """Peak training memory at ``batch`` on CUDA; None with a note on CPU or on OOM (the throughput goes on)."""
+    if inputs.dev.type != "cuda":
+        notes.append("peak training memory is measured on CUDA only (None on CPU)")
+        return None
+    peak: int | None = None
+    try:
+        peak = _peak_train_mem(model, inputs.batch(batch), inputs.dev, inputs.prec)
+    except Exception as exc:  # OOM: reported as a note; anything else re-raised
+        if not _is_oom(exc):
+            raise
+        notes.append(f"peak training memory: OOM at train batch {batch}")
+    free_memory(inputs.dev)
+    return peak
+
+
+def _timed_with_backoff(
+    runner: Any, batch_size: int, inputs: _Inputs, counts: tuple[int, int, int], notes: list[str]
+) -> tuple[int, list[float]]:
+    """Images/s of ``repeats`` timings (``counts`` = warmup, steps, repeats), the batch halved on OOM until it fits.
+    Returns the batch used and the values."""
+    warmup, steps, repeats = counts
+    batch = batch_size
+    while True:
+        try:
+            x = inputs.batch(batch)
+            with torch.inference_mode(), inputs.autocast():
+                values = [batch * steps / t for t in _repeated(runner, x, warmup, steps, repeats, inputs.dev)]
+            break
+        except Exception as exc:  # OOM: halve the batch and time again; anything else re-raised
+            if not _is_oom(exc) or batch == 1:
+                raise
+        # Freed only here, outside the except block: the traceback pins the failed step's tensors.
+        x = None
+        free_memory(inputs.dev)
+        notes.append(f"OOM at batch {batch}; retried at {batch // 2}")
+        batch //= 2
+    del x
+    if batch != batch_size:
+        notes.append(f"batch reduced from {batch_size} to {batch} (OOM)")
+    return batch, values

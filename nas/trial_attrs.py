@@ -13,7 +13,8 @@ Which attributes a trial carries in which state (the lifecycle's transitions are
   retry), ``validates`` (a validation: the proxy trial it retrains);
 * described (RUNNING, before training): ``arch``, ``arch_id``, ``placement``, ``train_key``, ``params``, ``flops``;
 * waiting for an identical architecture that is training: ``waiting_for`` (that trial's number);
-* training: ``curve``, ``fidelity``, ``throughput``, ``device``, ``node``, ``device_lock``, ``visible_gpus``;
+* training: ``curve``, ``fidelity``, ``throughput``, ``device``, ``node``, ``device_lock``, ``visible_gpus``, and
+  ``resumed_epochs`` when the first epochs came from the checkpoint of an interrupted run of the architecture;
 * finished: ``full_fidelity``, ``wall_time_s``; PRUNED: ``pruned_at``; COMPLETE: ``checkpoint`` (weights' URI);
   FAIL: ``failure`` (the reason) and, for a sample rejected before training, ``infeasible``;
 * a copy of another trial's result (no training): ``reused_from``.
@@ -52,6 +53,7 @@ class TrialAttrs:
     device_lock: str | None = None
     visible_gpus: Any = None
     pruned_at: int | None = None
+    resumed_epochs: int | None = None
     checkpoint: str | None = None
     wall_time_s: float | None = None
     failure: str | None = None

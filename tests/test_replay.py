@@ -150,7 +150,7 @@ def test_rerunning_a_grid_build_retrains_an_architecture_interrupted_twice(tmp_p
     for _ in range(2):  # one trial cut after 3 of its 6 epochs, then its retry cut the same way
         store = StudyStore(cfg, space, make_sampler(cfg, 0, space), make_pruner(cfg), tmp_path / "studies")
         driver = Driver(cfg, space, store, store.study.pruner, 10, None)
-        ReplayExecutor(driver, table, workers=1).run(max_trial_epochs=3)
+        ReplayExecutor(table, workers=1, max_trial_epochs=3).run(driver)
         driver.finish()
         store.close()
     first = optuna.load_study(study_name="holes", storage=f"sqlite:///{tmp_path / 'studies' / 'holes' / 'study.db'}")
@@ -181,7 +181,8 @@ def _replay_driver(tmp_path: Path, name: str, n_trials: int | None, workers: int
 def test_simulated_compute_accounting(tmp_path: Path) -> None:
     """One worker: the simulation's clock is exactly the sum of the epochs it trained, each its table seconds."""
     driver, store, table = _replay_driver(tmp_path, "acct", n_trials=25, workers=1)
-    log = ReplayExecutor(driver, table, workers=1).run()
+    (executor := ReplayExecutor(table, workers=1)).run(driver)
+    log = executor.log
     store.close()
     trained = [t for t in store.study.trials if "reused_from" not in t.user_attrs and t.state != TrialState.FAIL]
     assert len(log.epochs) == sum(t.user_attrs["fidelity"] for t in trained)
@@ -194,7 +195,8 @@ def test_simulated_compute_accounting(tmp_path: Path) -> None:
 
 def test_a_compute_budget_stops_the_replay(tmp_path: Path) -> None:
     driver, store, table = _replay_driver(tmp_path, "budget", n_trials=None, workers=2)
-    log = ReplayExecutor(driver, table, workers=2).run(max_trial_epochs=30)
+    (executor := ReplayExecutor(table, workers=2, max_trial_epochs=30)).run(driver)
+    log = executor.log
     driver.finish()
     store.close()
     assert log.stopped_by_budget and len(log.epochs) == 30
@@ -204,11 +206,13 @@ def test_until_ends_the_replay_after_the_trial_that_satisfied_it(tmp_path: Path)
     driver, store, table = _replay_driver(tmp_path, "until", n_trials=None, workers=3)
     asked = []
 
-    def third_end(number: int) -> bool:
-        asked.append(number)
+    def third_end(trial: optuna.trial.FrozenTrial) -> bool:
+        assert trial.state.is_finished()  # told before it is asked about
+        asked.append(trial.number)
         return len(asked) == 3
 
-    log = ReplayExecutor(driver, table, workers=3).run(until=third_end)
+    (executor := ReplayExecutor(table, workers=3, until=third_end)).run(driver)
+    log = executor.log
     left = driver.finish()
     store.close()
     assert len(log.ends) == 3 and log.stopped_by_budget

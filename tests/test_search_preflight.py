@@ -137,3 +137,24 @@ def test_a_valid_file_still_reads_with_safe_load_semantics(tmp_path: Path) -> No
     path.write_bytes(codecs.BOM_UTF8 + body.encode())
     got = read_yaml(path, "missing")
     assert got["anchors"]["more"] == {"x": 2} and got == yaml.safe_load(body)  # a merge may override a key
+
+
+def test_an_existing_study_with_other_directions_is_refused_in_one_line(tmp_path: Path) -> None:
+    """The study exists in the storage with other objective directions: one line naming the study, the stored
+    directions and the file's; the stored study gains no trial and no attribute (nothing merged into it)."""
+    import optuna
+
+    study = write_study(tmp_path, "dirs")
+    db = tmp_path / "studies" / "dirs" / "study.db"
+    db.parent.mkdir(parents=True)
+    url = f"sqlite:///{db}"
+    optuna.create_study(study_name="dirs", storage=url, directions=["minimize", "maximize"])
+    out, _ = _nas_search(tmp_path, study)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, (out.returncode, out.stderr[-1500:])
+    assert lines[0] == (
+        "error: study 'dirs' already exists in sqlite:///studies/dirs/study.db with directions "
+        "['minimize', 'maximize'], but the study file asks for ['maximize', 'maximize']; give the study a new name"
+    )
+    stored = optuna.load_study(study_name="dirs", storage=url)
+    assert stored.trials == [] and stored.user_attrs == {}

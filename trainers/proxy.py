@@ -172,24 +172,7 @@ def _run(
 
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=True if cuda else None)
-    step, done = 0, 0
-    if checkpoint is not None and Path(checkpoint).is_file():
-        state = read_checkpoint(checkpoint)
-        if state["fingerprint"] != cfg.resume_fingerprint():
-            changed = sorted(k for k, v in cfg.resume_fingerprint().items() if state["fingerprint"].get(k) != v)
-            raise CheckpointError(
-                f"checkpoint {checkpoint}: written with a different TrainConfig (changed: {', '.join(changed)}); "
-                f"use the original config or delete the checkpoint"
-            )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, done = state["step"], state["epoch"]
-        history.extend(EpochResult(**h) for h in state["history"])
-        torch.set_rng_state(state["rng_cpu"])
-        if cuda and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
-    else:
-        torch.manual_seed(cfg.seed)
+    step, done = _resume(checkpoint, cfg, model, opt, history, device)
     runner: nn.Module = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
     guard = step_guard or contextlib.nullcontext
     # a host sync per step costs GPU throughput, so NaN checks are batched there; on CPU they are free
@@ -238,15 +221,7 @@ def _run(
         except torch.OutOfMemoryError:
             oom = True  # leave the except block first so the traceback's tensors can be freed
         if oom:
-            if cuda:
-                torch.cuda.empty_cache()
-            raise TrainingFailed(
-                f"out of memory on {device} at epoch {epoch} step {i} (batch_size {batch}, img_size {dd.img_size}); "
-                f"lower batch_size or img_size",
-                kind="oom",
-                epoch=epoch,
-                step=i,
-            )
+            raise _out_of_memory(device, epoch, i, batch, dd.img_size)
         if not math.isfinite(val_loss):
             raise TrainingFailed(f"non-finite validation loss at epoch {epoch}", kind="non_finite", epoch=epoch)
         result = EpochResult(
@@ -256,6 +231,48 @@ def _run(
         if checkpoint is not None:
             _save(checkpoint, model, opt, step, epoch, history, cfg, device)
         yield result
+
+
+def _resume(
+    checkpoint: str | Path | None,
+    cfg: TrainConfig,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    history: list[EpochResult],
+    device: torch.device,
+) -> tuple[int, int]:
+    """Restore model, optimizer, curve and RNG states from ``checkpoint`` if it exists (else seed from the config).
+    Returns (optimizer steps done, epochs done)."""
+    if checkpoint is None or not Path(checkpoint).is_file():
+        torch.manual_seed(cfg.seed)
+        return 0, 0
+    state = read_checkpoint(checkpoint)
+    if state["fingerprint"] != cfg.resume_fingerprint():
+        changed = sorted(k for k, v in cfg.resume_fingerprint().items() if state["fingerprint"].get(k) != v)
+        raise CheckpointError(
+            f"checkpoint {checkpoint}: written with a different TrainConfig (changed: {', '.join(changed)}); "
+            f"use the original config or delete the checkpoint"
+        )
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    history.extend(EpochResult(**h) for h in state["history"])
+    torch.set_rng_state(state["rng_cpu"])
+    if device.type == "cuda" and state.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(state["rng_cuda"], device)
+    return state["step"], state["epoch"]
+
+
+def _out_of_memory(device: torch.device, epoch: int, step: int, batch: int, img_size: Any) -> TrainingFailed:
+    """The failure of an epoch that ran out of memory (the CUDA cache emptied first, so the next trial has it)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return TrainingFailed(
+        f"out of memory on {device} at epoch {epoch} step {step} (batch_size {batch}, img_size {img_size}); "
+        f"lower batch_size or img_size",
+        kind="oom",
+        epoch=epoch,
+        step=step,
+    )
 
 
 @torch.no_grad()

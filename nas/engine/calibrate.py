@@ -37,6 +37,8 @@ class Calibration:
     at: str = ""
 
     def table(self) -> str:
+        """The calibration as a text table: one row per budget (compute, trial-seconds, tau and rho against the
+        reference), then the recommended budget."""
         rows = ["budget (epochs x data)  compute  trial-seconds  Kendall tau  Spearman rho"]
         for b in self.budgets:
             tau = "reference" if b["reference"] else f"{b['tau']:.2f}" if b["tau"] is not None else "—"
@@ -91,10 +93,27 @@ def diverse_sample(space: SearchSpace, n: int, seed: int, num_classes: int) -> l
 
 
 def calibrate(path: str, n: int, factor: float, progress: Progress | None = None) -> Calibration:
+    """``nas calibrate``: which proxy budget ranks architectures like a longer training.
 
+    Retrains ``n`` diverse architectures of the study's space at a ladder of budgets (the proxy's, up to ``factor``
+    times it) in sub-studies of the same storage, and compares each budget's ranking with the largest one's.
+
+    Args:
+        path: the study file.
+        n: architectures to retrain (at least 3).
+        factor: the largest budget, in multiples of the proxy's (at least 2).
+        progress: where the sub-studies report (default: the terminal).
+
+    Returns:
+        The :class:`Calibration`, also stored on the study (``calibration``).
+
+    Raises:
+        ConfigError: bad arguments, an unreadable study file or dataset, fewer than 3 feasible architectures.
+        StudyError: the storage cannot be opened."""
     from nas.engine.config import read_study_file
+    from nas.engine.executor import dataset_shape
     from nas.engine.lifecycle import enqueue_missing
-    from nas.engine.run import dataset_shape, run_config
+    from nas.engine.run import run_config
 
     if n < 3:
         raise ConfigError("calibrate: --n must be at least 3 (a rank correlation needs a few architectures)")

@@ -36,6 +36,8 @@ class ObjectiveSpec(BaseModel):
 
 
 class SamplerConfig(BaseModel):
+    """``sampler:`` of a study file: which Optuna sampler proposes architectures."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: Literal["tpe", "nsga2", "random", "gp", "grid"] = Field(
         default="tpe", description="grid: every architecture once (tabulating a space); the others sample"
@@ -44,6 +46,8 @@ class SamplerConfig(BaseModel):
 
 
 class PrunerConfig(BaseModel):
+    """``pruner:`` of a study file: which pruner stops trials at the rungs, and how hard."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: Literal["pareto", "median", "hyperband", "none"] = "pareto"
     # defaults: what the search lab chose on its table (benchmarks/RESULTS.md "Search-quality lab")
@@ -52,6 +56,8 @@ class PrunerConfig(BaseModel):
 
 
 class FidelityConfig(BaseModel):
+    """``fidelity:`` of a study file: the epochs (rungs) at which the pruner decides."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     rungs: list[int] = Field(
         default_factory=list, description="epochs at which the pruner decides; default: 1/4 and 1/2 of train.epochs"
@@ -64,6 +70,8 @@ def default_rungs(epochs: int) -> list[int]:
 
 
 class BudgetConfig(BaseModel):
+    """``budget:`` of a study file: trials this run adds, a wall-time limit, trials trained at once."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     n_trials: int | None = Field(default=12, ge=1, description="trials this run adds to the study")
     wall_time_s: float | None = Field(default=None, gt=0)
@@ -71,6 +79,9 @@ class BudgetConfig(BaseModel):
 
 
 class ResourcesConfig(BaseModel):
+    """``resources:`` of a study file: what one trial asks of a Ray node (checked against the cluster and against
+    ``train.device`` before anything is written)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     cpus_per_trial: float = Field(default=1.0, gt=0)
     gpus_per_trial: float = Field(default=0.0, ge=0, le=8)
@@ -90,6 +101,8 @@ class ThroughputConfig(BaseModel):
 
 
 class RayConfig(BaseModel):
+    """``ray:`` of a study file: a local runtime (default) or a cluster, Tune's storage, restarts of dead workers."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     address: str | None = Field(default=None, description="join this Ray cluster; null = start a local one")
     num_cpus: int | None = Field(default=None, ge=1, description="local Ray only: CPUs to offer")
@@ -170,16 +183,20 @@ class StudyConfig(BaseModel):
     # ------------------------------------------------------------------------------------------ derived
     @property
     def directions(self) -> list[str]:
+        """The objectives' directions, in objective order (``maximize``/``minimize``)."""
         return [str(o.direction) for o in self.objectives]
 
     @property
     def objective_names(self) -> list[str]:
+        """The objectives' names, in the order of a trial's values."""
         return [o.name for o in self.objectives]
 
     def study_dir(self, base: Path | None = None) -> Path:
+        """The study's folder, ``<base>/<name>`` (default base: ``studies`` under the working directory)."""
         return layout.study_dir(self.name, base)
 
     def storage_url(self, base: Path | None = None) -> str:
+        """The ``storage:`` URL, or the default SQLite file in the study's folder."""
         return self.storage or layout.default_storage_url(self.name, base)
 
     def training_key(self) -> dict[str, Any]:
@@ -222,6 +239,10 @@ def read_study_file(path: str | Path, overrides: dict[str, Any] | None = None) -
 
 
 def check_storage_url(url: str | None, where: str) -> None:
+    """A ``storage:`` URL must be one SQLAlchemy can parse with a driver that is installed.
+
+    Raises:
+        ConfigError: it is not (one line naming ``where`` and the fix)."""
     if url is None:
         return
     from sqlalchemy.engine import make_url

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -77,11 +78,13 @@ class Driver:
         lock_dir: str | None = None,
         log: Callable[[str, dict[str, Any]], None] | None = None,
         clock: Callable[[], float] = time.time,
+        resume_dir: str | None = None,
     ) -> None:
         self.cfg, self.space, self.store, self.pruner = cfg, space, store, pruner
         self.num_classes, self.n_trials, self.lock_dir = num_classes, n_trials, lock_dir
         self.log = log or (lambda kind, info: None)
         self.clock = clock  # seconds; a replay of a tabulated benchmark passes its simulated time
+        self.resume_dir = resume_dir  # per-architecture checkpoints of trials in training (kept when interrupted)
         self.train_key = hashlib.sha256(json.dumps(cfg.training_key(), sort_keys=True).encode()).hexdigest()[:16]
         self.running: dict[str, RunningTrial] = {}  # by Tune trial id
         self.foreign: dict[int, dict[int, TrialAttrs]] = {}  # another driver's trial -> our trials waiting for it
@@ -227,8 +230,14 @@ class Driver:
             throughput=self.cfg.throughput.model_dump(mode="json"),
             cpus=self.cfg.resources.cpus_per_trial,
             lock_dir=self.lock_dir,
+            resume=self._resume_file(arch_id),
             cached_throughput=self.store.cached_throughput(arch_id),
         )
+
+    def _resume_file(self, arch_id: str) -> str | None:
+        """Where a trial of ``arch_id`` under this training checkpoints its epochs: a retry of an interrupted trial
+        (same architecture, same training) continues from the last epoch saved there."""
+        return None if self.resume_dir is None else os.path.join(self.resume_dir, f"{arch_id}-{self.train_key}.pt")
 
     # ------------------------------------------------------------------------------------------ results
     def on_result(self, tune_id: str, result: dict[str, Any]) -> None:
@@ -250,6 +259,8 @@ class Driver:
             if not tp.pop("cached", False):
                 self.store.put_throughput(tp["key"], run.arch_id, tp["device"], tp)
             run.measured = True
+        if report.restored:
+            self.store.life.record(run.number, resumed_epochs=report.epoch)
         row = report.curve_row()
         run.curve = [r for r in run.curve if r["epoch"] < row["epoch"]] + [row]  # a retried worker restarts
         self.store.life.record_epoch(run.number, run.curve)
@@ -303,6 +314,10 @@ class Driver:
                 self._tell(run.number, TrialState.COMPLETE, values, attrs)
         else:
             self._tell(run.number, TrialState.PRUNED, None, dict(attrs, pruned_at=run.pruned_at or fidelity))
+        resume = self._resume_file(run.arch_id)
+        if resume is not None:  # the trial is told: its checkpoint has served (an interrupted one keeps it)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(resume)
         source = self.store.frozen(run.number)
         for number, desc in run.waiters.items():
             self._reuse(number, desc, source)

@@ -27,6 +27,7 @@ class TrialPayload:
     throughput: dict[str, Any]  # ThroughputConfig, JSON form
     cpus: float
     lock_dir: str | None = None
+    resume: str | None = None  # the trial's checkpoint file on the driver's node: an interrupted run continues there
     cached_throughput: dict[str, dict[str, Any]] = field(default_factory=dict)  # by ThroughputKey string
 
     def to_config(self) -> dict[str, Any]:
@@ -35,6 +36,7 @@ class TrialPayload:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> TrialPayload:
+        """The payload of a Tune ``config`` built by :meth:`to_config`."""
         return cls(**config[PAYLOAD_KEY])
 
 
@@ -56,6 +58,7 @@ class EpochReport:
     device_lock: str | None = None  # the physical device's lock (one per GPU, whatever CUDA_VISIBLE_DEVICES says)
     visible_gpus: str | None = None  # CUDA_VISIBLE_DEVICES as Ray set it for this trial
     failed: str | None = None
+    restored: bool | None = None  # an epoch an earlier, interrupted run trained (read back from its checkpoint)
 
     CURVE_FIELDS = ("val_acc", "val_loss", "train_loss", "seconds", "images_per_s")
 
@@ -69,6 +72,7 @@ class EpochReport:
 
     @classmethod
     def from_result(cls, result: dict[str, Any]) -> EpochReport | None:
+        """The report a result carries, flat or nested, or None for a result Tune added on its own."""
         if "epoch" not in result or not ("val_acc" in result or "failed" in result):
             return None
         known = {f.name for f in fields(cls)} - {"throughput"}

@@ -15,6 +15,7 @@ from nas.trial_attrs import TrialAttrs
 
 
 def curve_at(trial: FrozenTrial, epoch: int) -> float | None:
+    """The trial's validation accuracy at ``epoch`` (None if that epoch was not recorded)."""
     for row in TrialAttrs.of(trial).curve_rows:
         if row.get("epoch") == epoch:
             return float(row["val_acc"])

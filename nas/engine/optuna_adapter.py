@@ -87,6 +87,8 @@ class OwnedStorage(optuna.storages.RDBStorage):
         return super()._create_new_trial(study_id, template_trial)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        """Optuna's state change; a WAITING -> RUNNING claim by a driver also writes its owner, in the same
+        transaction (no other driver can ever see the claimed trial without an owner)."""
         if state != TrialState.RUNNING or not self.owner:
             return super().set_trial_state_values(trial_id, state, values)
         from optuna.storages._rdb import models

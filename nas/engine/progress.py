@@ -37,6 +37,8 @@ class Progress:
 
     # ------------------------------------------------------------------------------------------ events
     def begin(self, cfg: Any, store: Any, recovered: list[int]) -> None:
+        """The run starts: its header (study, storage, budget, pruner, sampler), the trials recovered from dead
+        drivers, and the live view in a terminal."""
         n = len(store.study.trials)
         self.budget, self.concurrent = cfg.budget.n_trials, cfg.budget.max_concurrent
         self.objectives, self.directions = cfg.objective_names, cfg.directions
@@ -55,6 +57,8 @@ class Progress:
             self.live.start()
 
     def event(self, kind: str, info: dict[str, Any]) -> None:
+        """One driver event (``start``, ``epoch``, ``complete``, ``pruned``, ``fail``, ``reused``, ...): counted, and
+        shown live or as one line."""
         self.counts[kind] = self.counts.get(kind, 0) + 1
         n = info.get("number")
         if kind == "epoch":
@@ -76,6 +80,7 @@ class Progress:
         self.console.print(f"[dim]{time.time() - self.t0:7.1f}s[/] {line(kind, info)}")
 
     def end(self, summary: Any) -> None:
+        """The run ended: stop the live view, print the summary and the front."""
         if self.live is not None:
             self.live.stop()
             self.live = None
@@ -108,6 +113,7 @@ class Progress:
         return left * mean / max(1, self.concurrent)
 
     def render(self) -> Group:
+        """The live view: running trials, counts by state, ETA, the current front."""
         elapsed = time.time() - self.t0
         eta = self.eta()
         states = ", ".join(
@@ -133,32 +139,31 @@ class Progress:
         return Group(status, run, front)
 
 
+_TRIAL = "trial {number:>3} "
+LINES = {  # the plain log line of each event (str.format over the event's info; a missing field prints None)
+    "start": _TRIAL + "[cyan]start[/]    {placement}  ({params:,} params)",
+    "epoch": _TRIAL + "epoch {epoch:<3} val_acc {val_acc:.4f}  loss {train_loss:.3f}  {images_per_s:.0f} img/s",
+    "complete": _TRIAL + "[green]COMPLETE[/] values ({shown_values})",
+    "pruned": _TRIAL + "[yellow]PRUNED[/]   at epoch {pruned_at}",
+    "fail": _TRIAL + "[red]FAIL[/]     {failure}",
+    "reused": _TRIAL + "[blue]reused[/]   {placement} = trial {source} ({state})",
+    "waiting": _TRIAL + "[blue]waits[/]    {placement} = trial {source}, still training",
+    "recovered": _TRIAL + "[yellow]recovered[/] its driver stopped beating: FAIL, queued again",
+    "waiting_foreign": "trials {numbers} wait for trials {sources} of other drivers to finish",
+    "stopped": "[yellow]sampling stopped[/]: {reason}",
+    "infeasible": _TRIAL + "[dim]rejected before training: {reason}[/]",
+}
+
+
+class _OrNone(dict):
+    def __missing__(self, key: str) -> None:
+        return None
+
+
 def line(kind: str, info: dict[str, Any]) -> str:
     """One event as one line (the plain log)."""
-    n = info.get("number")
-    if kind == "start":
-        return f"trial {n:>3} [cyan]start[/]    {info['placement']}  ({info['params']:,} params)"
-    if kind == "epoch":
-        return (
-            f"trial {n:>3} epoch {info['epoch']:<3} val_acc {info['val_acc']:.4f}  "
-            f"loss {info['train_loss']:.3f}  {info['images_per_s']:.0f} img/s"
-        )
-    if kind == "complete":
-        return f"trial {n:>3} [green]COMPLETE[/] values ({', '.join(f'{v:.4g}' for v in info['values'])})"
-    if kind == "pruned":
-        return f"trial {n:>3} [yellow]PRUNED[/]   at epoch {info.get('pruned_at')}"
-    if kind == "fail":
-        return f"trial {n:>3} [red]FAIL[/]     {info.get('failure')}"
-    if kind == "reused":
-        return f"trial {n:>3} [blue]reused[/]   {info['placement']} = trial {info['source']} ({info['state']})"
-    if kind == "waiting":
-        return f"trial {n:>3} [blue]waits[/]    {info['placement']} = trial {info['source']}, still training"
-    if kind == "recovered":
-        return f"trial {n:>3} [yellow]recovered[/] its driver stopped beating: FAIL, queued again"
-    if kind == "waiting_foreign":
-        return f"trials {info['numbers']} wait for trials {info['sources']} of other drivers to finish"
-    if kind == "stopped":
-        return f"[yellow]sampling stopped[/]: {info['reason']}"
-    if kind == "infeasible":
-        return f"trial {n:>3} [dim]rejected before training: {info['reason']}[/]"
-    return f"{kind} {info}"
+    template = LINES.get(kind)
+    if template is None:
+        return f"{kind} {info}"
+    shown = ", ".join(f"{v:.4g}" for v in info.get("values") or ())
+    return template.format_map(_OrNone(info, shown_values=shown))

@@ -38,6 +38,8 @@ class ParetoPruner(BasePruner):
         self.eta, self.min_trials = eta, min_trials
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        """Whether ``trial`` stops at this rung: not in the top ``1/eta`` of the rung's trials by non-dominated rank
+        (once the rung has ``min_trials``)."""
         curve = TrialAttrs.of(trial).curve_rows
         if not curve or curve[-1]["epoch"] not in self.rungs:
             return False
@@ -77,6 +79,7 @@ class AccuracyPruner(BasePruner):
         self.inner, self.storage = inner, storage
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        """Whether ``trial`` stops at this rung, judged on accuracy alone by the wrapped Optuna pruner."""
         mirror_storage = optuna.storages.InMemoryStorage()
         mirror = optuna.create_study(
             study_name=study.study_name, direction=StudyDirection.MAXIMIZE, storage=mirror_storage, pruner=self.inner

@@ -4,13 +4,14 @@ throughput read from a table in simulated asynchronous time.
 A *table* is a search space evaluated exhaustively (benchmarks/tables/*.json, built by the engine itself with
 ``sampler: grid`` and no pruning): per architecture its per-epoch validation curve, its epoch seconds, its
 throughput, params and FLOPs, plus the space, the training configuration and the provenance of the build.
-:class:`ReplayExecutor` stands in for Ray Tune: ``max_concurrent`` simulated workers take configurations from
-``Driver.next_config``, each epoch of a trial ends ``epoch_seconds`` after the previous one (the architecture's
-median recorded epoch time: the build machine was shared, so single epochs are noisy), the driver records it and
-asks its pruner at the rungs exactly as in a real run, and a Ray Tune scheduler (ASHA) can make the stop decisions
-instead. The stored study looks like a real one (curves, PRUNED/COMPLETE, the front), so status, dashboard and
-export of configurations work on it; only weights do not exist. Search methods can therefore be compared on a
-known true front with many seeds in seconds (benchmarks/search_lab.py).
+:class:`ReplayExecutor` is the second implementation of the executor seam (nas.engine.executor), beside Ray Tune:
+``max_concurrent`` simulated workers take configurations from ``Driver.next_config``, each epoch of a trial ends
+``epoch_seconds`` after the previous one (the architecture's median recorded epoch time: the build machine was
+shared, so single epochs are noisy), the driver records it and asks its pruner at the rungs exactly as in a real
+run, and a Ray Tune scheduler (ASHA) can make the stop decisions instead. The stored study looks like a real one
+(curves, PRUNED/COMPLETE, the front), so status, dashboard and export of configurations work on it; only weights do
+not exist. Search methods can therefore be compared on a known true front with many seeds in seconds
+(benchmarks/search_lab.py).
 """
 
 from __future__ import annotations
@@ -22,15 +23,19 @@ import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nas.engine.config import StudyConfig
-from nas.engine.driver import FINISHED, Driver
-from nas.engine.messages import EpochReport, TrialPayload
+from nas.engine.executor import ExecTrial, Prepared, TrialFeed
+from nas.engine.messages import EpochReport
 from nas.errors import ConfigError
 from nas.measure import ThroughputKey
 from nas.space import SearchSpace
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+    from nas.engine.driver import Driver
 
 TABLE_FORMAT = "mixer-nas-table/1"
 
@@ -62,6 +67,7 @@ class TableArch:
 
     @property
     def epoch_seconds(self) -> float:
+        """The architecture's median recorded epoch time: the simulated seconds of each of its epochs."""
         return float(statistics.median(self.seconds))
 
 
@@ -128,6 +134,21 @@ class Table:
                     + "; replay with the table's training configuration"
                 )  # fmt: skip
 
+    def report(self, a: TableArch, epoch: int, cfg: StudyConfig, img_size: Any) -> EpochReport:
+        """Epoch ``epoch`` (from 1) of architecture ``a`` as a worker would report it."""
+        return EpochReport(
+            epoch=epoch,
+            val_acc=a.val_acc[epoch - 1],
+            val_loss=a.val_loss[epoch - 1],
+            train_loss=a.train_loss[epoch - 1],
+            seconds=a.epoch_seconds,
+            images_per_s=0.0,
+            wall_time_s=epoch * a.epoch_seconds,
+            throughput=self.throughput_report(a, cfg, img_size),
+            pid=0,
+            node="replay",
+        )
+
     def throughput_report(self, a: TableArch, cfg: StudyConfig, img_size: Any) -> dict[str, Any]:
         """The throughput a worker would report (ThroughputResult.to_dict() form), from the table."""
         h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
@@ -149,91 +170,88 @@ class ReplayLog:
 
 
 class ReplayExecutor:
-    """Runs a study's trials from a table instead of Ray (see the module docstring).
+    """The :class:`~nas.engine.executor.Executor` that runs a study's trials from a table instead of training (see
+    the module docstring).
 
-    ``scheduler``: a Ray Tune ``TrialScheduler`` (e.g. ``ASHAScheduler(metric="val_acc", mode="max")``) that makes the
-    stop decisions instead of the study's pruner, as ``run_tune``'s scheduler would. ``max_trial_epochs``: stop
-    starting and running trials once that many epochs were trained (a compute budget for comparisons). ``until``:
-    called with the number of every trial that ends; when it returns True the run stops there as if its budget
-    were spent (the search lab ends a run once it has reached the share of the true front it measures).
+    Args:
+        table: the tabulated benchmark.
+        workers: simulated workers (default: the study's ``budget.max_concurrent``).
+        max_trial_epochs: stop starting and running trials once that many epochs were trained (a compute budget for
+            comparisons).
+        until: called with every trial that ends (as stored); when it returns True the run stops there as if its
+            budget were spent (the search lab ends a run once it has reached the share of the true front it
+            measures).
+
+    After :meth:`run`, ``log`` is the :class:`ReplayLog` of the simulation.
     """
 
-    def __init__(self, driver: Driver, table: Table, workers: int, scheduler: Any = None) -> None:
-        self.driver, self.table, self.workers, self.scheduler = driver, table, workers, scheduler
+    def __init__(
+        self,
+        table: Table,
+        workers: int | None = None,
+        max_trial_epochs: int | None = None,
+        until: Callable[[FrozenTrial], bool] | None = None,
+    ) -> None:
+        self.table, self.workers, self.max_trial_epochs, self.until = table, workers, max_trial_epochs, until
         self.now = 0.0
-        driver.clock = lambda: self.now
+        self.log = ReplayLog()
 
-    def run(self, max_trial_epochs: int | None = None, until: Callable[[int], bool] | None = None) -> ReplayLog:
-        """Replay trials until the driver's budget is spent (or ``max_trial_epochs``, or ``until``); see the class.
+    def prepare(self, cfg: StudyConfig, space: SearchSpace, where: str) -> Prepared:
+        """The study must describe the table's space and training (:meth:`Table.check`)."""
+        self.table.check(cfg, space, where)
+        replay = {"table": self.table.source, "name": self.table.name, **self.table.provenance}
+        return Prepared(self.table.num_classes, {"replay": replay})
+
+    def clock(self) -> float:
+        """The simulated time, in the table's seconds."""
+        return self.now
+
+    def run(self, driver: Driver, scheduler: Any = None) -> None:
+        """Replay trials until the driver's budget is spent (or ``max_trial_epochs``, or ``until``).
 
         Raises:
             ConfigError: the sampler proposed an architecture the table does not hold.
         """
-        from ray.tune.schedulers import TrialScheduler
-
-        log, heap, seq, ids = ReplayLog(), [], itertools.count(), itertools.count()
-        runs: dict[str, tuple[TrialPayload, TableArch]] = {}
-        cfg, epochs, done = self.driver.cfg, self.driver.cfg.train.epochs, False
+        feed, workers = TrialFeed(driver, scheduler), self.workers or driver.cfg.budget.max_concurrent
+        log, heap, seq, ids = self.log, [], itertools.count(), itertools.count()
+        runs: dict[str, tuple[ExecTrial, TableArch]] = {}
+        epochs, done, budget = driver.cfg.train.epochs, False, self.max_trial_epochs
 
         def fill() -> None:
             nonlocal done
-            while len(runs) < self.workers and not done:
-                tid = f"replay_{next(ids):05d}"
-                config = self.driver.next_config(tid)
-                if config == FINISHED:
+            while len(runs) < workers and not done:
+                trial = feed.next_trial(f"replay_{next(ids):05d}")
+                if trial is None:
                     done = True
                     return
-                p = TrialPayload.from_config(config)
-                a = self.table.archs.get(p.arch_id)
+                a = self.table.archs.get(trial.payload.arch_id)
                 if a is None:
                     raise ConfigError(
-                        f"{self.table.source}: the sampler proposed architecture {p.arch_id} that the table does not "
-                        "hold; the table was built for another space or is incomplete"
+                        f"{self.table.source}: the sampler proposed architecture {trial.payload.arch_id} that the "
+                        "table does not hold; the table was built for another space or is incomplete"
                     )
-                runs[tid] = (p, a)
-                if self.scheduler is not None:
-                    self.scheduler.on_trial_add(None, SimpleNamespace(trial_id=tid))
-                heapq.heappush(heap, (self.now + a.epoch_seconds, next(seq), tid, 1))
+                runs[trial.trial_id] = (trial, a)
+                heapq.heappush(heap, (self.now + a.epoch_seconds, next(seq), trial.trial_id, 1))
 
         fill()
         while heap:
             t, _, tid, e = heapq.heappop(heap)
             self.now = t
-            p, a = runs[tid]
-            report = EpochReport(
-                epoch=e,
-                val_acc=a.val_acc[e - 1],
-                val_loss=a.val_loss[e - 1],
-                train_loss=a.train_loss[e - 1],
-                seconds=a.epoch_seconds,
-                images_per_s=0.0,
-                wall_time_s=e * a.epoch_seconds,
-                throughput=self.table.throughput_report(a, cfg, p.arch["img_size"]),
-                pid=0,
-                node="replay",
-            )
-            result = report.to_result()
-            self.driver.on_result(tid, result)
-            stop = self.driver.should_stop(tid, result)
-            if self.scheduler is not None and not stop:
-                stub = SimpleNamespace(trial_id=tid)
-                decision = self.scheduler.on_trial_result(None, stub, {**result, "training_iteration": e})
-                stop = decision == TrialScheduler.STOP
+            trial, a = runs[tid]
+            p = trial.payload
+            stop = feed.report(trial, self.table.report(a, e, driver.cfg, p.arch["img_size"]))
             log.epochs.append((t, p.number, e, a.epoch_seconds))
             if stop or e >= epochs:
-                if self.scheduler is not None:
-                    self.scheduler.on_trial_complete(None, SimpleNamespace(trial_id=tid), result)
-                self.driver.on_complete(tid)
+                ended = feed.end(trial)
                 log.ends.append((t, p.number))
                 del runs[tid]
-                if until is not None and until(p.number):
-                    max_trial_epochs = len(log.epochs)  # ends the run below, as a spent budget does
+                if self.until is not None and self.until(ended):
+                    budget = len(log.epochs)  # ends the run below, as a spent budget does
             else:
                 heapq.heappush(heap, (t + a.epoch_seconds, next(seq), tid, e + 1))
-            if max_trial_epochs is not None and len(log.epochs) >= max_trial_epochs:
+            if budget is not None and len(log.epochs) >= budget:
                 done, log.stopped_by_budget = True, True
                 heap.clear()  # the budget is spent: running trials stop where they are (the driver fails them)
             else:
                 fill()
         log.seconds = self.now
-        return log

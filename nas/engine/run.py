@@ -1,13 +1,15 @@
-"""``nas search``: load and validate a study file, open (or continue) its study, run trials on Ray, report."""
+"""``nas search``: load and validate a study file, open (or continue) its study, run its trials on an executor (Ray
+Tune, or a table's replay: nas.engine.executor), report."""
 
 from __future__ import annotations
 
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nas import layout
 from nas.engine.config import StudyConfig, read_study_file
@@ -17,8 +19,13 @@ from nas.engine.progress import Progress
 from nas.engine.pruners import make_pruner
 from nas.engine.samplers import make_sampler
 from nas.engine.store import StudyStore, single_driver
-from nas.errors import ConfigError, StudyError
+from nas.errors import StudyError
 from nas.space import SearchSpace
+
+if TYPE_CHECKING:
+    import optuna
+
+    from nas.engine.executor import Executor
 
 
 @dataclass
@@ -35,24 +42,6 @@ class RunSummary:
     recovered: list[int] = field(default_factory=list)
     interrupted: list[int] = field(default_factory=list)
     stop_reason: str | None = None
-
-
-def dataset_shape(cfg: StudyConfig, space: SearchSpace, where: str) -> tuple[int, dict[str, list[float]]]:
-    """Load the dataset once on the driver: number of classes and normalisation statistics (exports carry them),
-    and a clear error if the channel count disagrees with the space."""
-    from trainers.data import load_dataset
-    from trainers.errors import TrainerError
-
-    try:
-        data = load_dataset(cfg.dataset)
-    except TrainerError as e:
-        raise ConfigError(f"{where}: dataset: {e}") from None
-    if data.in_chans != space.input.in_chans:
-        raise ConfigError(
-            f"{where}: dataset '{cfg.dataset.name}' has {data.in_chans} input channel(s) but the search space "
-            f"'{space.name}' says input.in_chans = {space.input.in_chans}; make them agree"
-        )
-    return data.num_classes, {"mean": list(data.mean), "std": list(data.std)}
 
 
 def run_study(
@@ -87,7 +76,12 @@ def run_study(
             has a driver, or sampling stopped on an error (e.g. the last 50 proposals were all infeasible).
     """
     cfg, space = read_study_file(path, overrides)
-    return run_config(cfg, space, str(path), base_dir, progress, scheduler_factory, replay)
+    executor = None
+    if replay is not None:
+        from nas.engine.replay import ReplayExecutor, Table
+
+        executor = ReplayExecutor(Table.load(replay))
+    return run_config(cfg, space, str(path), base_dir, progress, scheduler_factory, executor)
 
 
 def run_config(
@@ -96,84 +90,81 @@ def run_config(
     where: str,
     base_dir: Path | None = None,
     progress: Progress | None = None,
-    scheduler_factory: Any = None,
-    replay: str | Path | None = None,
-    plan: Any = None,
+    scheduler_factory: Callable[[Any], Any] | None = None,
+    executor: Executor | None = None,
+    plan: Callable[[optuna.Study], int] | None = None,
+    storage: Any = None,
+    wrap_pruner: Callable[[Any], Any] | None = None,
 ) -> RunSummary:
-    """:func:`run_study` for a configuration already in hand (validation and calibration run their sub-studies
-    through it). ``plan(study) -> n_trials`` enqueues the trials a sub-study still needs once its storage is open
-    and returns how many to run (0: nothing left)."""
+    """:func:`run_study` for a configuration already in hand: the one entry point of every run (``nas search``,
+    the sub-studies of ``nas calibrate``/``nas validate``, the search lab), on any executor.
+
+    Args:
+        cfg, space, where: the validated study, its space, and the name errors start with (the study file).
+        base_dir, progress, scheduler_factory: as for :func:`run_study`.
+        executor: what runs the trials (nas.engine.executor); default Ray Tune (:class:`nas.engine.tune.RayExecutor`).
+        plan: ``plan(study) -> n_trials`` enqueues the trials a sub-study still needs once its storage is open and
+            returns how many to run (0: nothing left); default ``budget.n_trials``.
+        storage: an Optuna storage to use instead of the study's URL (the search lab's in-memory one).
+        wrap_pruner: ``f(pruner) -> pruner`` replacing the study's pruner (the lab's oracle bound).
+
+    Raises:
+        ConfigError, StudyError: as for :func:`run_study`.
+    """
     local_ray_on_loopback(cfg.ray.address)
-    from nas.engine.replay import Table
-
     make_sampler(cfg, 0, space), make_pruner(cfg)  # configuration errors surface here, before any storage exists
-    table = Table.load(replay) if replay is not None else None
-    if table is not None:
-        table.check(cfg, space, where)
-        num_classes, data_stats = table.num_classes, None
-    else:
-        num_classes, data_stats = dataset_shape(cfg, space, where)
-    space.check_reachable(num_classes)
-    if table is None:
-        from nas.engine.tune import check_resources, init_ray
+    if executor is None:
+        from nas.engine.tune import RayExecutor  # imports Ray: after local_ray_on_loopback
 
-        init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus)
-        check_resources(cfg, where)
+        executor = RayExecutor()
+    prepared = executor.prepare(cfg, space, where)
+    space.check_reachable(prepared.num_classes)
     progress = progress or Progress()
     with single_driver(cfg.storage_url(base_dir), cfg.name):
-        return _drive(cfg, space, base_dir, progress, scheduler_factory, table, data_stats, num_classes, plan)
+        storage = storage or layout.create_storage(cfg.storage_url(base_dir), OwnedStorage)
+        pruner = make_pruner(cfg, storage)
+        store = _open(cfg, space, base_dir, storage, wrap_pruner(pruner) if wrap_pruner else pruner)
+        for key, value in prepared.study_attrs.items():
+            store.study.set_user_attr(key, value)
+        return _drive(cfg, space, store, progress, scheduler_factory, executor, prepared.num_classes, plan)
+
+
+def _open(cfg: StudyConfig, space: SearchSpace, base_dir: Path | None, storage: Any, pruner: Any) -> StudyStore:
+    """Open the study as one of its drivers: the sampler's stream is this driver's number in the study."""
+    n_existing = _count_existing(storage, cfg.name)
+    sampler = lambda slot: make_sampler(cfg, n_existing, space, stream=slot)  # noqa: E731
+    return StudyStore(cfg, space, sampler, pruner, base_dir, storage)
 
 
 def _drive(
     cfg: StudyConfig,
     space: SearchSpace,
-    base_dir: Path | None,
+    store: StudyStore,
     progress: Progress,
-    scheduler_factory: Any,
-    table: Any,
-    data_stats: dict[str, list[float]] | None,
+    scheduler_factory: Callable[[Any], Any] | None,
+    executor: Executor,
     num_classes: int,
-    plan: Any,
+    plan: Callable[[optuna.Study], int] | None,
 ) -> RunSummary:
-    """Open the study as one of its drivers, run its trials (Ray, or the table's replay), report."""
+    """Run the study's trials on the executor as one of its drivers, report."""
     from nas.engine.driver import Driver
-    from nas.engine.replay import ReplayExecutor
 
-    storage = layout.create_storage(cfg.storage_url(base_dir), OwnedStorage)
-    n_existing = _count_existing(storage, cfg.name)
-    sampler = lambda slot: make_sampler(cfg, n_existing, space, stream=slot)  # noqa: E731
-    store = StudyStore(cfg, space, sampler, make_pruner(cfg, storage), base_dir, storage)
-    if table is not None:
-        store.study.set_user_attr("replay", {"table": table.source, "name": table.name, **table.provenance})
-    else:
-        store.study.set_user_attr("data_stats", data_stats)
     recovered = store.recover_stale()
     if cfg.sampler.name == "grid" and plan is None:
         requeue_grid_holes(store.study)
     n_trials = plan(store.study) if plan is not None else cfg.budget.n_trials
     store.start()
     progress.begin(cfg, store, recovered)
+    lock_dir, resume_dir = local_lock_dir(store.study_dir), local_dir(store.study_dir, "resume")
     driver = Driver(
-        cfg,
-        space,
-        store,
-        store.study.pruner,
-        num_classes,
-        n_trials,
-        lock_dir=local_lock_dir(store.study_dir),
-        log=progress.event,
-    )
+        cfg, space, store, store.study.pruner, num_classes, n_trials, lock_dir, progress.event, executor.clock,
+        resume_dir,
+    )  # fmt: skip
     t0 = time.time()
     interrupted: list[int] = []
     ended = False
     try:
-        scheduler = scheduler_factory(driver) if scheduler_factory else None
-        if table is not None:
-            ReplayExecutor(driver, table, cfg.budget.max_concurrent, scheduler).run()
-        else:
-            from nas.engine.tune import run_tune
-
-            run_tune(driver, scheduler=scheduler, wall_time_s=cfg.budget.wall_time_s)
+        executor.run(driver, scheduler_factory(driver) if scheduler_factory else None)
         ended = True
     finally:
         interrupted = driver.finish(wait_for_others=ended)
@@ -187,7 +178,12 @@ def _drive(
 
 def local_lock_dir(study_dir: Path) -> str:
     """Device locks live beside the study (one folder per node when the filesystem is not shared)."""
-    path = (study_dir / "locks").resolve()
+    return local_dir(study_dir, "locks")
+
+
+def local_dir(study_dir: Path, name: str) -> str:
+    """A folder beside the study (``locks``, ``resume``: the trials' checkpoints), made now, as an absolute path."""
+    path = (study_dir / name).resolve()
     path.mkdir(parents=True, exist_ok=True)
     return str(path)
 

@@ -28,9 +28,11 @@ class GridSampler(optuna.samplers.GridSampler):
         self.size = math.prod(len(v) for v in search_space.values())
 
     def after_trial(self, study: optuna.Study, trial: Any, state: Any, values: Any) -> None:
+        """Nothing: Optuna's hook would call ``Study.stop()`` on the last point (see the class docstring)."""
         return None
 
     def is_exhausted(self, study: optuna.Study) -> bool:
+        """Whether every point of the grid has been proposed in this study."""
         trials = study.get_trials(deepcopy=False)
         if any(t.state == TrialState.WAITING for t in trials):
             return False

@@ -182,9 +182,11 @@ class StudyStore:
 
     # ------------------------------------------------------------------------------------------ heartbeat
     def start(self) -> None:
-        """Write the first heartbeat and start beating (and recovering dead drivers' trials) in a thread."""
+        """Write the first heartbeat and start beating (and recovering dead drivers' trials) in a thread. An
+        in-memory study (the search lab) has this driver alone by construction: it writes the first beat only."""
         self._write_heartbeat()
-        self._beat.start()
+        if isinstance(self.storage, optuna.storages.RDBStorage):
+            self._beat.start()
 
     def close(self) -> None:
         """Stop beating and mark this driver closed (heartbeat 0): its trials are all told by now."""

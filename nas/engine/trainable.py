@@ -39,17 +39,20 @@ class RealDevices:
     CUDA_VISIBLE_DEVICES remaps indices per Ray worker)."""
 
     def resolve(self, spec: str) -> Any:
+        """The torch device a ``train.device`` spec names (``auto``: the first visible CUDA device, else the CPU)."""
         from nas.measure import resolve_device
 
         return resolve_device(spec)
 
     def lock(self, device: Any, lock_dir: str | None) -> Any:
+        """The device lock of ``device`` on this node (one per physical device)."""
         from nas.devlock import DeviceLock
         from nas.measure import device_lock_id
 
         return DeviceLock(f"{socket.gethostname()}-{device_lock_id(device)}", lock_dir)
 
     def visible(self) -> str | None:
+        """``CUDA_VISIBLE_DEVICES`` as Ray set it for this worker (None if unset)."""
         return os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
@@ -167,23 +170,53 @@ def train(
     data = to_device_data(_DATA_CACHE[dkey], device)
     torch.manual_seed(train_cfg.seed)
     model = timm.create_model("mixerformer", **p.arch)
-    started = time.time()
-    for ep in iter_fit(model, train_cfg, data, step_guard=lock.shared):
+    ckpt = resume_file(p)
+    restored = restored_epochs(ckpt, train_cfg.epochs)
+    started = time.time() - sum(ep.seconds for ep, _ in restored)
+    for ep, weights in restored:  # reported first: the new trial's curve is whole
+        yield _report(ep, time.time() - started, throughput, where, restored=True), weights
+    for ep in iter_fit(model, train_cfg, data, checkpoint=ckpt, step_guard=lock.shared):
         weights = None
         if ep.epoch == train_cfg.epochs:  # full fidelity: keep the weights for export
             weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        report = EpochReport(
-            epoch=ep.epoch,
-            val_acc=ep.val_acc,
-            val_loss=ep.val_loss,
-            train_loss=ep.train_loss,
-            seconds=ep.seconds,
-            images_per_s=ep.images_per_s,
-            wall_time_s=time.time() - started,
-            throughput=throughput,
-            **where,
-        )
-        yield report, weights
+        yield _report(ep, time.time() - started, throughput, where), weights
+
+
+def _report(ep: Any, wall_s: float, throughput: dict[str, Any], where: dict[str, Any], **extra: Any) -> EpochReport:
+    return EpochReport(
+        **{k: getattr(ep, k) for k in ("epoch", *EpochReport.CURVE_FIELDS)},  # the trainer's names are ours
+        wall_time_s=wall_s,
+        throughput=throughput,
+        **where,
+        **extra,
+    )
+
+
+def resume_file(p: TrialPayload) -> Path | None:
+    """The trial's checkpoint file, if its folder is reachable from this worker (the driver's node, or a filesystem
+    shared with it); None elsewhere: the trial trains without one rather than leave files on a foreign node."""
+    if p.resume is None:
+        return None
+    path = Path(p.resume)
+    return path if path.parent.is_dir() else None
+
+
+def restored_epochs(path: Path | None, epochs: int) -> list[tuple[Any, Weights | None]]:
+    """The epochs an interrupted run of this architecture trained, from its checkpoint (the trainer continues after
+    them), with the weights on a final epoch. An unreadable checkpoint is deleted: the trial starts over."""
+    from trainers.errors import CheckpointError
+    from trainers.proxy import EpochResult, read_checkpoint
+
+    if path is None or not path.is_file():
+        return []
+    try:
+        state = read_checkpoint(path)
+    except CheckpointError:
+        path.unlink(missing_ok=True)
+        return []
+    history = [EpochResult(**h) for h in state["history"]]
+    final = {k: v.contiguous() for k, v in state["model"].items()}
+    return [(ep, final if ep.epoch >= epochs else None) for ep in history]
 
 
 def trial_reports(p: TrialPayload) -> Iterator[tuple[EpochReport, Weights | None]]:

@@ -4,7 +4,8 @@
 * :class:`RungScheduler` — a Tune scheduler that stores each epoch, then asks the study's pruner at every rung.
 * :class:`RecordCallback` — records results even when another scheduler (Ray's ASHA, for the benchmark) stops a
   trial, so the study still learns the truth.
-* :func:`run_study` — local Ray started in-process by default, or ``address`` to join a cluster.
+* :class:`RayExecutor` — the executor seam's Ray implementation (nas.engine.executor): local Ray started
+  in-process by default, or ``ray.address`` to join a cluster.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 from nas.engine.driver import FINISHED, Driver  # noqa: E402
+from nas.engine.executor import Prepared, dataset_shape  # noqa: E402
 from nas.engine.trainable import run_trial  # noqa: E402
 from nas.errors import ConfigError, StudyError  # noqa: E402
 
@@ -49,6 +51,7 @@ class _DriverRef:
 
     @property
     def driver(self) -> Driver:
+        """The driver this adapter serves (from the process-local registry)."""
         return _DRIVERS[self._key]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -69,16 +72,20 @@ class NasSearcher(_DriverRef, Searcher):
         """See :meth:`save`."""
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        """Accept Tune's metric/mode: the study's objectives and pruner decide, not Tune's metric."""
         return True
 
     def suggest(self, trial_id: str) -> dict | str | None:
+        """The next trial's config from the driver, or ``Searcher.FINISHED`` when the driver is finished."""
         out = self.driver.next_config(trial_id)
         return Searcher.FINISHED if out == FINISHED else out
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Record one epoch (idempotent)."""
         self.driver.on_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Record the last result, then let the driver tell the study how the trial ended."""
         if result:
             self.driver.on_result(trial_id, result)
         self.driver.on_complete(trial_id, error=error)
@@ -92,10 +99,12 @@ class RungScheduler(_DriverRef, FIFOScheduler):
         self._bind(driver)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        """Record the epoch; STOP when the trial failed or the study's pruner prunes it at a rung."""
         self.driver.on_result(trial.trial_id, result)
         return TrialScheduler.STOP if self.driver.should_stop(trial.trial_id, result) else TrialScheduler.CONTINUE
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        """Keep the worker's error as the trial's failure reason before Tune ends it."""
         _capture_error(self.driver, trial)
         super().on_trial_error(tune_controller, trial)
 
@@ -118,9 +127,11 @@ class RecordCallback(_DriverRef, tune.Callback):
         self._bind(driver)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        """Record one epoch (idempotent), whichever scheduler decides."""
         self.driver.on_result(trial.trial_id, result)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        """Remember where Tune persisted the trial's weights (the URI a COMPLETE trial stores)."""
         self.driver.on_checkpoint(trial.trial_id, checkpoint_uri(checkpoint))
 
 
@@ -197,6 +208,10 @@ class PlacementWatchdog(tune.Callback):
         self._checked = 0.0
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        """Check, at most every few seconds while a trial is PENDING, that some alive node can still place it.
+
+        Raises:
+            StudyError: none could for ``grace_s``."""
         if not any(t.status == "PENDING" for t in trials):
             self._since = None
             return
@@ -235,6 +250,32 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None = N
             configure_logging=False,
             _node_ip_address="127.0.0.1",  # kept as loopback only with the switch of run.local_ray_on_loopback
         )
+
+
+class RayExecutor:
+    """The :class:`~nas.engine.executor.Executor` that proxy-trains trials on Ray Tune workers: a local runtime on
+    127.0.0.1, or the cluster at ``ray.address``; Ray's own loop calls the driver (:class:`NasSearcher`,
+    :class:`RungScheduler`, :class:`RecordCallback`) and ``budget.wall_time_s`` bounds the run."""
+
+    def prepare(self, cfg: Any, space: Any, where: str) -> Prepared:
+        """Read the dataset (classes, normalisation statistics, channels), start or join Ray, check the cluster can
+        place the trials (:func:`check_resources`).
+
+        Raises:
+            ConfigError: the dataset is unreadable or disagrees with the space, or the resources cannot be placed.
+        """
+        num_classes, data_stats = dataset_shape(cfg, space, where)
+        init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus)
+        check_resources(cfg, where)
+        return Prepared(num_classes, {"data_stats": data_stats})
+
+    def clock(self) -> float:
+        """Wall time."""
+        return time.time()
+
+    def run(self, driver: Driver, scheduler: TrialScheduler | None = None) -> None:
+        """Run trials on Ray Tune until the driver is finished or ``budget.wall_time_s`` has passed."""
+        run_tune(driver, scheduler=scheduler, wall_time_s=driver.cfg.budget.wall_time_s)
 
 
 def run_tune(

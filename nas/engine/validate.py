@@ -41,6 +41,7 @@ class Validation:
     at: str = ""
 
     def line(self) -> str:
+        """The validation in one line (tau, rho, front members that survived the retraining)."""
         return results.validation_line(asdict(self))
 
 
@@ -76,6 +77,9 @@ def select(recs: list[results.TrialRecord], objs: list[Any], top: int, random_m:
 
 
 def validation_config(cfg: StudyConfig, url: str, epochs: int | None, fraction: float | None) -> StudyConfig:
+    """The sub-study configuration that retrains at a larger budget: ``epochs`` and ``fraction`` default to twice
+    the proxy's (the data fraction capped at 1); every planned trial trained to the end, in the same storage ``url``
+    (:func:`~nas.engine.config.retraining_config`)."""
     proxy = _budget(cfg)
     epochs = epochs or 2 * proxy["epochs"]
     fraction = fraction or min(1.0, 2 * proxy["train_fraction"])
@@ -125,6 +129,8 @@ def validate(
 
 
 def summarize(study: Any, sub_study: Any, chosen: list[Any], sub: StudyConfig) -> Validation:
+    """Compare the proxy study with its retraining: rank agreement (tau, rho) of the retrained architectures and
+    which members of the proxy front stay on the retrained front."""
     objs = results.objectives_of(study)
     proxy_front = {r.number for r in results.front(results.records(study), objs)}
     retrained = {r.arch_id: r for r in results.eligible(results.records(sub_study), results.objectives_of(sub_study))}

@@ -1,0 +1,120 @@
+"""The executor seam (nas.engine.executor): a third executor of a few lines, in-process and without Ray, runs a
+real study end to end (real Fashion-MNIST slices, real training, real SQLite) through ``run_config``, the entry
+point of ``nas search``; a worker that dies and an executor that raises leave nothing RUNNING."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nas import results
+from nas.engine.config import read_study_file
+from nas.engine.executor import ExecTrial, Prepared, TrialFeed, dataset_shape
+from nas.engine.lifecycle import INTERRUPTED
+from nas.engine.progress import Progress
+from nas.engine.run import run_config
+from nas.engine.trainable import trial_reports
+from nas.trial_attrs import TrialAttrs
+from tests.engine_fixtures import write_study
+
+
+class InlineExecutor:
+    """One trial at a time in this process: what a process pool or a batch scheduler would implement."""
+
+    def __init__(self, die_on: int | None = None, raise_after: int | None = None, cut_at: int | None = None) -> None:
+        self.die_on, self.raise_after, self.cut_at, self.started = die_on, raise_after, cut_at, 0
+        self.seen: list[ExecTrial] = []
+
+    def prepare(self, cfg, space, where) -> Prepared:
+        num_classes, stats = dataset_shape(cfg, space, where)
+        return Prepared(num_classes, {"data_stats": stats})
+
+    def clock(self) -> float:
+        return time.time()
+
+    def run(self, driver, scheduler=None) -> None:
+        feed = TrialFeed(driver, scheduler)
+        while (trial := feed.next_trial(f"inline_{self.started}")) is not None:
+            self.started += 1
+            self.seen.append(trial)
+            if self.raise_after is not None and self.started > self.raise_after:
+                raise KeyboardInterrupt  # the executor stops with a trial handed out and not ended
+            if trial.payload.number == self.die_on:
+                feed.end(trial, error="worker lost (node preempted)")
+                continue
+            for report, _weights in trial_reports(trial.payload):
+                if feed.report(trial, report):
+                    break
+                if report.epoch == self.cut_at:
+                    raise KeyboardInterrupt  # Ctrl-C in the middle of a trial
+            feed.end(trial)
+
+
+def _run(tmp_path: Path, name: str, executor: InlineExecutor, **over) -> tuple[object, optuna.Study]:
+    cfg, space = read_study_file(write_study(tmp_path, name, **over))
+    summary = run_config(cfg, space, name, tmp_path / "studies", Progress(quiet=True), executor=executor)
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'studies' / name / 'study.db'}")
+    return summary, study
+
+
+def test_a_third_executor_runs_a_real_study_end_to_end(tmp_path: Path) -> None:
+    executor = InlineExecutor()
+    summary, study = _run(tmp_path, "inline", executor, budget={"n_trials": 4, "max_concurrent": 1})
+    trained = [t for t in study.trials if not TrialAttrs.of(t).is_copy]
+    assert len(executor.seen) == len(trained) and summary.added == 4
+    assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert any(t.state == TrialState.COMPLETE for t in study.trials)
+    for t in trained:
+        a = TrialAttrs.of(t)
+        assert a.curve_rows and a.throughput["median"] > 0 and a.wall_time_s > 0
+        assert len(a.curve_rows) == a.fidelity == (2 if t.state == TrialState.COMPLETE else a.pruned_at)
+        assert [r["epoch"] for r in a.curve_rows] == list(range(1, a.fidelity + 1))
+    assert study.user_attrs["data_stats"]["mean"]  # the executor's study attributes were recorded
+    front = results.front(results.records(study), results.objectives_of(study))
+    assert front and [f["number"] for f in summary.front] == [r.number for r in front]
+
+
+def test_a_dead_worker_fails_its_trial_with_the_reason_and_the_study_goes_on(tmp_path: Path) -> None:
+    summary, study = _run(tmp_path, "dies", InlineExecutor(die_on=0), budget={"n_trials": 2, "max_concurrent": 1})
+    first = study.trials[0]
+    assert summary.counts.get("FAIL") == 1
+    assert first.state == TrialState.FAIL and "worker lost (node preempted)" in TrialAttrs.of(first).failure
+    assert study.trials[-1].state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def test_an_executor_that_raises_leaves_nothing_running_and_its_trial_queued_again(tmp_path: Path) -> None:
+    executor = InlineExecutor(raise_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "raises", executor, budget={"n_trials": 3, "max_concurrent": 1})
+    study = optuna.load_study(study_name="raises", storage=f"sqlite:///{tmp_path / 'studies' / 'raises' / 'study.db'}")
+    states = [t.state for t in study.trials]
+    assert TrialState.RUNNING not in states
+    assert states.count(TrialState.WAITING) == 1  # the interrupted trial's one retry
+    cut = study.trials[executor.seen[-1].payload.number]
+    assert cut.state == TrialState.FAIL and TrialAttrs.of(cut).failure.startswith(INTERRUPTED)
+
+
+def test_an_interrupted_trial_continues_from_its_last_epoch_and_ends_as_if_never_cut(tmp_path: Path) -> None:
+    """The trainer checkpoints every epoch under ``<study>/resume``; the interrupted trial's retry (same architecture,
+    same training) reads the epochs back, trains only the rest, and reaches the accuracy of an uncut run."""
+    one = {"budget": {"n_trials": 1, "max_concurrent": 1}, "pruner": {"name": "none"}, "train": {"epochs": 3}}
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "cut", InlineExecutor(cut_at=2), **one)
+    resume = tmp_path / "studies" / "cut" / "resume"
+    assert len(list(resume.glob("*.pt"))) == 1  # kept for the retry
+    _, study = _run(tmp_path, "cut", InlineExecutor(), **one)
+    cut, retry = study.trials[0], study.trials[1]
+    assert TrialAttrs.of(retry).retry_of == 0 and retry.state == TrialState.COMPLETE
+    assert TrialAttrs.of(retry).resumed_epochs == 2
+    assert [r["val_acc"] for r in TrialAttrs.of(retry).curve_rows[:2]] == [
+        r["val_acc"] for r in TrialAttrs.of(cut).curve_rows
+    ]
+    assert not list(resume.glob("*.pt"))  # told: the checkpoint has served
+    _, whole = _run(tmp_path, "whole", InlineExecutor(), **one)  # the same seed: the same architecture, never cut
+    assert TrialAttrs.of(whole.trials[0]).arch_id == TrialAttrs.of(retry).arch_id
+    assert TrialAttrs.of(whole.trials[0]).resumed_epochs is None
+    assert retry.values[0] == pytest.approx(whole.trials[0].values[0], abs=1e-6)

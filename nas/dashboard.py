@@ -80,6 +80,8 @@ def pareto_figure(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) 
         pts = [p for p in pts if p[0] is not None and p[1] is not None]
         if not pts and name != FRONT_NAME:
             return
+        if yo.name == "accuracy" and name != "pruned (last rung accuracy)":
+            kw.setdefault("error_y", _interval_bars([(p[1], p[2]) for p in pts], marker.get("color")))
         fig.add_trace(
             go.Scatter(
                 x=[p[0] for p in pts],
@@ -120,6 +122,8 @@ def pareto_figure(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) 
     add(FRONT_NAME, fr, {"color": "#d62728", "size": 11}, mode="lines+markers", line={"color": "#d62728"})
     unplotted = len(failed) - len([r for r in failed if x_of(r) is not None])
     note = f"; {len(pruned)} pruned, {len(failed)} failed" + (f" ({unplotted} not plotted)" if unplotted else "")
+    if yo.name == "accuracy" and any(r.accuracy_interval for r in full):
+        note += "; bars: 95 % interval over the validation images"
     fig.update_layout(
         title=f"Pareto front: {yo.name} vs {xo.name if xo else 'trial'} "
         f"({len(fr)} on the front of {len(full)} complete full-fidelity trials{note})",
@@ -345,6 +349,20 @@ def validation_figure(study: Any) -> go.Figure | None:
         template="plotly_white",
     )
     return fig
+
+
+def _interval_bars(points: list[tuple[float, TrialRecord]], color: str | None) -> dict[str, Any] | None:
+    """Plotly error bars: each full-fidelity accuracy's 95 % interval (nas.evaluation; none for a trial evaluated
+    before its correct images were kept), or None when no point has one."""
+    up, down = [], []
+    for y, r in points:
+        iv = r.accuracy_interval
+        up.append(iv[1] - y if iv else 0.0)
+        down.append(y - iv[0] if iv else 0.0)
+    if not any(up) and not any(down):
+        return None
+    return {"type": "data", "symmetric": False, "array": up, "arrayminus": down, "thickness": 1, "width": 2,
+            "color": color}  # fmt: skip
 
 
 def _summary_html(s: results.StudySummary) -> str:

@@ -148,6 +148,9 @@ def _provenance(study, rec: TrialRecord, storage_url: str, ckpt_sha: str | None)
         "study": study.study_name,
         "trial": rec.number,
         "objectives": [{"name": o.name, "direction": o.direction, "value": rec.values.get(o.name)} for o in objs],
+        # 95 % Wilson interval over the validation images (None: evaluated before they were kept)
+        "accuracy_interval": list(rec.accuracy_interval) if rec.accuracy_interval else None,
+        "validation_set": rec.val_set,
         "throughput": rec.throughput,
         "params": rec.params,
         "flops": rec.flops,

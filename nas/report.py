@@ -179,7 +179,8 @@ def build(study: Any) -> str:
     lines += ["## The front", "", _knee_text(front, objs), "", "| trial | placement | "
               + " | ".join(o.name for o in objs) + " |", "|---|---|" + "---|" * len(objs)]  # fmt: skip
     for r in front:
-        lines.append(f"| {r.number} | `{r.placement}` | " + " | ".join(f"{r.values[o.name]:.4g}" for o in objs) + " |")
+        lines.append(f"| {r.number} | `{r.placement}` | " + " | ".join(_value(r, o) for o in objs) + " |")
+    lines += ["", *_noise_lines(front, objs)]
     lines += ["", "## Best mixer per stage, by objective", ""]
     for e, o in zip(fx, objs, strict=True):
         best, sign = [], 1.0 if o.direction == "maximize" else -1.0
@@ -188,6 +189,31 @@ def build(study: Any) -> str:
             best.append(f"stage {i}: `{top.mixer}` ({top.estimate:+.2f} {e.unit})")
         lines.append(f"- **{e.objective}** — " + "; ".join(best))
     return "\n".join(lines) + "\n"
+
+
+def _value(r: results.TrialRecord, o: Objective) -> str:
+    """An objective's value; an accuracy with its 95 % interval over the validation images when it has one."""
+    v = f"{r.values[o.name]:.4g}"
+    iv = r.accuracy_interval if o.name == "accuracy" else None
+    return f"{v} [{iv[0]:.4g}, {iv[1]:.4g}]" if iv else v
+
+
+def _noise_lines(front: list[results.TrialRecord], objectives: list[Objective]) -> list[str]:
+    """What the accuracy intervals mean, and whether the front's two most accurate members differ by more than the
+    validation images' noise (paired on the same images: nas.evaluation.compare)."""
+    if not any(o.name == "accuracy" for o in objectives) or not any(r.accuracy_interval for r in front):
+        return []
+    out = ["Accuracy intervals (brackets): 95 % Wilson intervals over the validation images only; another "
+           "training seed moves an accuracy by about as much again, which only replicates of it measure."]  # fmt: skip
+    top = sorted((r for r in front if r.val_correct), key=lambda r: -r.values["accuracy"])[:2]
+    if len(top) == 2 and top[0].val_set == top[1].val_set:
+        from nas.evaluation import compare
+
+        c = compare(top[0].val_correct, top[1].val_correct)
+        verdict = "a difference the images settle" if c.settled else "inside the noise of the validation images"
+        out.append(f"The front's most accurate trial {top[0].number} minus the next, trial {top[1].number}, paired "
+                   f"on the same images: {c.describe()} — {verdict}.")  # fmt: skip
+    return [*out, ""]
 
 
 def _count(recs: list[results.TrialRecord], stage: int) -> dict[str, int]:

@@ -54,11 +54,23 @@ class TrialRecord:
     duration: float | None = None  # seconds: the trial's `wall_time_s`, else complete - start
     device: str | None = None
     search_params: dict[str, Any] = field(default_factory=dict)  # Optuna's trial.params (the searched knobs)
+    val_correct: str | None = None  # which validation images the full-fidelity model got right (trainers.bitmap)
+    val_set: str | None = None  # the validation set's fingerprint (bitmaps compare only under the same one)
 
     @property
     def last_val_acc(self) -> float | None:
         accs = [e.get("val_acc") for e in self.curve if e.get("val_acc") is not None]
         return float(accs[-1]) if accs else None
+
+    @property
+    def accuracy_interval(self) -> tuple[float, float] | None:
+        """The 95 % Wilson interval of the full-fidelity accuracy (nas.evaluation), from the images it got right;
+        None for a trial evaluated before they were kept."""
+        if self.val_correct is None:
+            return None
+        from nas.evaluation import bitmap_interval
+
+        return bitmap_interval(self.val_correct)[1:]
 
     @property
     def throughput_median(self) -> float | None:
@@ -179,6 +191,8 @@ def _to_record(t, objectives: Sequence[Objective]) -> TrialRecord:
         duration=float(duration) if duration is not None else None,
         device=a.device,
         search_params=dict(t.params),
+        val_correct=a.val_correct,
+        val_set=a.val_set,
     )
 
 
@@ -450,6 +464,9 @@ def front_rows(fr: Sequence[TrialRecord], objectives: Sequence[Objective]) -> li
         row: dict[str, Any] = {"trial": r.number}
         for o in objectives:
             row[o.name] = r.values.get(o.name)
+            if o.name == "accuracy":  # the accuracy's 95 % interval (None: evaluated before bitmaps were kept)
+                lo, hi = r.accuracy_interval or (None, None)
+                row["accuracy_lo"], row["accuracy_hi"] = lo, hi
         row["throughput_iqr"] = r.throughput.get("iqr")
         row["params"] = r.params
         row["flops"] = r.flops

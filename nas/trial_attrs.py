@@ -15,6 +15,8 @@ Which attributes a trial carries in which state (the lifecycle's transitions are
 * waiting for an identical architecture that is training: ``waiting_for`` (that trial's number);
 * training: ``curve``, ``fidelity``, ``throughput``, ``device``, ``node``, ``device_lock``, ``visible_gpus``, and
   ``resumed_epochs`` when the first epochs came from the checkpoint of an interrupted run of the architecture;
+* at full fidelity: ``val_correct`` (which validation examples it got right, :mod:`trainers.bitmap` text) and
+  ``val_set`` (the validation set's fingerprint: bitmaps compare paired only under the same one);
 * finished: ``full_fidelity``, ``wall_time_s``; PRUNED: ``pruned_at``; COMPLETE: ``checkpoint`` (weights' URI);
   FAIL: ``failure`` (the reason) and, for a sample rejected before training, ``infeasible``;
 * a copy of another trial's result (no training): ``reused_from``.
@@ -56,6 +58,8 @@ class TrialAttrs:
     resumed_epochs: int | None = None
     checkpoint: str | None = None
     wall_time_s: float | None = None
+    val_correct: str | None = None
+    val_set: str | None = None
     failure: str | None = None
     infeasible: bool | None = None
 
@@ -85,7 +89,7 @@ class TrialAttrs:
 NAMES = frozenset(f.name for f in dataclasses.fields(TrialAttrs))
 # What a reuse copies from the trial it reuses (its measurements and how it ended), never its identity or owner.
 COPIED = ("curve", "fidelity", "full_fidelity", "throughput", "device", "pruned_at", "checkpoint", "wall_time_s",
-          "failure")  # fmt: skip
+          "val_correct", "val_set", "failure")  # fmt: skip
 # The architecture's description (set when a driver describes a sampled trial, copied to its waiters).
 DESCRIPTION = ("arch", "arch_id", "placement", "train_key", "params", "flops")
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from trainers import bitmap
+
 OBJECTIVES = [{"name": "accuracy", "direction": "maximize"}, {"name": "throughput", "direction": "maximize"}]
 T0 = datetime(2025, 1, 1, 12, 0, 0)
 
@@ -84,6 +86,7 @@ PLAN: list[tuple[str, float | None, float | None, bool, list[dict[str, Any]], di
 ]
 EXPECTED_FRONT = [4, 1, 0, 6]  # by accuracy, best first
 EPOCHS = 3
+VAL_IMAGES = 1000  # the fixture's validation set: full-fidelity trials carry a correctness bitmap of it
 
 
 @dataclass
@@ -215,6 +218,10 @@ def make_study(root: Path, name: str = "demo", plan: list | None = None) -> Stud
                     "latency_ms_b1": 1000.0 / thr,
                     "repeats": 5,
                 }
+            if state == "COMPLETE" and full:  # which of VAL_IMAGES images it got right: the first acc * VAL_IMAGES
+                right = round(acc * VAL_IMAGES)
+                user_attrs["val_correct"] = bitmap.pack([True] * right + [False] * (VAL_IMAGES - right))
+                user_attrs["val_set"] = "fixture-val-set0"
             user_attrs.update(extra)
             if state == "COMPLETE":
                 ckpt = f"checkpoints/trial_{n}.safetensors"

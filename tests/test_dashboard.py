@@ -55,6 +55,12 @@ def test_pareto_figure_front_pruned_and_hover(loaded) -> None:
     assert len(_trace(fig, "complete").x) == 5  # full-fidelity complete trials, faded
     assert [c[0] for c in _trace(fig, "complete, below full fidelity").customdata] == [7]
     assert "1 failed (1 not plotted)" in fig.layout.title.text
+    # interval bars: each accuracy's 95 % Wilson interval over the validation images (none on pruned trials)
+    bars = zip(front.y, front.error_y.array, front.error_y.arrayminus, [e[2] for e in expect], strict=True)
+    for y, up, down, n in bars:
+        lo, hi = by[n].accuracy_interval
+        assert (y - down, y + up) == pytest.approx((lo, hi)) and up > 0 and down > 0
+    assert pruned.error_y.array is None
 
 
 def test_placement_counts_against_plain_count(loaded) -> None:
@@ -114,7 +120,8 @@ document.querySelectorAll('.plotly-graph-div').forEach(function(gd){
   var g=[].filter.call(gd.querySelectorAll('g.trace.scatter'),function(el){
    var d=el.__data__;return d&&d[0]&&d[0].trace&&d[0].trace.index===i;})[0];
   return {name:t.name,type:t.type,n:(t.x||t.dimensions||[]).length,
-          drawn:g?g.querySelectorAll('path.point').length:null};});});
+          drawn:g?g.querySelectorAll('path.point').length:null,
+          bars:g?g.querySelectorAll('path.yerror').length:null};});});
 var pre=document.createElement('pre');pre.id='probe';pre.textContent=JSON.stringify(out);
 document.body.appendChild(pre);},300);});</script>"""
 
@@ -152,6 +159,7 @@ def test_dashboard_renders_in_headless_chromium(loaded, tmp_path: Path) -> None:
     front = [t for t in probe["figs"]["fig-pareto"] if t["name"] == dashboard.FRONT_NAME]
     n_front = len(results.front(recs, objs))
     assert len(front) == 1 and front[0]["n"] == n_front and front[0]["drawn"] == n_front
+    assert front[0]["bars"] == n_front  # every front member's accuracy interval is drawn
     assert probe["figs"]["fig-parcoords"][0]["type"] == "parcoords"
 
 

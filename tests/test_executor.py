@@ -13,13 +13,14 @@ from optuna.trial import TrialState
 
 from nas import results
 from nas.engine.config import read_study_file
-from nas.engine.executor import ExecTrial, Prepared, TrialFeed, dataset_shape
+from nas.engine.executor import ExecTrial, Prepared, TrialFeed, prepare_dataset
 from nas.engine.lifecycle import INTERRUPTED
 from nas.engine.progress import Progress
 from nas.engine.run import run_config
 from nas.engine.trainable import trial_reports
 from nas.trial_attrs import TrialAttrs
 from tests.engine_fixtures import write_study
+from trainers import bitmap
 
 
 class InlineExecutor:
@@ -30,8 +31,7 @@ class InlineExecutor:
         self.seen: list[ExecTrial] = []
 
     def prepare(self, cfg, space, where) -> Prepared:
-        num_classes, stats = dataset_shape(cfg, space, where)
-        return Prepared(num_classes, {"data_stats": stats})
+        return prepare_dataset(cfg, space, where)
 
     def clock(self) -> float:
         return time.time()
@@ -76,6 +76,16 @@ def test_a_third_executor_runs_a_real_study_end_to_end(tmp_path: Path) -> None:
     assert study.user_attrs["data_stats"]["mean"]  # the executor's study attributes were recorded
     front = results.front(results.records(study), results.objectives_of(study))
     assert front and [f["number"] for f in summary.front] == [r.number for r in front]
+    # a full-fidelity evaluation keeps which validation images it got right (all under one validation set)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len({TrialAttrs.of(t).val_set for t in complete}) == 1 and TrialAttrs.of(complete[0]).val_set
+    for t in complete:
+        right, n = bitmap.count(TrialAttrs.of(t).val_correct)
+        assert right / n == pytest.approx(t.values[0], abs=1e-12)
+    for t in study.trials:
+        a = TrialAttrs.of(t)
+        if t.state == TrialState.PRUNED and not a.is_copy:
+            assert a.val_correct is None  # below full fidelity: no evaluation to compare
 
 
 def test_a_dead_worker_fails_its_trial_with_the_reason_and_the_study_goes_on(tmp_path: Path) -> None:
@@ -118,3 +128,5 @@ def test_an_interrupted_trial_continues_from_its_last_epoch_and_ends_as_if_never
     assert TrialAttrs.of(whole.trials[0]).arch_id == TrialAttrs.of(retry).arch_id
     assert TrialAttrs.of(whole.trials[0]).resumed_epochs is None
     assert retry.values[0] == pytest.approx(whole.trials[0].values[0], abs=1e-6)
+    # the final epoch came from training after the cut: its correct images are the uncut run's
+    assert TrialAttrs.of(retry).val_correct == TrialAttrs.of(whole.trials[0]).val_correct

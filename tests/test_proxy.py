@@ -18,6 +18,7 @@ from trainers import (
     TrainConfig,
     TrainerConfigError,
     TrainingFailed,
+    bitmap,
     fit,
     iter_fit,
     load_dataset,
@@ -238,3 +239,10 @@ def test_short_real_run_on_fashion_mnist() -> None:
     (result,) = fit(net, cfg, ds)
     print(f"fashion-mnist 5k/1 epoch: val_acc={result.val_acc:.3f} images/s={result.images_per_s:.0f}")
     assert result.val_acc > 0.6  # chance is 0.1
+    # the epoch's correctness bitmap is the model's own predictions on the validation images, in their order
+    correct = bitmap.unpack(result.val_correct)
+    assert correct.size == len(ds.val_y) and correct.mean() == pytest.approx(result.val_acc, abs=1e-12)
+    net.eval()
+    with torch.no_grad():
+        again = torch.cat([net(x).argmax(1) == y for x, y in DeviceData(ds).val_batches(1000)]).numpy()
+    assert (again == correct).all()

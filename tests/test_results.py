@@ -9,9 +9,10 @@ import pytest
 
 from nas import layout, results
 from nas.errors import StudyError
+from nas.evaluation import accuracy_interval
 
 pytest.register_assert_rewrite("tests.conftest_study")  # before the import below
-from tests.conftest_study import EPOCHS, PLAN, T0, StudyFixture  # noqa: E402
+from tests.conftest_study import EPOCHS, PLAN, T0, VAL_IMAGES, StudyFixture  # noqa: E402
 
 pytest_plugins = ("tests.conftest_study",)  # the study_env fixture
 
@@ -136,7 +137,12 @@ def test_summary_counts_and_compute(loaded) -> None:
     assert [r.number for r in s.front] == [4, 1, 0, 6]
     assert s.storage == "sqlite:///studies/demo/study.db"
     rows = results.front_rows(s.front, s.objectives)
-    assert list(rows[0])[:3] == ["trial", "accuracy", "throughput"] and rows[0]["placement"]
+    assert list(rows[0])[:5] == ["trial", "accuracy", "accuracy_lo", "accuracy_hi", "throughput"]
+    assert rows[0]["placement"]
+    for row in rows:  # the Wilson interval of the trial's correct images (tests/conftest_study.py: 1,000 of them)
+        right = round(row["accuracy"] * VAL_IMAGES)
+        assert (row["accuracy_lo"], row["accuracy_hi"]) == pytest.approx(accuracy_interval(right, VAL_IMAGES))
+        assert row["accuracy_lo"] < row["accuracy"] < row["accuracy_hi"]
 
 
 def test_open_errors_are_one_line(study_env: StudyFixture, tmp_path: Path) -> None:

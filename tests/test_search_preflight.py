@@ -158,3 +158,25 @@ def test_an_existing_study_with_other_directions_is_refused_in_one_line(tmp_path
     )
     stored = optuna.load_study(study_name="dirs", storage=url)
     assert stored.trials == [] and stored.user_attrs == {}
+
+
+def test_a_study_whose_validation_images_changed_is_refused_in_one_line(tmp_path: Path) -> None:
+    """The study's trials were evaluated on other validation images (another val_fraction, split seed or root):
+    accuracies, paired comparisons and replicates would mix two sets of images, so the run is refused in one line
+    naming the dataset field and both fingerprints, and nothing is written."""
+    import optuna
+
+    study = write_study(tmp_path, "vals")
+    db = tmp_path / "studies" / "vals" / "study.db"
+    db.parent.mkdir(parents=True)
+    url = f"sqlite:///{db}"
+    stored = optuna.create_study(study_name="vals", storage=url, directions=["maximize", "maximize"])
+    stored.set_user_attr("val_set", {"images": 123, "fingerprint": "0123456789abcdef"})
+    out, _ = _nas_search(tmp_path, study)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, (out.returncode, out.stderr[-1500:])
+    assert lines[0].startswith(f"error: {study}: dataset: the validation images are not those study 'vals' was "
+                               "evaluated on (123 images, fingerprint 0123456789abcdef; now ")  # fmt: skip
+    assert lines[0].endswith("restore dataset.val_fraction / split_seed / root, or give the study a new name")
+    again = optuna.load_study(study_name="vals", storage=url)
+    assert again.trials == [] and again.user_attrs == {"val_set": {"images": 123, "fingerprint": "0123456789abcdef"}}

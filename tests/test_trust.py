@@ -18,6 +18,8 @@ from nas.engine.config import StudyConfig
 from nas.engine.validate import stored_config, validate, validation_config
 from nas.engine.validate import summarize as summarize_validation
 from nas.errors import ConfigError, StudyError
+from nas.evaluation import accuracy_interval
+from trainers import bitmap
 
 OBJECTIVES = [{"name": "accuracy", "direction": "maximize"}, {"name": "throughput", "direction": "maximize"}]
 MIXERS = ["dwconv", "mhsa", "ska", "key_only"]
@@ -59,6 +61,27 @@ def test_report_finds_the_planted_effects_with_the_right_sign(tmp_path: Path) ->
     assert "| 1 | `ska` |" in text and "*" in text.split("| 1 | `ska` |")[1].split("\n")[0]
     assert "stage 1: `ska`" in text  # the best mixer at stage 1 for accuracy
     assert "<table" in report.to_html(text) and "<h2>" in report.to_html(text)
+
+
+@pytest.mark.parametrize(("second", "verdict"), [(895, "inside the noise"), (850, "a difference the images settle")])
+def test_report_front_carries_intervals_and_says_whether_the_top_two_differ(
+    tmp_path: Path, second: int, verdict: str
+) -> None:
+    """Four architectures evaluated on the same 1,000 images (hand-made bitmaps): the front's accuracies carry their
+    Wilson intervals, and the two most accurate are compared paired (+0.5 pt is noise there, +5 pt is not)."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'n.db'}", directions=["maximize", "maximize"])
+    study.set_user_attr("objectives", OBJECTIVES)
+    for i, (right, tp) in enumerate([(900, 1000.0), (second, 2000.0), (800, 5000.0), (700, 100.0)]):
+        shift = 30 if i == 1 else 0  # trial 1 gets other images right than trial 0, as two real models do
+        bits = [shift <= k < shift + right for k in range(1000)]
+        attrs = {"arch": {"stages": [{"mixer": MIXERS[i]}]}, "arch_id": f"a{i}", "placement": MIXERS[i],
+                 "val_correct": bitmap.pack(bits), "val_set": "same-images"}  # fmt: skip
+        study.add_trial(_trial(attrs, [right / 1000, tp]))
+    text = report.build(study)
+    lo, hi = accuracy_interval(900, 1000)
+    assert f"| 0 | `dwconv` | 0.9 [{lo:.4g}, {hi:.4g}] | 1000 |" in text
+    assert f"trial 0 minus the next, trial 1, paired on the same images: +{(900 - second) / 10:.2f} pt" in text
+    assert verdict in text
 
 
 def test_report_on_too_few_trials_says_so(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ not by image decoding.
 from __future__ import annotations
 
 import copy
+import functools
 import gzip
 import math
 import os
@@ -69,6 +70,13 @@ class TensorSplits:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @functools.cached_property
+    def val_fingerprint(self) -> str:
+        """Names the validation set (:func:`trainers.bitmap.fingerprint`): bitmaps compare only under the same one."""
+        from trainers.bitmap import fingerprint
+
+        return fingerprint(self.val_x, self.val_y)
 
     @property
     def in_chans(self) -> int:

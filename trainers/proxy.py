@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
+from trainers import bitmap
 from trainers.config import TrainConfig, parse_config
 from trainers.data import DeviceData, TensorSplits, to_device_data
 from trainers.errors import CheckpointError, TrainerConfigError, TrainingFailed
@@ -35,7 +36,11 @@ OnEpoch = Callable[["EpochResult"], bool | None]
 
 @dataclass(frozen=True)
 class EpochResult:
-    """Metrics of one finished epoch (``epoch`` is 1-based, ``val_acc`` in [0, 1], ``lr`` = last step's)."""
+    """Metrics of one finished epoch (``epoch`` is 1-based, ``val_acc`` in [0, 1], ``lr`` = last step's).
+
+    ``val_correct`` is which validation examples the epoch's model got right (:mod:`trainers.bitmap` text, in the
+    validation set's order); None in histories written before it was kept.
+    """
 
     epoch: int
     val_acc: float
@@ -44,6 +49,7 @@ class EpochResult:
     seconds: float
     images_per_s: float
     lr: float
+    val_correct: str | None = None
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -217,7 +223,7 @@ def _run(
                     )
             train_loss = float(loss_sum) / steps  # the float() syncs, so the timing below is honest
             train_s = time.perf_counter() - t0
-            val_acc, val_loss = _evaluate(runner, dd, cfg.eval_batch_size, autocast)
+            val_acc, val_loss, val_correct = _evaluate(runner, dd, cfg.eval_batch_size, autocast)
         except torch.OutOfMemoryError:
             oom = True  # leave the except block first so the traceback's tensors can be freed
         if oom:
@@ -225,7 +231,7 @@ def _run(
         if not math.isfinite(val_loss):
             raise TrainingFailed(f"non-finite validation loss at epoch {epoch}", kind="non_finite", epoch=epoch)
         result = EpochResult(
-            epoch, val_acc, val_loss, train_loss, time.perf_counter() - t0, steps * batch / train_s, lr
+            epoch, val_acc, val_loss, train_loss, time.perf_counter() - t0, steps * batch / train_s, lr, val_correct
         )
         history.append(result)
         if checkpoint is not None:
@@ -278,16 +284,19 @@ def _out_of_memory(device: torch.device, epoch: int, step: int, batch: int, img_
 @torch.no_grad()
 def _evaluate(
     runner: nn.Module, dd: DeviceData, batch_size: int, autocast: Callable[[], AbstractContextManager[Any]]
-) -> tuple[float, float]:
+) -> tuple[float, float, str]:
+    """(accuracy, mean loss, which examples were right as :func:`trainers.bitmap.pack` text) on the validation
+    set, in its order."""
     runner.eval()
-    correct = torch.zeros((), dtype=torch.long, device=dd.device)
+    right: list[Tensor] = []
     loss = torch.zeros((), dtype=torch.float64, device=dd.device)
     for x, y in dd.val_batches(batch_size):
         with autocast():
             logits = runner(x).float()
         loss += F.cross_entropy(logits, y, reduction="sum").double()
-        correct += (logits.argmax(1) == y).sum()
-    return int(correct) / dd.num_val, float(loss) / dd.num_val
+        right.append(logits.argmax(1) == y)
+    correct = torch.cat(right).cpu()
+    return int(correct.sum()) / dd.num_val, float(loss) / dd.num_val, bitmap.pack(correct)
 
 
 def _save(

@@ -111,7 +111,7 @@ def calibrate(path: str, n: int, factor: float, progress: Progress | None = None
         ConfigError: bad arguments, an unreadable study file or dataset, fewer than 3 feasible architectures.
         StudyError: the storage cannot be opened."""
     from nas.engine.config import read_study_file
-    from nas.engine.executor import dataset_shape
+    from nas.engine.executor import prepare_dataset
     from nas.engine.lifecycle import enqueue_missing
     from nas.engine.run import run_config
 
@@ -120,7 +120,7 @@ def calibrate(path: str, n: int, factor: float, progress: Progress | None = None
     if factor < 2:
         raise ConfigError("calibrate: --factor must be at least 2 (the largest budget, in multiples of the proxy's)")
     cfg, space = read_study_file(path)
-    num_classes, _ = dataset_shape(cfg, space, path)
+    num_classes = prepare_dataset(cfg, space, path).num_classes
     url = cfg.storage_url()
     sample = diverse_sample(space, n, cfg.seed, num_classes)
     archs = [a for a, _ in sample]

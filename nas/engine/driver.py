@@ -261,6 +261,8 @@ class Driver:
             run.measured = True
         if report.restored:
             self.store.life.record(run.number, resumed_epochs=report.epoch)
+        if report.val_correct is not None:  # the full-fidelity evaluation, example by example
+            self.store.life.record(run.number, val_correct=report.val_correct, val_set=report.val_set)
         row = report.curve_row()
         run.curve = [r for r in run.curve if r["epoch"] < row["epoch"]] + [row]  # a retried worker restarts
         self.store.life.record_epoch(run.number, run.curve)

@@ -53,7 +53,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Prepared:
     """What an executor found while preparing a study: the dataset's number of classes, and the study attributes
-    that say where the trials come from (``data_stats`` of a dataset, or the ``replay`` table's provenance)."""
+    that say where the trials come from (``data_stats`` and ``val_set`` of a dataset, or the ``replay`` table's
+    provenance)."""
 
     num_classes: int
     study_attrs: dict[str, Any] = field(default_factory=dict)
@@ -140,9 +141,11 @@ class TrialFeed:
         return self.driver.store.frozen(trial.payload.number)
 
 
-def dataset_shape(cfg: StudyConfig, space: SearchSpace, where: str) -> tuple[int, dict[str, list[float]]]:
-    """Load the dataset once on the driver: number of classes and normalisation statistics (exports carry them),
-    and a clear error if the channel count disagrees with the space.
+def prepare_dataset(cfg: StudyConfig, space: SearchSpace, where: str) -> Prepared:
+    """Load the dataset once on the driver: its number of classes, and the study attributes ``data_stats``
+    (normalisation statistics: exports carry them) and ``val_set`` (how many validation images, and their
+    fingerprint: every trial's correctness bitmap is of these images); a clear error if the channel count
+    disagrees with the space.
 
     Raises:
         ConfigError: the dataset cannot be read, or its channels disagree with ``input.in_chans``.
@@ -159,4 +162,8 @@ def dataset_shape(cfg: StudyConfig, space: SearchSpace, where: str) -> tuple[int
             f"{where}: dataset '{cfg.dataset.name}' has {data.in_chans} input channel(s) but the search space "
             f"'{space.name}' says input.in_chans = {space.input.in_chans}; make them agree"
         )
-    return data.num_classes, {"mean": list(data.mean), "std": list(data.std)}
+    attrs = {
+        "data_stats": {"mean": list(data.mean), "std": list(data.std)},
+        "val_set": {"images": len(data.val_y), "fingerprint": data.val_fingerprint},
+    }
+    return Prepared(data.num_classes, attrs)

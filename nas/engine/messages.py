@@ -59,6 +59,8 @@ class EpochReport:
     visible_gpus: str | None = None  # CUDA_VISIBLE_DEVICES as Ray set it for this trial
     failed: str | None = None
     restored: bool | None = None  # an epoch an earlier, interrupted run trained (read back from its checkpoint)
+    val_correct: str | None = None  # the full-fidelity epoch only: which validation examples were right (bitmap)
+    val_set: str | None = None  # with val_correct: the validation set's fingerprint (trainers.bitmap)
 
     CURVE_FIELDS = ("val_acc", "val_loss", "train_loss", "seconds", "images_per_s")
 

@@ -48,6 +48,12 @@ class Progress:
             f"pruner {cfg.pruner.name}  sampler {cfg.sampler.name}"
         )
         self.console.print(self.header)
+        val_set = store.study.user_attrs.get("val_set")
+        if val_set:  # how precise one evaluation is: the noise every accuracy of this study carries
+            from nas.evaluation import precision_note
+
+            line, coarse = precision_note(int(val_set["images"]))
+            self.console.print(f"[yellow]warning:[/] {line}" if coarse else line)
         if recovered:
             self.console.print(
                 f"[yellow]recovered[/] trials {recovered} left RUNNING by a dead driver: FAIL, queued again"

@@ -19,7 +19,7 @@ from nas.engine.progress import Progress
 from nas.engine.pruners import make_pruner
 from nas.engine.samplers import make_sampler
 from nas.engine.store import StudyStore, single_driver
-from nas.errors import StudyError
+from nas.errors import ConfigError, StudyError
 from nas.space import SearchSpace
 
 if TYPE_CHECKING:
@@ -122,11 +122,34 @@ def run_config(
     progress = progress or Progress()
     with single_driver(cfg.storage_url(base_dir), cfg.name):
         storage = storage or layout.create_storage(cfg.storage_url(base_dir), OwnedStorage)
+        _check_same_images(storage, cfg.name, prepared.study_attrs.get("val_set"), where)
         pruner = make_pruner(cfg, storage)
         store = _open(cfg, space, base_dir, storage, wrap_pruner(pruner) if wrap_pruner else pruner)
         for key, value in prepared.study_attrs.items():
             store.study.set_user_attr(key, value)
         return _drive(cfg, space, store, progress, scheduler_factory, executor, prepared.num_classes, plan)
+
+
+def _check_same_images(storage: Any, name: str, val_set: dict[str, Any] | None, where: str) -> None:
+    """A study's accuracies, paired comparisons and replicates are all on its validation images: a run of the study
+    whose dataset settings give other images is refused before anything is written.
+
+    Raises:
+        ConfigError: the study exists and its trials were evaluated on other validation images.
+    """
+    if not val_set:
+        return
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return  # a new study
+    before = storage.get_study_user_attrs(study_id).get("val_set")
+    if before and before.get("fingerprint") != val_set["fingerprint"]:
+        raise ConfigError(
+            f"{where}: dataset: the validation images are not those study '{name}' was evaluated on ("
+            f"{before.get('images')} images, fingerprint {before.get('fingerprint')}; now {val_set['images']}, "
+            f"{val_set['fingerprint']}); restore dataset.val_fraction / split_seed / root, or give the study a new name"
+        )
 
 
 def _open(cfg: StudyConfig, space: SearchSpace, base_dir: Path | None, storage: Any, pruner: Any) -> StudyStore:

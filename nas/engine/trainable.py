@@ -167,12 +167,14 @@ def train(
     if dkey not in _DATA_CACHE:
         _DATA_CACHE.clear()
         _DATA_CACHE[dkey] = load_dataset(data_cfg)
-    data = to_device_data(_DATA_CACHE[dkey], device)
+    splits = _DATA_CACHE[dkey]
+    data = to_device_data(splits, device)
     torch.manual_seed(train_cfg.seed)
     model = timm.create_model("mixerformer", **p.arch)
     ckpt = resume_file(p)
     restored = restored_epochs(ckpt, train_cfg.epochs)
     started = time.time() - sum(ep.seconds for ep, _ in restored)
+    where = {**where, "val_set": splits.val_fingerprint, "full": train_cfg.epochs}
     for ep, weights in restored:  # reported first: the new trial's curve is whole
         yield _report(ep, time.time() - started, throughput, where, restored=True), weights
     for ep in iter_fit(model, train_cfg, data, checkpoint=ckpt, step_guard=lock.shared):
@@ -183,6 +185,12 @@ def train(
 
 
 def _report(ep: Any, wall_s: float, throughput: dict[str, Any], where: dict[str, Any], **extra: Any) -> EpochReport:
+    """The report of one trainer epoch; the full-fidelity epoch (``where["full"]``) also carries which validation
+    examples it got right and the validation set's fingerprint (an evaluation the product can compare paired)."""
+    where = dict(where)
+    val_set, full = where.pop("val_set"), where.pop("full")
+    if ep.epoch == full and ep.val_correct is not None:
+        extra.update(val_correct=ep.val_correct, val_set=val_set)
     return EpochReport(
         **{k: getattr(ep, k) for k in ("epoch", *EpochReport.CURVE_FIELDS)},  # the trainer's names are ours
         wall_time_s=wall_s,

@@ -32,7 +32,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 from nas.engine.driver import FINISHED, Driver  # noqa: E402
-from nas.engine.executor import Prepared, dataset_shape  # noqa: E402
+from nas.engine.executor import Prepared, prepare_dataset  # noqa: E402
 from nas.engine.trainable import run_trial  # noqa: E402
 from nas.errors import ConfigError, StudyError  # noqa: E402
 
@@ -264,10 +264,10 @@ class RayExecutor:
         Raises:
             ConfigError: the dataset is unreadable or disagrees with the space, or the resources cannot be placed.
         """
-        num_classes, data_stats = dataset_shape(cfg, space, where)
+        prepared = prepare_dataset(cfg, space, where)
         init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus)
         check_resources(cfg, where)
-        return Prepared(num_classes, {"data_stats": data_stats})
+        return prepared
 
     def clock(self) -> float:
         """Wall time."""

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from nas.errors import ConfigError, NasError
+from nas.errors import ConfigError, NasError, StudyError
 from nas.fmt import cell, duration
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -100,7 +100,7 @@ def status(
     )
     for line in results.trust_lines(st):
         typer.echo(line)
-    _print_front(results.front_rows(s.front, s.objectives), "Pareto front")
+    _print_front(results.front_rows(s.front, s.objectives, s.p_front), "Pareto front")
 
 
 def pareto(
@@ -113,12 +113,15 @@ def pareto(
     Example: nas pareto fmnist_placement --format csv > front.csv
     """
     from nas import results
+    from nas.replicates import study_front_probability
 
     if fmt not in ("table", "csv", "json"):
         raise ConfigError(f"--format: unknown format {fmt!r}; use table, csv or json")
     st = results.open_study(study, storage)
     objs = results.objectives_of(st)
-    rows = results.front_rows(results.front(results.records(st), objs), objs)
+    recs = results.records(st)
+    p_front = study_front_probability(st, results.eligible(recs, objs), objs)
+    rows = results.front_rows(results.front(recs, objs), objs, p_front)
     if fmt == "json":
         typer.echo(json.dumps(rows, indent=2))
     elif fmt == "csv":
@@ -185,20 +188,50 @@ def export(
     st = results.open_study(study, storage)
     if validated:
         st = results.validation_study(st)  # the retrained trials: their values, their weights
+    note = ""
     if pick is not None:
-        rec = results.pick(
-            results.records(st),
-            pick,
-            objectives=results.objectives_of(st),
-            min_throughput=min_throughput,
-            max_params=max_params,
-        )
+        recs, objs = results.records(st), results.objectives_of(st)
+        settled, note = _settled_only(st, recs, objs)
+        chosen = functools.partial(results.pick, how=pick, objectives=objs, min_throughput=min_throughput,
+                                   max_params=max_params)  # fmt: skip
+        try:
+            rec = chosen(settled)
+        except StudyError:
+            if settled is recs:
+                raise
+            rec, note = chosen(recs), "note: no settled architecture meets the constraints: picked among all"
     else:
         rec = results.get_record(st, trial)
+    if note:
+        typer.echo(note)
     path = exp.export_trial(st, rec, out, weights=weights)
     vals = ", ".join(f"{k} {cell(v)}" for k, v in rec.values.items())
     typer.echo(
         f"exported trial {rec.number} ({rec.placement}; {vals}) to {path}" + (" with weights" if weights else "")
+    )
+
+
+def _settled_only(st: Any, recs: list[Any], objs: list[Any]) -> tuple[list[Any], str]:
+    """The trials of the architectures whose place on the front is settled (P(front) at least the study's
+    ``replicates.settled``, default 0.9), and a line saying so; all of them, and why, when none is."""
+    from nas import results
+    from nas.replicates import study_front_probability
+
+    archs = results.eligible(recs, objs)
+    p_front = study_front_probability(st, archs, objs)
+    if not p_front:
+        return recs, ""
+    threshold = float((((st.user_attrs.get("config") or {}).get("replicates")) or {}).get("settled", 0.9))
+    members = {a.arch_id for a in archs if p_front[a.number] >= threshold}
+    if not members:
+        best = max(p_front.values())
+        return recs, (
+            f"note: no architecture is settled on the front (P(front) >= {threshold:g}; the highest is {best:.2f}): "
+            "picked among all; `replicates:` in the study file retrains the uncertain ones with other seeds"
+        )
+    return [r for r in recs if r.arch_id in members], (
+        f"picked among the {len(members)} architectures settled on the front (P(front) >= {threshold:g}, "
+        "resampling validation images and training seeds)"
     )
 
 

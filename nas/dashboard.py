@@ -368,7 +368,7 @@ def _interval_bars(points: list[tuple[float, TrialRecord]], color: str | None) -
 def _summary_html(s: results.StudySummary) -> str:
     counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(s.counts.items())) or "no trials"
     hv = f"{s.hypervolume:.3f} (normalised)" if s.hypervolume is not None else "—"
-    rows = results.front_rows(s.front, s.objectives)
+    rows = results.front_rows(s.front, s.objectives, s.p_front)
     head = "".join(f"<th>{html.escape(k)}</th>" for k in (rows[0] if rows else {"trial": 0}))
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row.values()) + "</tr>" for row in rows

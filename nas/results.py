@@ -23,6 +23,7 @@ from typing import Any
 from nas import layout, pareto
 from nas.errors import StudyError
 from nas.layout import Objective
+from nas.replicates import merge, study_front_probability
 from nas.trial_attrs import TrialAttrs
 
 PICKS = ("knee", "max-accuracy")
@@ -56,6 +57,12 @@ class TrialRecord:
     search_params: dict[str, Any] = field(default_factory=dict)  # Optuna's trial.params (the searched knobs)
     val_correct: str | None = None  # which validation images the full-fidelity model got right (trainers.bitmap)
     val_set: str | None = None  # the validation set's fingerprint (bitmaps compare only under the same one)
+    replicate: int | None = None  # a seed replicate: the k-th other training seed of its architecture
+    replicate_of: int | None = None  # ... of the architecture first evaluated by this trial
+    # on the one record per architecture (nas.replicates.merge): each seed's accuracy, bitmap and trial
+    seed_values: list[float] = field(default_factory=list)
+    seed_bits: list[str | None] = field(default_factory=list)
+    seed_trials: list[int] = field(default_factory=list)
 
     @property
     def last_val_acc(self) -> float | None:
@@ -66,11 +73,20 @@ class TrialRecord:
     def accuracy_interval(self) -> tuple[float, float] | None:
         """The 95 % Wilson interval of the full-fidelity accuracy (nas.evaluation), from the images it got right;
         None for a trial evaluated before they were kept."""
+        from nas.replicates import mean_interval
+
+        if len(self.seed_values) >= 2:  # the mean over seeds: the images' and the seeds' errors
+            return mean_interval(self)
         if self.val_correct is None:
             return None
         from nas.evaluation import bitmap_interval
 
         return bitmap_interval(self.val_correct)[1:]
+
+    @property
+    def seeds(self) -> int:
+        """How many training seeds the architecture's accuracy averages (1 without replicates)."""
+        return max(1, len(self.seed_values))
 
     @property
     def throughput_median(self) -> float | None:
@@ -193,6 +209,8 @@ def _to_record(t, objectives: Sequence[Objective]) -> TrialRecord:
         search_params=dict(t.params),
         val_correct=a.val_correct,
         val_set=a.val_set,
+        replicate=a.replicate,
+        replicate_of=a.replicate_of,
     )
 
 
@@ -227,20 +245,16 @@ def get_record(study, number: int) -> TrialRecord:
 def eligible(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) -> list[TrialRecord]:
     """COMPLETE trials at full fidelity with every objective value: the only ones allowed on the front.
 
-    One architecture, one point: reused copies are left out, and if an architecture was trained more than once
-    (e.g. by two drivers sharing a PostgreSQL study) its first trial stands for it."""
+    One architecture, one point: reused copies are left out; an architecture evaluated with several training seeds
+    (seed replicates) is one record, its first trial, whose accuracy is the mean over its seeds
+    (:func:`nas.replicates.merge`); one trained twice with the same seed (two drivers at once) counts once."""
     names = [o.name for o in objectives]
-    out, seen = [], set()
-    for r in sorted(distinct(recs), key=lambda r: r.number):
-        ok = (
-            r.state == "COMPLETE"
-            and r.full_fidelity
-            and all(n in r.values and math.isfinite(r.values[n]) for n in names)
-        )
-        if ok and (r.arch_id is None or r.arch_id not in seen):
-            out.append(r)
-            seen.add(r.arch_id)
-    return out
+
+    def complete(r: TrialRecord) -> bool:
+        measured = all(n in r.values and math.isfinite(r.values[n]) for n in names)
+        return r.state == "COMPLETE" and r.full_fidelity and measured
+
+    return merge([r for r in sorted(distinct(recs), key=lambda r: r.number) if complete(r)])
 
 
 def _points(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) -> list[list[float]]:
@@ -433,6 +447,7 @@ class StudySummary:
     hypervolume: float | None
     front: list[TrialRecord]
     reused: int
+    p_front: dict[int, float] = field(default_factory=dict)  # P(front) by architecture (its first trial's number)
 
 
 def summarize(study, storage_url: str | None = None) -> StudySummary:
@@ -454,19 +469,25 @@ def summarize(study, storage_url: str | None = None) -> StudySummary:
         hypervolume=hv[-1][1] if hv else None,
         front=front(recs, objs),
         reused=sum(1 for r in recs if r.reused_from is not None),
+        p_front=study_front_probability(study, eligible(recs, objs), objs),
     )
 
 
-def front_rows(fr: Sequence[TrialRecord], objectives: Sequence[Objective]) -> list[dict[str, Any]]:
-    """The front as flat rows (what `nas pareto` prints as table, CSV or JSON)."""
+def front_rows(
+    fr: Sequence[TrialRecord], objectives: Sequence[Objective], p_front: dict[int, float] | None = None
+) -> list[dict[str, Any]]:
+    """The front as flat rows (what `nas pareto` prints as table, CSV or JSON): each accuracy with its 95 % interval
+    (None: evaluated before bitmaps were kept) and its number of seeds, and P(front) when ``p_front`` is given."""
     rows = []
     for r in fr:
         row: dict[str, Any] = {"trial": r.number}
         for o in objectives:
             row[o.name] = r.values.get(o.name)
-            if o.name == "accuracy":  # the accuracy's 95 % interval (None: evaluated before bitmaps were kept)
+            if o.name == "accuracy":
                 lo, hi = r.accuracy_interval or (None, None)
-                row["accuracy_lo"], row["accuracy_hi"] = lo, hi
+                row["accuracy_lo"], row["accuracy_hi"], row["seeds"] = lo, hi, r.seeds
+        if p_front:
+            row["p_front"] = p_front.get(r.number)
         row["throughput_iqr"] = r.throughput.get("iqr")
         row["params"] = r.params
         row["flops"] = r.flops

@@ -10,7 +10,9 @@ Which attributes a trial carries in which state (the lifecycle's transitions are
 
 * every trial a driver started: ``driver`` (its owner, written in the transaction that creates or claims it);
 * queued (WAITING): ``retry_of`` (an interrupted trial's one retry), ``planned_arch`` (a sub-study's plan, and any
-  retry), ``validates`` (a validation: the proxy trial it retrains);
+  retry), ``validates`` (a validation: the proxy trial it retrains), ``replicate`` / ``replicate_of`` (a seed
+  replicate: the k-th other training seed, ``train.seed + k``, of the architecture first evaluated by trial
+  ``replicate_of`` — an evaluation of its own, never a copy);
 * described (RUNNING, before training): ``arch``, ``arch_id``, ``placement``, ``train_key``, ``params``, ``flops``;
 * waiting for an identical architecture that is training: ``waiting_for`` (that trial's number);
 * training: ``curve``, ``fidelity``, ``throughput``, ``device``, ``node``, ``device_lock``, ``visible_gpus``, and
@@ -38,6 +40,8 @@ class TrialAttrs:
     retry_of: int | None = None
     planned_arch: str | None = None
     validates: int | None = None
+    replicate: int | None = None
+    replicate_of: int | None = None
     arch: dict[str, Any] | None = None
     arch_id: str | None = None
     placement: str | None = None

@@ -16,7 +16,7 @@ from nas import cli_study
 from nas.errors import ConfigError
 
 pytest.register_assert_rewrite("tests.conftest_study")  # before the import below
-from tests.conftest_study import StudyFixture  # noqa: E402
+from tests.conftest_study import StudyFixture, _arch_facts, _stage, tiny_arch  # noqa: E402
 
 pytest_plugins = ("tests.conftest_study",)  # the study_env fixture
 
@@ -154,3 +154,40 @@ def test_reading_commands_import_neither_torch_nor_ray(study_env: StudyFixture, 
     code, heavy, output = _modules_after(args, study_env.root)
     assert code == 0, output[-1500:]
     assert heavy == [], f"`nas {' '.join(args)}` imported {heavy}"
+
+
+def test_export_pick_chooses_among_settled_members_and_says_so(app, tmp_path: Path, monkeypatch) -> None:
+    """`star` is the most accurate by 10 points (settled on the front); `left` and `right` are the fastest with
+    exactly the same accuracy on other images (each a coin flip for the fast end of the front). --pick knee
+    picks among settled members only, and says so; `nas pareto` shows each member's P(front)."""
+    import numpy as np
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from trainers import bitmap
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies" / "coin").mkdir(parents=True)
+    url = "sqlite:///studies/coin/study.db"
+    st = optuna.create_study(study_name="coin", storage=url, directions=["maximize", "maximize"])
+    st.set_user_attr("objectives", [{"name": "accuracy", "direction": "maximize"},
+                                    {"name": "throughput", "direction": "maximize"}])  # fmt: skip
+    rng = np.random.default_rng(0)
+    base = rng.random(2000) < 0.85
+    other = base.copy()
+    other[rng.choice(np.flatnonzero(base), 60, replace=False)] = False
+    other[rng.choice(np.flatnonzero(~base), 60, replace=False)] = True
+    star = rng.random(2000) < 0.95
+    archs = [("star", star, 1000.0, "mhsa"), ("left", base, 5000.0, "dwconv"), ("right", other, 5000.0, "ska")]
+    for name, bits, tp, mixer in archs:
+        args, arch_id, _ = _arch_facts(tiny_arch([_stage(16, "dwconv"), _stage(32, mixer)]))
+        attrs = {"arch": args, "arch_id": arch_id, "placement": name, "full_fidelity": True,
+                 "val_correct": bitmap.pack(bits), "val_set": "same", "throughput": {"median": tp}}  # fmt: skip
+        st.add_trial(create_trial(state=TrialState.COMPLETE, values=[float(bits.mean()), tp], user_attrs=attrs))
+    res = run(app, "export", "coin", "--pick", "knee", "--out", "k")
+    assert res.exit_code == 0, res.output
+    assert "picked among the 1 architectures settled on the front (P(front) >= 0.9" in res.stdout
+    assert "exported trial 0 (star" in res.stdout
+    rows = json.loads(run(app, "pareto", "coin", "--format", "json").stdout)
+    p = {r["placement"]: r["p_front"] for r in rows}
+    assert p["star"] == 1.0 and all(0.2 < v < 0.8 for k, v in p.items() if k != "star")

@@ -137,7 +137,13 @@ def test_summary_counts_and_compute(loaded) -> None:
     assert [r.number for r in s.front] == [4, 1, 0, 6]
     assert s.storage == "sqlite:///studies/demo/study.db"
     rows = results.front_rows(s.front, s.objectives)
-    assert list(rows[0])[:5] == ["trial", "accuracy", "accuracy_lo", "accuracy_hi", "throughput"]
+    assert list(rows[0])[:6] == ["trial", "accuracy", "accuracy_lo", "accuracy_hi", "seeds", "throughput"]
+    assert all(row["seeds"] == 1 for row in rows) and "p_front" not in rows[0]
+    # P(front) of every complete architecture; the front's rows carry theirs
+    assert set(s.p_front) == {r.number for r in results.eligible(recs, s.objectives)}
+    assert all(0.0 <= p <= 1.0 for p in s.p_front.values())
+    with_p = results.front_rows(s.front, s.objectives, s.p_front)
+    assert [row["p_front"] for row in with_p] == [s.p_front[r.number] for r in s.front]
     assert rows[0]["placement"]
     for row in rows:  # the Wilson interval of the trial's correct images (tests/conftest_study.py: 1,000 of them)
         right = round(row["accuracy"] * VAL_IMAGES)

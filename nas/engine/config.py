@@ -6,6 +6,8 @@ the field and the fix (nas.errors.ConfigError), and the storage is not touched.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from nas import layout
 from nas.errors import ConfigError
+from nas.replicates import PRIOR_SEED_SD
 from nas.space import SearchSpace, pydantic_line
 from nas.yamlfile import read_yaml
 from trainers.config import DataConfig, TrainConfig
@@ -78,6 +81,27 @@ class BudgetConfig(BaseModel):
     max_concurrent: int = Field(default=2, ge=1)
 
 
+class ReplicatesConfig(BaseModel):
+    """``replicates:`` of a study file: retrain the architectures whose membership of the front is uncertain with
+    other training seeds (racing; nas.front_noise) until it is settled or the replicate budget is spent.
+
+    The k-th replicate of an architecture trains it at the same budget with ``train.seed + k``; the architecture's
+    accuracy is then the mean over its seeds, and the front is computed on those means."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_per_arch: int = Field(default=3, ge=1, description="seeds of one architecture at most (its first included)")
+    budget_share: float = Field(
+        default=0.25, gt=0, lt=1, description="replicates are at most this share of the study's trained trials"
+    )
+    settled: float = Field(
+        default=0.9, gt=0.5, lt=1, description="membership is settled when P(front) >= this or <= 1 - this"
+    )
+    prior_seed_sd: float = Field(
+        default=PRIOR_SEED_SD, ge=0, lt=0.5,
+        description="the seed-to-seed SD of accuracy assumed until replicates measure it (0.005 = 0.5 points)",
+    )  # fmt: skip
+
+
 class ResourcesConfig(BaseModel):
     """``resources:`` of a study file: what one trial asks of a Ray node (checked against the cluster and against
     ``train.device`` before anything is written)."""
@@ -134,6 +158,7 @@ class StudyConfig(BaseModel):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     throughput: ThroughputConfig = Field(default_factory=ThroughputConfig)
+    replicates: ReplicatesConfig | None = Field(default=None, description="racing with seed replicates; null = off")
     storage: str | None = Field(default=None, description="SQLAlchemy URL; null = sqlite file under studies/<name>/")
     seed: int = 0
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -199,11 +224,22 @@ class StudyConfig(BaseModel):
         """The ``storage:`` URL, or the default SQLite file in the study's folder."""
         return self.storage or layout.default_storage_url(self.name, base)
 
-    def training_key(self) -> dict[str, Any]:
-        """What must match for a finished trial's result to be reused for the same architecture."""
+    def train_for(self, replicate: int = 0) -> TrainConfig:
+        """The training of an architecture's evaluation: the study's, or for its ``replicate``-th seed replicate the
+        same with ``train.seed + replicate``."""
+        return self.train.model_copy(update={"seed": self.train.seed + replicate}) if replicate else self.train
+
+    def train_key(self, replicate: int = 0) -> str:
+        """The fingerprint of :meth:`training_key` (16 hex): a trial's ``train_key``."""
+        key = json.dumps(self.training_key(replicate), sort_keys=True).encode()
+        return hashlib.sha256(key).hexdigest()[:16]
+
+    def training_key(self, replicate: int = 0) -> dict[str, Any]:
+        """What must match for a finished trial's result to be reused for the same architecture (a replicate's
+        other seed makes it another training: never a copy of the first evaluation)."""
         return {
             "dataset": self.dataset.model_dump(mode="json"),
-            "train": self.train.resume_fingerprint(),
+            "train": self.train_for(replicate).resume_fingerprint(),
             "rungs": list(self.fidelity.rungs),
             "throughput": self.throughput.model_dump(mode="json"),
         }

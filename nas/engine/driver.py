@@ -18,8 +18,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import time
 from collections.abc import Callable
@@ -34,6 +32,7 @@ from nas.engine.config import StudyConfig
 from nas.engine.lifecycle import INTERRUPTED
 from nas.engine.messages import EpochReport, TrialPayload
 from nas.engine.objectives import objective_vector
+from nas.engine.racing import Racer
 from nas.engine.store import StudyStore
 from nas.errors import ConfigError
 from nas.space import SearchSpace
@@ -55,6 +54,7 @@ class RunningTrial:
     tune_id: str
     arch_id: str
     started: float
+    train_key: str = ""  # the training it runs (a seed replicate's differs from the first evaluation's)
     curve: list[dict[str, Any]] = field(default_factory=list)
     failure: str | None = None  # reported by the trainable
     error: str | None = None  # worker error captured by the scheduler
@@ -85,7 +85,8 @@ class Driver:
         self.log = log or (lambda kind, info: None)
         self.clock = clock  # seconds; a replay of a tabulated benchmark passes its simulated time
         self.resume_dir = resume_dir  # per-architecture checkpoints of trials in training (kept when interrupted)
-        self.train_key = hashlib.sha256(json.dumps(cfg.training_key(), sort_keys=True).encode()).hexdigest()[:16]
+        self.train_key = self.cfg.train_key(0)
+        self.racer = Racer(cfg, store) if cfg.replicates is not None else None
         self.running: dict[str, RunningTrial] = {}  # by Tune trial id
         self.foreign: dict[int, dict[int, TrialAttrs]] = {}  # another driver's trial -> our trials waiting for it
         self.added = 0
@@ -107,12 +108,16 @@ class Driver:
         Raises :class:`~nas.errors.StudyError` if the architecture claim cannot be taken (database trouble).
         """
         self.settle()
-        while self.budget_left() and self.stop_reason is None:
-            exhausted = getattr(self.store.study.sampler, "is_exhausted", None)  # a grid sampler's own test
-            if exhausted is not None and exhausted(self.store.study):
-                self._stop("every architecture of the grid has been proposed")
-                break
+        while self.budget_left():
+            if not self._racing():  # a queued replicate goes first, even after sampling stopped
+                if self.stop_reason is not None:
+                    break
+                exhausted = getattr(self.store.study.sampler, "is_exhausted", None)  # a grid sampler's own test
+                if exhausted is not None and exhausted(self.store.study):
+                    self._stop("every architecture of the grid has been proposed")
+                    break
             trial = self.store.life.start()
+            replicate = TrialAttrs.from_mapping(trial.user_attrs).replicate or 0
             try:
                 arch = self.space.sample(trial.suggest_categorical, self.num_classes)
                 reasons = self.space.check_constraints(arch)
@@ -128,7 +133,7 @@ class Driver:
                 arch=args,
                 arch_id=arch.arch_id,
                 placement=arch.placement(),
-                train_key=self.train_key,
+                train_key=self.cfg.train_key(replicate),
                 params=cost.params,
                 flops=cost.flops,
             )
@@ -136,10 +141,29 @@ class Driver:
             if self._reuse_or_wait(trial.number, desc):
                 continue
             self.reuses_in_a_row = 0
-            self.running[tune_id] = RunningTrial(trial.number, tune_id, arch.arch_id, started=self.clock())
-            self.log("start", {"number": trial.number, "placement": desc.placement, "params": cost.params})
-            return self._payload(trial.number, arch.arch_id, args).to_config()
+            self.running[tune_id] = RunningTrial(
+                trial.number, tune_id, arch.arch_id, started=self.clock(), train_key=desc.train_key
+            )
+            self.log("start", {"number": trial.number, "placement": desc.placement, "params": cost.params,
+                               "replicate": replicate or None})  # fmt: skip
+            return self._payload(trial.number, desc, replicate).to_config()
         return FINISHED
+
+    def _racing(self) -> bool:
+        """Whether a seed replicate is due (racing, ``replicates:``): if so it is queued, and the next trial Optuna
+        hands out is that replicate (queued trials come first)."""
+        if self.racer is None:
+            return False
+        if any(t.state == TrialState.WAITING for t in self.store.study.get_trials(deepcopy=False)):
+            return True  # a queued trial (a replicate or a retry) is next
+        due = self.racer.next_replicate()
+        if due is None:
+            return False
+        source, k = due
+        self.store.life.enqueue_replicate(source, k)
+        p = self.racer.last_p.get(source.number)
+        self.log("replicate", {"number": source.number, "replicate": k, "p_front": p})
+        return True
 
     def _reject(self, number: int, reason: str) -> None:
         self.store.life.reject(number, reason)
@@ -155,12 +179,12 @@ class Driver:
     def _reuse_or_wait(self, number: int, desc: TrialAttrs) -> bool:
         """Reuse a finished trial of the same architecture, or wait for the one training it now (ours or another
         driver's). False, with the architecture described and claimed for this trial, if it is to be trained."""
-        arch_id = desc.arch_id
-        source = self.store.life.find_reusable(arch_id, self.train_key)
-        training = next((r for r in self.running.values() if r.arch_id == arch_id), None)
+        arch_id, key = desc.arch_id, desc.train_key
+        source = self.store.life.find_reusable(arch_id, key)
+        training = next((r for r in self.running.values() if r.arch_id == arch_id and r.train_key == key), None)
         if source is None and training is None:
             self.store.life.describe(number, desc)
-            source = self.store.life.claim_arch(arch_id, self.train_key, number)  # None: this trial trains it
+            source = self.store.life.claim_arch(arch_id, key, number)  # None: this trial trains it
             if source is None:
                 return False
         if source is not None and source.state == TrialState.RUNNING:  # another driver trains it now
@@ -220,24 +244,24 @@ class Driver:
             "reused", {"number": number, "source": src.number, "state": src.state.name, "placement": desc.placement}
         )
 
-    def _payload(self, number: int, arch_id: str, arch: dict[str, Any]) -> TrialPayload:
+    def _payload(self, number: int, desc: TrialAttrs, replicate: int) -> TrialPayload:
         return TrialPayload(
             number=number,
-            arch=arch,
-            arch_id=arch_id,
-            train=self.cfg.train.model_dump(mode="json"),
+            arch=desc.arch,
+            arch_id=desc.arch_id,
+            train=self.cfg.train_for(replicate).model_dump(mode="json"),
             dataset=self.cfg.dataset.model_dump(mode="json"),
             throughput=self.cfg.throughput.model_dump(mode="json"),
             cpus=self.cfg.resources.cpus_per_trial,
             lock_dir=self.lock_dir,
-            resume=self._resume_file(arch_id),
-            cached_throughput=self.store.cached_throughput(arch_id),
+            resume=self._resume_file(desc.arch_id, desc.train_key),
+            cached_throughput=self.store.cached_throughput(desc.arch_id),
         )
 
-    def _resume_file(self, arch_id: str) -> str | None:
-        """Where a trial of ``arch_id`` under this training checkpoints its epochs: a retry of an interrupted trial
-        (same architecture, same training) continues from the last epoch saved there."""
-        return None if self.resume_dir is None else os.path.join(self.resume_dir, f"{arch_id}-{self.train_key}.pt")
+    def _resume_file(self, arch_id: str, train_key: str) -> str | None:
+        """Where a trial of ``arch_id`` under the training ``train_key`` checkpoints its epochs: a retry of an
+        interrupted trial (same architecture, same training) continues from the last epoch saved there."""
+        return None if self.resume_dir is None else os.path.join(self.resume_dir, f"{arch_id}-{train_key}.pt")
 
     # ------------------------------------------------------------------------------------------ results
     def on_result(self, tune_id: str, result: dict[str, Any]) -> None:
@@ -316,7 +340,7 @@ class Driver:
                 self._tell(run.number, TrialState.COMPLETE, values, attrs)
         else:
             self._tell(run.number, TrialState.PRUNED, None, dict(attrs, pruned_at=run.pruned_at or fidelity))
-        resume = self._resume_file(run.arch_id)
+        resume = self._resume_file(run.arch_id, run.train_key)
         if resume is not None:  # the trial is told: its checkpoint has served (an interrupted one keeps it)
             with contextlib.suppress(FileNotFoundError):
                 os.remove(resume)

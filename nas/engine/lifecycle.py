@@ -22,7 +22,9 @@ transition            from -> to                 precondition / what makes it sa
 ``recover``           RUNNING -> FAIL (+ retry)  another driver's, whose heartbeat stopped; compare-and-set
                                                    on the state: exactly one driver fails it and queues its
                                                    one retry
-``enqueue_retry``     (new) WAITING              never a retry of a retry; carries the architecture
+``enqueue_retry``     (new) WAITING              never a retry of a retry; carries the architecture (and
+                                                   a replicate's seed)
+``enqueue_replicate`` (new) WAITING              a seed replicate of an evaluated architecture (racing)
 ``enqueue_missing``   (new) WAITING              a sub-study's plan: what is neither done nor queued
 ====================  =========================  ==========================================================
 
@@ -235,6 +237,15 @@ class Lifecycle:
         self.enqueue_retry(t)
         return True
 
+    def enqueue_replicate(self, source: FrozenTrial, k: int) -> None:
+        """(new) -> WAITING: the ``k``-th seed replicate of the architecture ``source`` evaluated (same parameters,
+        training seed ``train.seed + k``). Several drivers may queue the same one: its training is claimed like any
+        architecture's (``claim_arch`` under the replicate's training key), so it is trained once."""
+        a = TrialAttrs.of(source)
+        attrs = encode(dict(planned_arch=a.arch_id, replicate=k, replicate_of=a.replicate_of or source.number))
+        with self.lock:
+            self.study.enqueue_trial(dict(source.params), user_attrs=attrs, skip_if_exists=False)
+
     def enqueue_retry(self, t: FrozenTrial) -> None:
         """Queue one retry of an interrupted trial (never a retry of a retry); it carries the architecture it
         retrains (``planned_arch``), so a sub-study's plan does not queue that architecture a second time. A trial
@@ -243,6 +254,8 @@ class Lifecycle:
         a = TrialAttrs.of(t)
         if a.retry_of is None:
             attrs = encode(dict(retry_of=t.number, planned_arch=a.arch_id or a.planned_arch))
+            if a.replicate is not None:  # a replicate's retry trains the same seed of the same architecture
+                attrs.update(replicate=a.replicate, replicate_of=a.replicate_of)
             with self.lock:
                 self.study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
 

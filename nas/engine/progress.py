@@ -158,6 +158,7 @@ LINES = {  # the plain log line of each event (str.format over the event's info;
     "waiting_foreign": "trials {numbers} wait for trials {sources} of other drivers to finish",
     "stopped": "[yellow]sampling stopped[/]: {reason}",
     "infeasible": _TRIAL + "[dim]rejected before training: {reason}[/]",
+    "replicate": _TRIAL + "[magenta]replicate[/] {replicate} queued: P(front) {p_front:.2f} is not settled",
 }
 
 

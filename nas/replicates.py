@@ -1,0 +1,184 @@
+"""Seed replicates on the read side: an architecture's accuracy over its training seeds, and how sure its place on
+the front is.
+
+One training run's accuracy is one draw: on the lab's table a second seed of the same architecture moves it by
+0.45 points (SD) and two seeds rank 26 architectures alike only at Kendall τ 0.39–0.43. So:
+
+* :func:`merge` — an architecture evaluated with several seeds (the first evaluation plus its ``replicate`` trials,
+  never reused copies) is one point whose accuracy is the **mean over its seeds**; the front is computed on those
+  means (``nas.results.eligible`` calls this).
+* :func:`front_probability` — P(front) of each architecture: the share of ``draws`` resampled worlds in which it is
+  on the Pareto front. Each draw resamples the two noises an accuracy carries, separately:
+
+  - the **validation images**: one bootstrap resample of the images, shared by every architecture (they were all
+    evaluated on the same images: the comparison stays paired), applied to each seed's correctness bitmap; an
+    evaluation without a bitmap gets an independent normal draw of its binomial error instead;
+  - the **training seed**: a normal draw of SD ``s / sqrt(k)`` for an architecture with ``k`` seeds, ``s`` the
+    pooled within-architecture seed SD (:func:`pooled_seed_sd`: measured from the replicates, shrunk towards a
+    prior SD while few exist).
+
+  Only accuracy is resampled: throughput, parameters and FLOPs do not depend on the seed.
+
+Racing (nas.engine.racing) retrains the architectures whose P(front) is neither near 1 nor near 0. numpy only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trainers import bitmap
+
+if TYPE_CHECKING:
+    from nas.layout import Objective
+    from nas.results import TrialRecord
+
+PRIOR_DOF = 2.0  # how many within-architecture degrees of freedom the prior seed SD counts for
+PRIOR_SEED_SD = 0.005  # the seed SD of accuracy assumed before replicates measure it (the lab's table: 0.0045)
+
+
+def merge(evaluations: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """One record per architecture: its first evaluation, with ``accuracy`` the mean over its seeds.
+
+    ``evaluations`` are COMPLETE full-fidelity trials with every objective (no reused copies), in trial order. An
+    architecture's seeds are its first trial that is not a replicate (a second such trial — two drivers that
+    trained it at once — is the same seed and adds nothing) and its ``replicate`` trials, one per seed.
+    """
+    groups: dict[str, list[TrialRecord]] = {}
+    order: list[str] = []
+    for r in evaluations:
+        key = r.arch_id if r.arch_id is not None else f"trial-{r.number}"
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(r)
+    out = []
+    for key in order:
+        first = next((r for r in groups[key] if r.replicate is None), groups[key][0])
+        seen_seeds = {first.replicate or 0}
+        seeds = [first]
+        for r in groups[key]:
+            if r.replicate is not None and r.replicate not in seen_seeds:
+                seen_seeds.add(r.replicate)
+                seeds.append(r)
+        out.append(_merged(first, seeds))
+    return out
+
+
+def _merged(first: TrialRecord, seeds: list[TrialRecord]) -> TrialRecord:
+    accs = [r.values["accuracy"] for r in seeds if "accuracy" in r.values]
+    values = dict(first.values)
+    if len(accs) == len(seeds) and len(seeds) > 1:
+        values["accuracy"] = float(np.mean(accs))
+    return dataclasses.replace(
+        first,
+        values=values,
+        seed_values=accs,
+        seed_bits=[r.val_correct for r in seeds],
+        seed_trials=[r.number for r in seeds],
+    )
+
+
+def pooled_seed_sd(groups: Sequence[Sequence[float]], prior_sd: float, prior_dof: float = PRIOR_DOF) -> float:
+    """The within-architecture SD of accuracy across seeds, pooled over every architecture with two or more seeds
+    and shrunk towards ``prior_sd`` (counted as ``prior_dof`` degrees of freedom):
+    ``sqrt((prior_dof·prior² + Σ (k_a − 1)·var_a) / (prior_dof + Σ (k_a − 1)))``."""
+    num, dof = prior_dof * prior_sd**2, prior_dof
+    for g in groups:
+        if len(g) >= 2:
+            num += (len(g) - 1) * float(np.var(g, ddof=1))
+            dof += len(g) - 1
+    return math.sqrt(num / dof) if dof > 0 else prior_sd
+
+
+def front_probability(
+    archs: Sequence[TrialRecord],
+    objectives: Sequence[Objective],
+    prior_seed_sd: float,
+    draws: int = 1000,
+    seed: int = 0,
+) -> dict[int, float]:
+    """P(front) of each merged architecture record (:func:`merge`), by trial number (see the module docstring).
+
+    Without an ``accuracy`` objective nothing is noisy: 1.0 on the front, 0.0 off it.
+    """
+    from nas import pareto
+
+    if not archs:
+        return {}
+    names = [o.name for o in objectives]
+    sign = np.array([1.0 if o.direction == "maximize" else -1.0 for o in objectives])
+    base = np.array([[r.values[n] for n in names] for r in archs], dtype=float) * sign
+    if "accuracy" not in names:
+        on = set(pareto.pareto_front(base, ["maximize"] * len(names)))
+        return {r.number: float(i in on) for i, r in enumerate(archs)}
+    acc = _accuracy_draws(archs, prior_seed_sd, draws, np.random.default_rng(seed))  # (draws, archs)
+    j = names.index("accuracy")
+    on_front = np.zeros(len(archs))
+    for start in range(0, draws, 64):  # dominance in blocks: (block, archs, archs) booleans
+        pts = np.broadcast_to(base, (min(64, draws - start), *base.shape)).copy()
+        pts[:, :, j] = acc[start : start + len(pts)] * sign[j]
+        ge = (pts[:, :, None, :] >= pts[:, None, :, :]).all(-1)  # [b, c, a]: c at least as good as a everywhere
+        gt = (pts[:, :, None, :] > pts[:, None, :, :]).any(-1)
+        on_front += (~(ge & gt).any(1)).sum(0)
+    return {r.number: float(p) for r, p in zip(archs, on_front / draws, strict=True)}
+
+
+def _accuracy_draws(
+    archs: Sequence[TrialRecord], prior_seed_sd: float, draws: int, rng: np.random.Generator
+) -> np.ndarray:
+    """(draws, archs) resampled mean accuracies: shared image bootstrap on the bitmaps, plus seed noise."""
+    seeds = [r.seed_values or [r.values["accuracy"]] for r in archs]
+    bits = [r.seed_bits or [r.val_correct] for r in archs]
+    s = pooled_seed_sd(seeds, prior_seed_sd)
+    out = np.zeros((draws, len(archs)))
+    lengths = {bitmap.unpack(b).size for bs in bits for b in bs if b}
+    n_img = lengths.pop() if len(lengths) == 1 else None  # one validation set: resample it, paired
+    weights = rng.multinomial(n_img, np.full(n_img, 1.0 / n_img), size=draws) / n_img if n_img else None
+    for i, (accs, bs) in enumerate(zip(seeds, bits, strict=True)):
+        if weights is not None and all(bs):  # each seed's accuracy moved by its images' resampled deviation
+            for a, b in zip(accs, bs, strict=True):
+                v = bitmap.unpack(b).astype(float)
+                out[:, i] += (a + weights @ v - v.mean()) / len(accs)
+        else:
+            p = float(np.mean(accs))
+            se = math.sqrt(max(p * (1 - p), 1e-6) / (n_img or 10_000))
+            out[:, i] = p + rng.normal(0.0, se, draws)
+        out[:, i] += rng.normal(0.0, s / math.sqrt(len(accs)), draws)
+    return out
+
+
+def study_front_probability(
+    study: Any, archs: Sequence[TrialRecord], objectives: Sequence[Objective]
+) -> dict[int, float]:
+    """P(front) of a study's merged architectures (``nas status``, ``nas pareto``, export), with the study's
+    ``replicates.prior_seed_sd`` (else :data:`PRIOR_SEED_SD`); empty without an accuracy objective."""
+    if not archs or "accuracy" not in [o.name for o in objectives]:
+        return {}
+    rc = ((study.user_attrs.get("config") or {}).get("replicates")) or {}
+    return front_probability(archs, objectives, float(rc.get("prior_seed_sd", PRIOR_SEED_SD)))
+
+
+def settled(p: float, threshold: float) -> bool:
+    """Whether a P(front) is settled: at least ``threshold`` (a member) or at most ``1 - threshold`` (not one)."""
+    return p >= threshold or p <= 1 - threshold
+
+
+def mean_interval(
+    r: TrialRecord, prior_seed_sd: float = PRIOR_SEED_SD, z: float = 1.959963984540054
+) -> tuple[float, float] | None:
+    """The 95 % interval of a merged architecture's mean accuracy over ``k >= 2`` seeds: the images' error of the
+    mean per-image correctness and the seed error ``s / sqrt(k)`` (``s`` its own seed SD shrunk to the prior)."""
+    if len(r.seed_values) < 2:
+        return None
+    mean = float(np.mean(r.seed_values))
+    var = pooled_seed_sd([r.seed_values], prior_seed_sd) ** 2 / len(r.seed_values)
+    if all(r.seed_bits):
+        per_image = np.mean([bitmap.unpack(b).astype(float) for b in r.seed_bits], axis=0)
+        var += float(np.var(per_image, ddof=1)) / per_image.size
+    half = z * math.sqrt(var)
+    return max(0.0, mean - half), min(1.0, mean + half)

@@ -1,0 +1,98 @@
+"""Racing (nas.engine.racing) in a real study (real SQLite, the real driver and lifecycle, ``run_config``): an
+in-process executor reports planted accuracies — a known truth per architecture plus seed noise, and a correctness
+bitmap per evaluation — so what racing should do is known. It replicates where the front is uncertain, stops when
+it is settled, respects its budget and its per-architecture cap, and a replicate is never a reuse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nas import results
+from nas.engine.config import read_study_file
+from nas.engine.progress import Progress
+from nas.engine.run import run_config
+from nas.errors import ConfigError
+from nas.trial_attrs import TrialAttrs
+from tests.engine_fixtures import PlantedExecutor, write_study
+
+
+def _run(tmp_path: Path, name: str, executor: PlantedExecutor, replicates: dict, n_trials: int) -> optuna.Study:
+    over = {
+        "budget": {"n_trials": n_trials, "max_concurrent": 1},
+        "pruner": {"name": "none"},
+        "fidelity": {"rungs": []},
+        "replicates": replicates,
+    }
+    cfg, space = read_study_file(write_study(tmp_path, name, **over))
+    run_config(cfg, space, name, tmp_path / "studies", Progress(quiet=True), executor=executor)
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'studies' / name / 'study.db'}")
+
+
+def _replicates(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.trials if TrialAttrs.of(t).replicate is not None]
+
+
+def test_a_settled_front_gets_no_replicate(tmp_path: Path) -> None:
+    """Each new architecture is 3 points more accurate and slower than the last: every one is on the front by far
+    more than the noise (0.5 pt of seed, 0.7 pt of images), so nothing is replicated."""
+    ex = PlantedExecutor(lambda i: (0.60 + 0.03 * i, 5000.0 - 300.0 * i), seed_sd=0.005)
+    study = _run(tmp_path, "settled", ex, {"max_per_arch": 3, "budget_share": 0.5}, n_trials=8)
+    assert _replicates(study) == [] and len({a for a, _ in ex.trained}) == len(ex.trained)
+    assert {s for _, s in ex.trained} == {0}
+
+
+def test_racing_replicates_close_calls_within_its_budget_and_cap(tmp_path: Path) -> None:
+    """Every architecture has the same true accuracy and throughput: every place on the front is a coin flip, so
+    racing spends its whole budget — replicates at most ``budget_share`` of the trained trials, at most
+    ``max_per_arch`` seeds each — and each replicate trains the next seed of its architecture, as its own
+    evaluation (not a copy), under its own training key."""
+    ex = PlantedExecutor(lambda i: (0.85, 3000.0), seed_sd=0.005)
+    study = _run(tmp_path, "close", ex, {"max_per_arch": 2, "budget_share": 0.4}, n_trials=10)
+    reps = _replicates(study)
+    trained = [t for t in study.trials if not TrialAttrs.of(t).is_copy and TrialAttrs.of(t).arch_id]
+    assert 1 <= len(reps) <= 0.4 * len(trained)
+    first = {TrialAttrs.of(t).arch_id: t for t in study.trials if TrialAttrs.of(t).replicate is None}
+    for t in reps:
+        a = TrialAttrs.of(t)
+        assert t.state == TrialState.COMPLETE and a.reused_from is None and a.val_correct
+        assert a.replicate == 1 and a.replicate_of == first[a.arch_id].number  # max_per_arch 2: one more seed
+        assert a.train_key != TrialAttrs.of(first[a.arch_id]).train_key
+    assert sorted(ex.trained).count((TrialAttrs.of(reps[0]).arch_id, 1)) == 1  # trained once, with seed 0 + 1
+    recs = results.records(study)
+    merged = {r.arch_id: r for r in results.eligible(recs, results.objectives_of(study))}
+    for t in reps:  # the architecture's accuracy is the mean of its two seeds
+        m = merged[TrialAttrs.of(t).arch_id]
+        assert m.seeds == 2 and m.values["accuracy"] == pytest.approx(np.mean(m.seed_values))
+
+
+def test_a_replicate_is_never_mistaken_for_a_reuse(tmp_path: Path) -> None:
+    """The space has 10 architectures and the run asks for 24 trials: the sampler proposes evaluated ones again.
+    Those proposals copy the architecture's *first* evaluation (seed 0), never a replicate; a replicate trains."""
+    ex = PlantedExecutor(lambda i: (0.85, 3000.0), seed_sd=0.005)
+    study = _run(tmp_path, "again", ex, {"max_per_arch": 3, "budget_share": 0.3}, n_trials=24)
+    by_number = {t.number: t for t in study.trials}
+    copies = [t for t in study.trials if TrialAttrs.of(t).is_copy]
+    assert copies, "the run should have proposed an evaluated architecture again"
+    for t in copies:
+        src = TrialAttrs.of(by_number[TrialAttrs.of(t).reused_from])
+        assert src.replicate is None and src.arch_id == TrialAttrs.of(t).arch_id
+    assert all(TrialAttrs.of(t).reused_from is None for t in _replicates(study) if TrialAttrs.of(t).replicate)
+    assert len(ex.trained) == len(set(ex.trained))  # no (architecture, seed) trained twice
+
+
+@pytest.mark.parametrize(
+    ("replicates", "field"),
+    [({"max_per_arch": 0}, "replicates.max_per_arch"), ({"budget_share": 1.0}, "replicates.budget_share"),
+     ({"budget_share": 0}, "replicates.budget_share"), ({"settled": 0.4}, "replicates.settled")],
+)  # fmt: skip
+def test_replicate_settings_that_cannot_be_met_are_refused_in_one_line(
+    tmp_path: Path, replicates: dict, field: str
+) -> None:
+    with pytest.raises(ConfigError) as e:
+        read_study_file(write_study(tmp_path, "bad", replicates=replicates))
+    assert field in str(e.value) and "\n" not in str(e.value)

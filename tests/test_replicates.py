@@ -1,0 +1,145 @@
+"""Seed replicates on the read side (nas.replicates): the front on means, P(front) on hand-made studies with planted
+noise, the pooled seed SD and the interval of a mean over seeds, against plain reference computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from nas import results
+from nas.layout import Objective
+from nas.replicates import PRIOR_DOF, front_probability, mean_interval, merge, pooled_seed_sd, settled
+from nas.results import TrialRecord
+from trainers import bitmap
+
+OBJS = [Objective("accuracy", "maximize"), Objective("throughput", "maximize")]
+N_IMG = 2000
+
+
+def _bits(acc: float, rng: np.random.Generator, base: np.ndarray | None = None, flip: float = 0.0) -> str:
+    """A correctness bitmap of accuracy ``acc``; with ``base``, the same images right except a ``flip`` share
+    redrawn (two models that mostly agree, as real ones do)."""
+    if base is None:
+        bits = rng.random(N_IMG) < acc
+    else:
+        bits = base.copy()
+        redo = rng.random(N_IMG) < flip
+        bits[redo] = rng.random(int(redo.sum())) < acc
+    return bitmap.pack(bits)
+
+
+def _swapped(base: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    """Another model of exactly the same accuracy: ``m`` images it gets right that ``base`` does not, and ``m`` the
+    other way round."""
+    out = base.copy()
+    out[rng.choice(np.flatnonzero(base), m, replace=False)] = False
+    out[rng.choice(np.flatnonzero(~base), m, replace=False)] = True
+    return out
+
+
+def _rec(number: int, arch: str, acc: float, tp: float, **kw) -> TrialRecord:
+    return TrialRecord(number=number, state="COMPLETE", values={"accuracy": acc, "throughput": tp}, arch_id=arch,
+                       full_fidelity=True, **kw)  # fmt: skip
+
+
+def test_the_front_is_computed_on_the_mean_over_seeds() -> None:
+    """Architecture b's first seed beats a; its two replicates say it is worse: on the means, a is on the front
+    and b is not. A second same-seed trial of a (two drivers at once) and a reused copy add no seed."""
+    recs = [
+        _rec(0, "a", 0.850, 1000.0),
+        _rec(1, "b", 0.856, 1000.0),
+        _rec(2, "b", 0.836, 1000.0, replicate=1, replicate_of=1),
+        _rec(3, "b", 0.842, 1000.0, replicate=2, replicate_of=1),
+        _rec(4, "a", 0.990, 1000.0),  # the same seed of a trained twice: not a second seed
+        _rec(5, "b", 0.856, 1000.0, reused_from=1),  # a copy
+        _rec(6, "c", 0.800, 3000.0),
+    ]
+    merged = {r.arch_id: r for r in results.eligible(recs, OBJS)}
+    assert set(merged) == {"a", "b", "c"}
+    assert merged["b"].number == 1 and merged["b"].seed_trials == [1, 2, 3] and merged["b"].seeds == 3
+    assert merged["b"].values["accuracy"] == pytest.approx((0.856 + 0.836 + 0.842) / 3)
+    assert merged["a"].seeds == 1 and merged["a"].values["accuracy"] == 0.850
+    assert [r.arch_id for r in results.front(recs, OBJS)] == ["a", "c"]
+    single = [r for r in recs if r.replicate is None]  # what one seed alone would say
+    assert next(r.arch_id for r in results.front(single, OBJS)) in ("a", "b")
+
+
+def test_merge_keeps_one_record_per_seed_index() -> None:
+    recs = [_rec(0, "x", 0.8, 1.0), _rec(1, "x", 0.82, 1.0, replicate=1), _rec(2, "x", 0.7, 1.0, replicate=1)]
+    (m,) = merge(recs)
+    assert m.seed_trials == [0, 1] and m.values["accuracy"] == pytest.approx(0.81)
+
+
+def test_pooled_seed_sd_matches_the_formula() -> None:
+    groups = [[0.80, 0.81, 0.83], [0.70, 0.72], [0.9]]
+    num = PRIOR_DOF * 0.005**2 + 2 * np.var(groups[0], ddof=1) + 1 * np.var(groups[1], ddof=1)
+    assert pooled_seed_sd(groups, 0.005) == pytest.approx(math.sqrt(num / (PRIOR_DOF + 3)))
+    assert pooled_seed_sd([[0.9]], 0.004) == pytest.approx(0.004)  # nothing measured: the prior
+
+
+def test_p_front_of_a_clear_member_a_coin_flip_and_a_clear_loser() -> None:
+    """Planted: `star` is the most accurate by 10 points (P = 1); `left` and `right` are the fastest, with the same
+    throughput and exactly the same accuracy on other images, so exactly one of them is on the front in each world
+    (P near 1/2 each, summing to 1); `slow` is slower than `star` and 18 points less accurate (P = 0)."""
+    rng = np.random.default_rng(0)
+    base = rng.random(N_IMG) < 0.85
+    archs = [
+        _rec(0, "star", 0.95, 1000.0, val_correct=_bits(0.95, rng)),
+        _rec(1, "left", 0.85, 5000.0, val_correct=bitmap.pack(base)),
+        _rec(2, "right", 0.85, 5000.0, val_correct=bitmap.pack(_swapped(base, 60, rng))),
+        _rec(3, "slow", 0.77, 900.0, val_correct=_bits(0.77, rng)),
+    ]
+    archs = [dataclass_with_acc(r) for r in archs]
+    p = front_probability(merge(archs), OBJS, prior_seed_sd=0.005, draws=2000, seed=1)
+    assert p[0] == 1.0 and p[3] == 0.0
+    assert 0.3 < p[1] < 0.7 and 0.3 < p[2] < 0.7 and p[1] + p[2] == pytest.approx(1.0, abs=0.01)
+    assert settled(p[0], 0.9) and settled(p[3], 0.9) and not settled(p[1], 0.9)
+    assert front_probability(merge(archs), OBJS, 0.005, draws=2000, seed=1) == p  # seeded
+
+
+def dataclass_with_acc(r: TrialRecord) -> TrialRecord:
+    """The record's accuracy is its bitmap's (the planted data is consistent)."""
+    import dataclasses
+
+    right, n = bitmap.count(r.val_correct)
+    return dataclasses.replace(r, values={**r.values, "accuracy": right / n})
+
+
+def test_more_seeds_settle_a_close_call() -> None:
+    """Two architectures 0.6 points apart at the same throughput, seed SD 0.5 points: with one seed each the
+    better one's P(front) is far from settled; with six seeds each (the same means) it is much closer to 1."""
+    rng = np.random.default_rng(3)
+    base = rng.random(N_IMG) < 0.86
+
+    def arch(number: int, name: str, accs: list[float]) -> TrialRecord:
+        bits = [_bits(0.86, rng, base, flip=0.05) for _ in accs]
+        seeds = [
+            _rec(number * 10 + k, name, a, 1000.0, val_correct=b, replicate=k or None)
+            for k, (a, b) in enumerate(zip(accs, bits, strict=True))
+        ]
+        return merge(seeds)[0]
+
+    one = [arch(1, "hi", [0.866]), arch(2, "lo", [0.860])]
+    six = [arch(1, "hi", [0.866 + d for d in (-0.006, 0.004, 0.0, 0.006, -0.004, 0.0)]),
+           arch(2, "lo", [0.860 + d for d in (0.005, -0.005, 0.0, 0.003, -0.003, 0.0)])]  # fmt: skip
+    p1 = front_probability(one, OBJS, 0.005, draws=2000)[10]
+    p6 = front_probability(six, OBJS, 0.005, draws=2000)[10]
+    assert p1 < 0.9 and p6 > p1 + 0.1
+
+
+def test_mean_interval_combines_the_images_and_the_seeds() -> None:
+    rng = np.random.default_rng(5)
+    base = rng.random(N_IMG) < 0.8
+    bits = [_bits(0.8, rng, base, flip=0.1) for _ in range(3)]
+    accs = [bitmap.count(b)[0] / N_IMG for b in bits]
+    seeds = zip(accs, bits, strict=True)
+    (m,) = merge([_rec(k, "z", a, 1.0, val_correct=b, replicate=k or None) for k, (a, b) in enumerate(seeds)])
+    lo, hi = mean_interval(m, prior_seed_sd=0.005)
+    per_image = np.mean([bitmap.unpack(b) for b in bits], axis=0)
+    var = pooled_seed_sd([accs], 0.005) ** 2 / 3 + np.var(per_image, ddof=1) / N_IMG
+    assert (lo + hi) / 2 == pytest.approx(np.mean(accs)) and (hi - lo) / 2 == pytest.approx(
+        1.959963984540054 * var**0.5
+    )
+    assert m.accuracy_interval == pytest.approx((lo, hi))  # what status, pareto and the dashboard show

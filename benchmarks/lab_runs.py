@@ -64,13 +64,14 @@ class Curve:
 
 
 def bounds(table: Table) -> tuple[list[float], list[float]]:
-    accs = [a.val_acc[-1] for a in table.archs.values()]
+    accs = [a.mean_final for a in table.archs.values()]
     tps = [a.throughput["median"] for a in table.archs.values()]
     return [min(accs), min(tps)], [max(accs), max(tps)]
 
 
 def final_point(a: TableArch) -> list[float]:
-    return [a.val_acc[-1], a.throughput["median"]]
+    """The architecture's true point: its final accuracy averaged over the table's seeds, and its throughput."""
+    return [a.mean_final, a.throughput["median"]]
 
 
 def true_front(table: Table) -> list[TableArch]:
@@ -123,7 +124,7 @@ class OraclePruner(ParetoPruner):
         if not isinstance(like, ParetoPruner):
             raise SystemExit("error: --oracle needs our pareto pruner (the ours-* methods)")
         super().__init__(like.rungs, like.objectives, like.directions, like.eta, like.min_trials)
-        self.final = {a.arch_id: a.val_acc[-1] for a in table.archs.values()}
+        self.final = {a.arch_id: a.mean_final for a in table.archs.values()}
 
     def vector(self, trial: Any, rung: int) -> list[float] | None:
         v = super().vector(trial, rung)

@@ -168,3 +168,45 @@ def import_column(study_file: Path, table: Path) -> int:
         f"now run `nas search {study_file}` to train the other {col['provenance']['of'] - len(col['archs'])}"
     )
     return len(col["archs"])
+
+
+def add_columns(table_path: Path, out: Path | None = None) -> Any:
+    """Table v2: the table (seed 0) with every complete seed column beside it (each architecture's other seeds in
+    ``extra_seeds``), the columns' provenance under ``provenance.seeds``; written to ``out`` (default: in place).
+
+    Raises:
+        SystemExit: no column, a column that is not complete, or columns on different validation images.
+    """
+    import dataclasses
+
+    from nas.engine.replay import SeedCurve, Table
+
+    table = Table.load(table_path)
+    paths = sorted(table_path.parent.glob(f"{table_path.stem}.seed*.json"))
+    if not paths:
+        raise SystemExit(f"error: no seed column beside {table_path} (build one: see benchmarks/lab_seeds.py)")
+    cols = [read_column(p) for p in paths]
+    for p, c in zip(paths, cols, strict=True):
+        missing = sorted(set(table.archs) - set(c["archs"]))
+        if missing:
+            build = f"nas search studies/{c['provenance']['study_file']}"
+            raise SystemExit(f"error: {p}: {len(c['archs'])} of the table's {len(table.archs)} architectures are "
+                             f"done; finish the build ({build}) first")  # fmt: skip
+    val_sets = {json.dumps(c["provenance"].get("val_set"), sort_keys=True) for c in cols}
+    if len(val_sets) != 1:
+        raise SystemExit(f"error: the seed columns {[p.name for p in paths]} were evaluated on different images")
+    fields = [f.name for f in dataclasses.fields(SeedCurve)]
+    archs = {}
+    for arch_id, a in table.archs.items():
+        extra = [{"seed": c["provenance"]["train_seed"], **{k: c["archs"][arch_id].get(k) for k in fields[1:]}}
+                 for c in cols]  # fmt: skip
+        archs[arch_id] = dataclasses.replace(a, extra_seeds=extra)
+    seed0 = {k: v for k, v in table.provenance.items() if k != "seeds"}
+    provenance = {**seed0, "val_set": cols[0]["provenance"].get("val_set"),
+                  "seeds": [{"seed": 0, **seed0},
+                            *({"seed": c["provenance"]["train_seed"], **c["provenance"]} for c in cols)]}  # fmt: skip
+    v2 = dataclasses.replace(table, archs=archs, provenance=provenance)
+    out = out or table_path
+    out.write_text(json.dumps(v2.to_json(), separators=(",", ":")) + "\n")
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB): {v2.n_seeds} training seeds per architecture")
+    return v2

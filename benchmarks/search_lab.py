@@ -3,6 +3,7 @@
     python benchmarks/search_lab.py table      # the built study (studies/fmnist_bench_build.yaml) -> the table
     python benchmarks/search_lab.py column --study studies/fmnist_bench_build_s1.yaml   # a seed build -> its column
     python benchmarks/search_lab.py resume --study studies/fmnist_bench_build_s1.yaml   # its column -> a new study
+    python benchmarks/search_lab.py seeds      # the table + every finished seed column -> table v2 (in place)
     python benchmarks/search_lab.py run        # every method x 20 seeds, replayed: report + plot (16 min on 2 CPUs)
     python benchmarks/search_lab.py fidelity   # how well an early epoch ranks like the last one
     python benchmarks/search_lab.py run --oracle --methods tpe ours-tpe oracle-tpe   # + ours with a perfect signal
@@ -289,7 +290,7 @@ def fidelity(table: Table) -> str:
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["table", "column", "resume", "run", "fidelity"])
+    ap.add_argument("command", choices=["table", "column", "resume", "seeds", "run", "fidelity"])
     ap.add_argument("--table", default=str(TABLE))
     ap.add_argument("--study", default=str(BUILD), help="table: the built study file")
     ap.add_argument("--seeds", type=int, default=20)
@@ -321,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
 
         run = lab_seeds.export_column if args.command == "column" else lab_seeds.import_column
         run(Path(args.study), Path(args.table))
+        return 0
+    if args.command == "seeds":
+        from benchmarks import lab_seeds
+
+        lab_seeds.add_columns(Path(args.table))
         return 0
     table = Table.load(args.table)
     if args.command == "fidelity":

@@ -71,3 +71,47 @@ def test_import_refuses_a_study_that_already_has_trials(tmp_path: Path, monkeypa
     lab_seeds.export_column(study_file, table)
     with pytest.raises(SystemExit, match="already has 2 trials: resume it with nas search"):
         lab_seeds.import_column(study_file, table)
+
+
+def test_seed_columns_join_the_table_as_format_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two complete seed columns beside a one-seed table make a three-seed table (format 2) whose extra seeds are
+    the columns' curves and bitmaps; an incomplete column, or one on other validation images, is refused."""
+    from nas.engine.replay import Table, TableArch
+
+    monkeypatch.chdir(tmp_path)
+    table_path = tmp_path / "tables" / "tiny.json"
+    table_path.parent.mkdir()
+    cols = {}
+    for seed in (1, 2):
+        study = write_study(tmp_path, f"tiny_s{seed}", **GRID, train={"seed": seed},
+                            budget={"n_trials": None, "max_concurrent": 1})  # fmt: skip
+        cfg, space = read_study_file(study)
+        run_config(cfg, space, str(study), None, Progress(quiet=True),
+                   executor=PlantedExecutor(lambda i: (0.8 + 0.01 * i, 1000.0 + i), seed_sd=0.01))  # fmt: skip
+        cols[seed] = json.loads(lab_seeds.export_column(study, table_path).read_text())
+    some = cols[1]["archs"]
+    archs = {a: TableArch(arch_id=a, params=c["params"], placement="p", n_params=1, flops=2,
+                          throughput={"median": 1.0, "iqr": 0.0, "cv": 0.0}, val_acc=[0.5, 0.6], val_loss=[1, 1],
+                          train_loss=[1, 1], seconds=[1, 1]) for a, c in some.items()}  # fmt: skip
+    table_path.write_text(json.dumps(Table("tiny", {}, "h", {}, 10, 2, archs, {"device": "cpu"}).to_json()))
+    v2 = lab_seeds.add_columns(table_path)
+    again = Table.load(table_path)
+    assert v2.n_seeds == again.n_seeds == 3 and json.loads(table_path.read_text())["format"] == "mixer-nas-table/2"
+    for a in again.archs.values():
+        curves = a.curves()
+        assert [c.seed for c in curves] == [0, 1, 2]
+        for c in curves[1:]:
+            assert c.val_acc == cols[c.seed]["archs"][a.arch_id]["val_acc"] and c.val_correct
+        assert a.mean_final == pytest.approx(sum(c.val_acc[-1] for c in curves) / 3)
+    assert [s["seed"] for s in again.provenance["seeds"]] == [0, 1, 2]
+
+    column = lab_seeds.column_path(table_path, 2)
+    raw = json.loads(column.read_text())
+    raw["provenance"]["val_set"] = {"images": 1, "fingerprint": "other"}
+    column.write_text(json.dumps(raw))
+    with pytest.raises(SystemExit, match="evaluated on different images"):
+        lab_seeds.add_columns(table_path)
+    raw["archs"].popitem()
+    column.write_text(json.dumps(raw))
+    with pytest.raises(SystemExit, match=f"{len(some) - 1} of the table's {len(some)} architectures are done"):
+        lab_seeds.add_columns(table_path)

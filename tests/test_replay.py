@@ -55,8 +55,9 @@ def _study(folder: Path, name: str, **over) -> Path:
     return path
 
 
-def make_table(folder: Path, study: Path, seed: int = 0) -> tuple[Path, Table]:
-    """Every architecture with a saturating curve whose final accuracy and throughput are drawn at random."""
+def make_table(folder: Path, study: Path, seed: int = 0, seeds: int = 1) -> tuple[Path, Table]:
+    """Every architecture with a saturating curve whose final accuracy and throughput are drawn at random; with
+    ``seeds`` > 1, each other training seed's curve is the first plus a constant seed offset (SD 1 point)."""
     import itertools
 
     cfg, space = read_study_file(study)
@@ -77,11 +78,18 @@ def make_table(folder: Path, study: Path, seed: int = 0) -> tuple[Path, Table]:
             val_loss=[1 - a for a in curve],
             train_loss=[1.1 - a for a in curve],
             seconds=[rng.uniform(1, 4)] * EPOCHS,
+            extra_seeds=[_other_seed(k, curve, rng.gauss(0, 0.01)) for k in range(1, seeds)],
         )
     table = Table("replay4", space.model_dump(mode="json"), space.space_hash(), training_of(cfg), 10, EPOCHS, archs)
     path = folder / "table.json"
     path.write_text(json.dumps(table.to_json()))
     return path, Table.load(path)
+
+
+def _other_seed(k: int, curve: list[float], shift: float) -> dict:
+    accs = [round(a + shift, 4) for a in curve]
+    return {"seed": k, "val_acc": accs, "val_loss": [1 - a for a in accs], "train_loss": [1.1 - a for a in accs],
+            "seconds": [2.0] * EPOCHS}  # fmt: skip
 
 
 def _replay(folder: Path, name: str, table: Path, **over) -> optuna.Study:
@@ -257,3 +265,39 @@ def test_a_table_of_another_space_or_training_is_refused_in_one_line(tmp_path: P
         run_study(_study(tmp_path, "holes"), base_dir=tmp_path / "studies", progress=Progress(quiet=True),
                   replay=holes)  # fmt: skip
     assert not (tmp_path / "studies" / "lr").exists()  # refused before anything was written
+
+
+def test_a_table_of_one_seed_keeps_format_1_byte_for_byte() -> None:
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tables" / "fmnist_bench.json"
+    table = Table.load(path)
+    assert table.n_seeds == 1 and table.to_json() == json.loads(path.read_text())
+    a = next(iter(table.archs.values()))
+    assert a.mean_final == a.val_acc[-1] and len(a.curves()) == 1
+
+
+def test_replay_draws_each_architectures_seed_from_the_run_seed_and_a_replicate_sees_another(tmp_path: Path) -> None:
+    """Table v2 (three seeds): a replay shows each architecture one seed's curve, drawn from the run's seed and the
+    architecture (the same run, the same draw); the k-th replicate of an architecture sees the next seed."""
+    path, table = make_table(tmp_path, _study(tmp_path, "t"), seeds=3)
+    assert json.loads(path.read_text())["format"] == "mixer-nas-table/2" and table.n_seeds == 3
+    ids = sorted(table.archs)
+    first = [table.seed_index(3, a) for a in ids]
+    assert first == [table.seed_index(3, a) for a in ids] and set(first) == {0, 1, 2}
+    assert first != [table.seed_index(4, a) for a in ids]  # another run, other draws
+    assert all(table.seed_index(3, a, 1) == (i + 1) % 3 for a, i in zip(ids, first, strict=True))
+    racing = {"replicates": {"max_per_arch": 3, "budget_share": 0.3}, "budget": {"n_trials": 30, "max_concurrent": 2}}
+    study = _replay(tmp_path, "rep", path, pruner={"name": "none"}, fidelity={"rungs": []}, **racing)
+    evaluations = [t for t in study.trials if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs]
+    replicates = [t for t in evaluations if t.user_attrs.get("replicate")]
+    assert replicates, "racing found nothing uncertain on a table whose seeds differ by a point"
+    for t in evaluations:  # every evaluation shows the seed the run's draw names, its replicates the next ones
+        arch, k = t.user_attrs["arch_id"], t.user_attrs.get("replicate") or 0
+        curve = table.archs[arch].curves()[table.seed_index(3, arch, k)]
+        assert t.values[0] == curve.val_acc[-1]
+
+
+def test_replicates_need_a_table_of_as_many_seeds(tmp_path: Path) -> None:
+    path, _ = make_table(tmp_path, _study(tmp_path, "t"))
+    with pytest.raises(ConfigError, match=r"replicates\.max_per_arch is 2 but table .* holds 1 training seed"):
+        _replay(tmp_path, "v1", path, replicates={"max_per_arch": 2})
+    assert not (tmp_path / "studies" / "v1").exists()

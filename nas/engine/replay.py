@@ -16,6 +16,7 @@ not exist. Search methods can therefore be compared on a known true front with m
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import json
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
 
     from nas.engine.driver import Driver
 
-TABLE_FORMAT = "mixer-nas-table/1"
+TABLE_FORMAT = "mixer-nas-table/1"  # one training seed per architecture
+TABLE_FORMAT_SEEDS = "mixer-nas-table/2"  # several: each architecture's extra seeds in ``extra_seeds``
 
 
 def training_of(cfg: StudyConfig) -> dict[str, Any]:
@@ -51,8 +53,22 @@ def training_of(cfg: StudyConfig) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class SeedCurve:
+    """One training seed's per-epoch curves of an architecture, and which validation images its final model got
+    right (:mod:`trainers.bitmap` text; None where the build did not keep it)."""
+
+    seed: int
+    val_acc: list[float]
+    val_loss: list[float]
+    train_loss: list[float]
+    seconds: list[float]
+    val_correct: str | None = None
+
+
+@dataclass(frozen=True)
 class TableArch:
-    """One architecture of a table: its Optuna parameters, costs, throughput and per-epoch curves."""
+    """One architecture of a table: its Optuna parameters, costs, throughput and per-epoch curves (training seed
+    0), and in a table of several seeds (format 2) each other seed's curves (``extra_seeds``, SeedCurve fields)."""
 
     arch_id: str
     params: dict[str, Any]
@@ -64,11 +80,22 @@ class TableArch:
     val_loss: list[float]
     train_loss: list[float]
     seconds: list[float]
+    extra_seeds: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def epoch_seconds(self) -> float:
         """The architecture's median recorded epoch time: the simulated seconds of each of its epochs."""
         return float(statistics.median(self.seconds))
+
+    def curves(self) -> list[SeedCurve]:
+        """Every training seed's curves, seed 0 first."""
+        first = SeedCurve(0, self.val_acc, self.val_loss, self.train_loss, self.seconds)
+        return [first, *(SeedCurve(**s) for s in self.extra_seeds)]
+
+    @property
+    def mean_final(self) -> float:
+        """The final accuracy averaged over the table's seeds: the architecture's truth in the lab."""
+        return float(statistics.fmean(c.val_acc[-1] for c in self.curves()))
 
 
 @dataclass
@@ -100,20 +127,39 @@ class Table:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: not a table (not JSON: {e})") from None
-        if not isinstance(raw, dict) or raw.get("format") != TABLE_FORMAT:
-            raise ConfigError(f"{path}: not a table of this version (format must be {TABLE_FORMAT!r})")
+        if not isinstance(raw, dict) or raw.get("format") not in (TABLE_FORMAT, TABLE_FORMAT_SEEDS):
+            raise ConfigError(
+                f"{path}: not a table of this version (format must be {TABLE_FORMAT!r} or {TABLE_FORMAT_SEEDS!r})"
+            )
         archs = {a["arch_id"]: TableArch(**a) for a in raw["archs"]}
-        short = [a.arch_id for a in archs.values() if len(a.val_acc) < raw["epochs"]]
+        short = [a.arch_id for a in archs.values() if min(len(c.val_acc) for c in a.curves()) < raw["epochs"]]
         if short:
             raise ConfigError(f"{path}: architecture {short[0]} has fewer than the table's {raw['epochs']} epochs")
+        if len({len(a.extra_seeds) for a in archs.values()}) > 1:
+            raise ConfigError(f"{path}: its architectures have different numbers of training seeds")
         fields = {k: raw[k] for k in ("name", "space", "space_hash", "training", "num_classes", "epochs")}
         return cls(**fields, archs=archs, provenance=raw.get("provenance", {}), source=str(path))
 
     def to_json(self) -> dict[str, Any]:
         """The table as its file stores it (``format`` first)."""
         out = {k: v for k, v in asdict(self).items() if k not in ("archs", "source")}
-        out["archs"] = [asdict(a) for a in self.archs.values()]
-        return {"format": TABLE_FORMAT, **out}
+        archs = [asdict(a) for a in self.archs.values()]
+        if self.n_seeds == 1:  # format 1, as before seeds existed
+            archs = [{k: v for k, v in a.items() if k != "extra_seeds"} for a in archs]
+        out["archs"] = archs
+        return {"format": TABLE_FORMAT if self.n_seeds == 1 else TABLE_FORMAT_SEEDS, **out}
+
+    @property
+    def n_seeds(self) -> int:
+        """Training seeds per architecture (1 in a format-1 table)."""
+        return 1 + min((len(a.extra_seeds) for a in self.archs.values()), default=0)
+
+    def seed_index(self, run_seed: int, arch_id: str, replicate: int = 0) -> int:
+        """Which of an architecture's seeds a replay shows (0-based): drawn from the run's seed and the architecture,
+        so a search sees one seed's noise as in reality and the same run sees the same; its ``replicate``-th seed
+        replicate gets the next one (a replicate never sees the curve its first evaluation saw)."""
+        digest = hashlib.sha256(f"{run_seed}:{arch_id}".encode()).digest()
+        return (int.from_bytes(digest[:8], "little") + replicate) % self.n_seeds
 
     def check(self, cfg: StudyConfig, space: SearchSpace, where: str) -> None:
         """A study replayed against this table must describe the same space and the same training."""
@@ -133,14 +179,28 @@ class Table:
                     f"{self.training[part].get(k)!r}" + (f" (+{len(diff) - 1} more)" if len(diff) > 1 else "")
                     + "; replay with the table's training configuration"
                 )  # fmt: skip
+        rc = cfg.replicates
+        if rc is not None and rc.max_per_arch > self.n_seeds:
+            raise ConfigError(
+                f"{where}: replicates.max_per_arch is {rc.max_per_arch} but table {self.source} holds "
+                f"{self.n_seeds} training seed(s) per architecture, and a replicate replays another seed; use a "
+                f"table of at least {rc.max_per_arch} seeds (python benchmarks/search_lab.py table) or lower it"
+            )
 
-    def report(self, a: TableArch, epoch: int, cfg: StudyConfig, img_size: Any) -> EpochReport:
-        """Epoch ``epoch`` (from 1) of architecture ``a`` as a worker would report it."""
+    def report(
+        self, a: TableArch, epoch: int, cfg: StudyConfig, img_size: Any, curve: SeedCurve | None = None
+    ) -> EpochReport:
+        """Epoch ``epoch`` (from 1) of architecture ``a`` as a worker would report it, from one seed's ``curve``
+        (default seed 0); the last epoch carries the seed's correct images where the table has them."""
+        c = curve or a.curves()[0]
+        last = epoch == len(c.val_acc) and c.val_correct is not None
         return EpochReport(
             epoch=epoch,
-            val_acc=a.val_acc[epoch - 1],
-            val_loss=a.val_loss[epoch - 1],
-            train_loss=a.train_loss[epoch - 1],
+            val_acc=c.val_acc[epoch - 1],
+            val_loss=c.val_loss[epoch - 1],
+            train_loss=c.train_loss[epoch - 1],
+            val_correct=c.val_correct if last else None,
+            val_set=self.provenance.get("val_set", {}).get("fingerprint") if last else None,
             seconds=a.epoch_seconds,
             images_per_s=0.0,
             wall_time_s=epoch * a.epoch_seconds,
@@ -214,7 +274,7 @@ class ReplayExecutor:
         """
         feed, workers = TrialFeed(driver, scheduler), self.workers or driver.cfg.budget.max_concurrent
         log, heap, seq, ids = self.log, [], itertools.count(), itertools.count()
-        runs: dict[str, tuple[ExecTrial, TableArch]] = {}
+        runs: dict[str, tuple[ExecTrial, TableArch, SeedCurve]] = {}
         epochs, done, budget = driver.cfg.train.epochs, False, self.max_trial_epochs
 
         def fill() -> None:
@@ -230,16 +290,18 @@ class ReplayExecutor:
                         f"{self.table.source}: the sampler proposed architecture {trial.payload.arch_id} that the "
                         "table does not hold; the table was built for another space or is incomplete"
                     )
-                runs[trial.trial_id] = (trial, a)
+                replicate = int(trial.payload.train["seed"]) - driver.cfg.train.seed  # k-th seed replicate: k
+                seed = self.table.seed_index(driver.cfg.seed, a.arch_id, replicate)
+                runs[trial.trial_id] = (trial, a, a.curves()[seed])
                 heapq.heappush(heap, (self.now + a.epoch_seconds, next(seq), trial.trial_id, 1))
 
         fill()
         while heap:
             t, _, tid, e = heapq.heappop(heap)
             self.now = t
-            trial, a = runs[tid]
+            trial, a, curve = runs[tid]
             p = trial.payload
-            stop = feed.report(trial, self.table.report(a, e, driver.cfg, p.arch["img_size"]))
+            stop = feed.report(trial, self.table.report(a, e, driver.cfg, p.arch["img_size"], curve))
             log.epochs.append((t, p.number, e, a.epoch_seconds))
             if stop or e >= epochs:
                 ended = feed.end(trial)

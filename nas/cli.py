@@ -44,16 +44,19 @@ def calibrate(
     rec = cal.recommended
     if rec["is_proxy"]:
         typer.echo(
-            f"the proxy budget already ranks like the largest one (Kendall tau {rec['tau']:.2f} >= 0.8): keep it"
+            f"the proxy budget already ranks like the largest one (Kendall tau {rec['tau']:.2f} >= {cal.bar:.2f}): "
+            "keep it"
         )
     else:
         if rec.get("is_reference"):
-            proxy = cal.budgets[0]["tau"]
+            proxy = cal.budgets[0].get("tau_mean", cal.budgets[0]["tau"])
             proxy_tau = "n/a" if proxy is None else f"{proxy:.2f}"
-            cheapest = f"no cheaper budget reached Kendall tau 0.8 (the proxy: {proxy_tau}): the largest tried, "
+            cheapest = (
+                f"no cheaper budget reached Kendall tau {cal.bar:.2f} (the proxy: {proxy_tau}): the largest tried, "
+            )
             cheapest += f"{rec['compute']:g}x the proxy's compute; --factor {2 * factor:g} tries larger ones"
         else:
-            cheapest = f"cheapest with Kendall tau >= 0.8, {rec['compute']:g}x the proxy's compute"
+            cheapest = f"cheapest with Kendall tau >= {cal.bar:.2f}, {rec['compute']:g}x the proxy's compute"
         typer.echo(f"recommended ({cheapest}); paste into {study_file}:")
         typer.echo("  " + suggested_train(cfg.train.model_dump(mode="json", exclude_defaults=True), cal))
 
@@ -64,25 +67,29 @@ def validate(
     random_m: int = typer.Option(2, "--random", help="other COMPLETE architectures to retrain"),
     epochs: int = typer.Option(None, "--epochs", help="validation epochs (default: twice the proxy's)"),
     fraction: float = typer.Option(None, "--fraction", help="validation data fraction (default: twice the proxy's)"),
+    seeds: int = typer.Option(2, "--seeds", help="training seeds per retrained architecture (2: the ceiling)"),
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
     plain: bool = typer.Option(False, "--plain", help="one line per event (no live view)"),
 ) -> None:
-    """After a search: retrain the front at a larger budget; how far can the proxy be trusted? Resumable.
+    """After a search: retrain the front at a larger budget with several seeds; how far can the proxy be trusted?
+    Resumable.
 
     Example: nas validate fashion_mnist_tiny --top 3 --random 2
     """
-    from nas import results
+    from nas import trust
     from nas.engine.progress import Progress
     from nas.engine.validate import validate as run_validation
 
-    v = run_validation(study, storage, top, random_m, epochs, fraction, Progress(live=not plain))
+    v = run_validation(study, storage, top, random_m, epochs, fraction, Progress(live=not plain), seeds=seeds)
     typer.echo(v.line())
     for p in v.pairs:
         mark = "front" if p["on_proxy_front"] else "     "
+        p_front = p.get("p_validated_front")
         typer.echo(f"  trial {p['trial']:>4} {mark}  proxy {p['proxy_acc']:.4f} -> validated {p['validated_acc']:.4f}"
-                   f"  {p['placement']}")  # fmt: skip
+                   f" ({p.get('seeds', 1)} seeds" + (f", P(front) {p_front:.2f})" if p_front is not None else ")")
+                   + f"  {p['placement']}")  # fmt: skip
     typer.echo(f"validated front (trials): {v.validated_front}; dropped from the proxy front: {v.lost or 'none'}")
-    warning = results.trust_warning(v.tau)
+    warning = trust.trust_warning(v.tau, v.ceiling_tau)
     if warning:
         typer.echo(warning)
 

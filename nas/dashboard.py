@@ -22,7 +22,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from nas import report, results
+from nas import report, results, trust
 from nas.errors import StudyError
 from nas.fmt import si
 from nas.results import Objective, TrialRecord
@@ -412,7 +412,7 @@ def render_html(study, refresh_s: int | None = None) -> str:
         "body{font-family:sans-serif;margin:1.5em} table.front{border-collapse:collapse;font-size:0.9em}"
         "table.front td,table.front th{border:1px solid #ccc;padding:2px 6px}</style></head><body>"
         f"<h1>Study {name}</h1>{_summary_html(summary)}"
-        + "".join(f"<p><b>{html.escape(line)}</b></p>" for line in results.trust_lines(study))
+        + "".join(f"<p><b>{html.escape(line)}</b></p>" for line in trust.trust_lines(study))
         + "".join(parts)
         + f"<section id='report'>{report.to_html(report.build(study))}</section>"
         + f"<p style='color:#888'>rendered {stamp}</p></body></html>"

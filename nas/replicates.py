@@ -106,26 +106,32 @@ def front_probability(
 
     Without an ``accuracy`` objective nothing is noisy: 1.0 on the front, 0.0 off it.
     """
-    from nas import pareto
-
     if not archs:
         return {}
+    share = front_membership(archs, objectives, prior_seed_sd, draws, seed).mean(0)
+    return {r.number: float(p) for r, p in zip(archs, share, strict=True)}
+
+
+def front_membership(
+    archs: Sequence[TrialRecord], objectives: Sequence[Objective], prior_seed_sd: float, draws: int, seed: int = 0
+) -> np.ndarray:
+    """(draws, archs) booleans: whether each architecture is on the front in each resampled world."""
     names = [o.name for o in objectives]
     sign = np.array([1.0 if o.direction == "maximize" else -1.0 for o in objectives])
     base = np.array([[r.values[n] for n in names] for r in archs], dtype=float) * sign
     if "accuracy" not in names:
-        on = set(pareto.pareto_front(base, ["maximize"] * len(names)))
-        return {r.number: float(i in on) for i, r in enumerate(archs)}
-    acc = _accuracy_draws(archs, prior_seed_sd, draws, np.random.default_rng(seed))  # (draws, archs)
-    j = names.index("accuracy")
-    on_front = np.zeros(len(archs))
+        draws = 1
+    acc = _accuracy_draws(archs, prior_seed_sd, draws, np.random.default_rng(seed)) if "accuracy" in names else None
+    out = np.zeros((draws, len(archs)), dtype=bool)
     for start in range(0, draws, 64):  # dominance in blocks: (block, archs, archs) booleans
         pts = np.broadcast_to(base, (min(64, draws - start), *base.shape)).copy()
-        pts[:, :, j] = acc[start : start + len(pts)] * sign[j]
+        if acc is not None:
+            j = names.index("accuracy")
+            pts[:, :, j] = acc[start : start + len(pts)] * sign[j]
         ge = (pts[:, :, None, :] >= pts[:, None, :, :]).all(-1)  # [b, c, a]: c at least as good as a everywhere
         gt = (pts[:, :, None, :] > pts[:, None, :, :]).any(-1)
-        on_front += (~(ge & gt).any(1)).sum(0)
-    return {r.number: float(p) for r, p in zip(archs, on_front / draws, strict=True)}
+        out[start : start + len(pts)] = ~(ge & gt).any(1)
+    return out
 
 
 def _accuracy_draws(

@@ -1,15 +1,16 @@
 """``nas report``: which mixer belongs in which stage, and why — the placement insight report of a finished study.
 
 **Effects.** For each objective, an additive model over the COMPLETE full-fidelity trials (one per architecture):
-``y = b0 + sum_stages effect[stage, mixer]``, accuracy in percentage points and every other objective on a log
-scale (shown as % change: a mixer makes a stage faster or slower by a factor, not by a fixed number of images/s).
-Effects are centred per stage (each stage's effects average to 0), so a mixer's effect reads "compared with the
-average choice at that stage". Fitted by least squares with a tiny ridge (the one-hot design is rank-deficient by
-construction); 95 % intervals by bootstrap over trials. Why this and not fANOVA (Optuna's importance): fANOVA says
-how much each stage's choice matters, not which mixer helps or hurts and by how much with what uncertainty — a
-signed per-mixer effect with an interval is the claim a researcher checks (e.g. the SKA paper's §6.3, "static-key
-mixers work best in an intermediate stage": compare ska's and cska's accuracy effects across stages). The model
-ignores interactions between stages; its R^2 says how much of the variation placement explains on its own.
+``y = b0 + sum_stages effect[stage, mixer]``, accuracy in percentage points and every other objective on a log scale
+(shown as % change: a mixer makes a stage faster or slower by a factor, not by a fixed number of images/s). Effects
+are centred per stage (each stage's effects average to 0), so a mixer's effect reads "compared with the average
+choice at that stage". Fitted by least squares with a tiny ridge (the one-hot design is rank-deficient by
+construction); 95 % intervals by bootstrap over trials, and for accuracy over training seeds as well. Why this and
+not fANOVA (Optuna's importance): fANOVA says how much each stage's choice matters, not which mixer helps or hurts
+and by how much with what uncertainty — a signed per-mixer effect with an interval is the claim a researcher checks
+(e.g. the SKA paper's §6.3, "static-key mixers work best in an intermediate stage": compare ska's and cska's
+accuracy effects across stages). The model ignores interactions between stages; its R^2 says how much of the
+variation placement explains on its own.
 
 **Front.** Per stage, how often each mixer appears on the front against among all complete trials; and the knee
 (nas.pareto.knee_point), with what it trades against the front's extremes.
@@ -24,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from nas import pareto, results
+from nas import pareto, results, trust
 from nas.layout import Objective
+from nas.replicates import PRIOR_SEED_SD, pooled_seed_sd
 
 RIDGE = 1e-6
 BOOTSTRAP = 400
@@ -79,7 +81,19 @@ def _fit(x: np.ndarray, y: np.ndarray, levels: list[list[str]]) -> tuple[list[np
     return out, r2
 
 
+def _seed_world(recs: list[results.TrialRecord], rng: np.random.Generator, seed_sd: float) -> np.ndarray:
+    """One resampled world of accuracies: each architecture's mean over its seeds drawn with replacement, or, with
+    one seed, its accuracy plus a normal draw of the pooled seed SD (nas.replicates.pooled_seed_sd)."""
+    out = np.empty(len(recs))
+    for i, r in enumerate(recs):
+        k = len(r.seed_values)
+        out[i] = rng.choice(r.seed_values, k).mean() if k >= 2 else r.values["accuracy"] + rng.normal(0.0, seed_sd)
+    return out
+
+
 def effects(recs: list[results.TrialRecord], objectives: list[Objective], seed: int = 0) -> list[ObjectiveEffects]:
+    """Each mixer's centred effect per stage on each objective, with its 95 % bootstrap interval: over trials, and
+    for accuracy over training seeds as well (:func:`_seed_world`)."""
     rows = [stage_mixers(r) for r in recs]
     if len(rows) < 3:
         return []
@@ -87,7 +101,8 @@ def effects(recs: list[results.TrialRecord], objectives: list[Objective], seed: 
     rows = [r + ["(none)"] * (n - len(r)) for r in rows]  # spaces fix the stage count; a hand-made study may not
     levels = [sorted({r[i] for r in rows}) for i in range(n)]
     x = _design(rows, levels)
-    rng = random.Random(seed)
+    rng, seeds_rng = random.Random(seed), np.random.default_rng(seed)
+    seed_sd = pooled_seed_sd([r.seed_values for r in recs], PRIOR_SEED_SD)
     out = []
     for o in objectives:
         raw = np.array([r.values[o.name] for r in recs], dtype=float)
@@ -97,7 +112,8 @@ def effects(recs: list[results.TrialRecord], objectives: list[Objective], seed: 
         boots: list[list[np.ndarray]] = []
         for _ in range(BOOTSTRAP):
             idx = [rng.randrange(len(rows)) for _ in rows]
-            xb, yb = x[idx], y[idx]
+            xb = x[idx]
+            yb = 100.0 * _seed_world(recs, seeds_rng, seed_sd)[idx] if pp else y[idx]
             present = xb.any(axis=0)
             fit, _ = _fit(xb, yb, levels)
             k, masked = 1, []
@@ -149,16 +165,18 @@ def build(study: Any) -> str:
     all_counts = [_count(done, i) for i in range(n_stages)]
     front_counts = [_count(front, i) for i in range(n_stages)]
     fx = effects(done, objs, seed=0)
-    trust = results.trust_lines(study)
+    trust_lines = trust.trust_lines(study)
     unchecked = (
         "Not checked yet: `nas validate STUDY` retrains the front at a larger budget and measures how well the "
         "proxy ranks (Kendall tau); `nas calibrate STUDY_FILE` picks the proxy budget first."
     )
-    lines += ["## How far to trust it", "", *([f"- {t}" for t in trust] or [unchecked]), ""]
+    lines += ["## How far to trust it", "", *([f"- {t}" for t in trust_lines] or [unchecked]), ""]
     lines += ["## Effect of each mixer, per stage", "",
               "Centred per stage: a mixer's effect against the average choice at that stage; 95 % bootstrap "
-              "interval in brackets; an interval that excludes 0 is marked *. Accuracy in percentage points, the "
-              "other objectives in % change.", ""]  # fmt: skip
+              "interval in brackets, over trials and, for accuracy, over training seeds too (each architecture's "
+              "replicates, or the pooled seed-to-seed SD where it has one seed); an interval that excludes 0 is "
+              "marked *, one without * is inside the noise. Accuracy in percentage points, the other objectives in "
+              "% change.", ""]  # fmt: skip
     head = "| stage | mixer | trials | on front | " + " | ".join(f"{e.objective} ({e.unit})" for e in fx) + " |"
     lines += [head, "|" + "---|" * (4 + len(fx))]
     for i in range(n_stages):

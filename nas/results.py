@@ -314,55 +314,6 @@ def hypervolume_history(
     return out
 
 
-TRUST_TAU = 0.6  # below it, the proxy's ranking is not to be trusted (status, report and `nas validate` warn)
-
-
-def trust_lines(study) -> list[str]:
-    """What calibration and validation said about the proxy (lines for `nas status`), with a warning when the
-    proxy ranked unlike longer training (Kendall tau below ``TRUST_TAU``)."""
-    out, attrs = [], study.user_attrs
-    cal = attrs.get("calibration")
-    if cal:
-        rec, ref = cal["recommended"], cal["budgets"][-1]
-        largest = f"{ref['epochs']} epochs x {ref['train_fraction']:g}"
-        if (rec["epochs"], rec["train_fraction"]) == (ref["epochs"], ref["train_fraction"]):
-            tau = cal["budgets"][0]["tau"]
-            line = f"no budget cheaper than {largest} ({rec['compute']:g}x the proxy's compute) ranked like it "
-            line += f"(Kendall tau >= 0.8; the proxy: {'n/a' if tau is None else f'{tau:.2f}'})"
-        else:
-            line = f"the cheapest budget ranking like {largest} (Kendall tau >= 0.8) is {rec['epochs']} epochs x "
-            line += f"{rec['train_fraction']:g} ({rec['compute']:g}x the proxy's compute)"
-        out.append(f"calibration ({cal['at'][:16]}): {line}")
-    val = attrs.get("validation")
-    if val:
-        tau = val.get("tau")
-        out.append(validation_line(val))
-        warning = trust_warning(tau)
-        if warning:
-            out.append(warning)
-    return out
-
-
-def trust_warning(tau: float | None) -> str | None:
-    """The one-line warning when the proxy ranked unlike longer training (Kendall tau below ``TRUST_TAU``)."""
-    if tau is None or tau >= TRUST_TAU:
-        return None
-    return (
-        f"warning: the proxy ranks unlike longer training (Kendall tau {tau:.2f} < {TRUST_TAU}); trust the validated "
-        "front (nas export --validated) or calibrate the proxy budget (nas calibrate)"
-    )
-
-
-def validation_line(val: dict[str, Any]) -> str:
-    """One line for a stored validation summary (``nas validate``'s ``validation`` attribute)."""
-    tau, kept = val.get("tau"), f"{len(val['survivors'])}/{len(val['survivors']) + len(val['lost'])}"
-    return (
-        f"validation ({val['at'][:16]}): {len(val['pairs'])} architectures retrained at {val['budget']['epochs']} "
-        f"epochs x {val['budget']['train_fraction']:g}; Kendall tau proxy vs validated "
-        f"{'—' if tau is None else f'{tau:.2f}'}; {kept} proxy-front members stay on the validated front"
-    )
-
-
 def validation_study(study):
     """The validation sub-study of ``study`` (after `nas validate`), opened from the same storage."""
     val = study.user_attrs.get("validation")

@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 from rich.console import Console
 
-from nas import report, results
+from nas import report, results, trust
 from nas.engine.calibrate import budgets
 from nas.engine.config import StudyConfig
 from nas.engine.validate import stored_config, validate, validation_config
@@ -131,10 +131,10 @@ def test_status_warns_when_the_proxy_ranks_unlike_longer_training(tmp_path: Path
     budget = {"epochs": 6, "train_fraction": 0.2}
     main.set_user_attr("validation", {"at": "2026-11-30T10:00:00", "pairs": [{}] * 4, "budget": budget,
                                       "tau": 0.33, "survivors": [0], "lost": [1, 2]})  # fmt: skip
-    lines = results.trust_lines(main)
+    lines = trust.trust_lines(main)
     assert "Kendall tau proxy vs validated 0.33" in lines[0] and lines[1].startswith("warning: the proxy ranks unlike")
     main.set_user_attr("validation", {**main.user_attrs["validation"], "tau": 0.9})
-    assert len(results.trust_lines(main)) == 1
+    assert len(trust.trust_lines(main)) == 1
 
 
 def test_validate_refuses_bad_requests_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,3 +207,68 @@ def test_sub_studies_live_in_their_parents_storage_and_folder() -> None:
     assert layout.parent_study("v1.2.calibrate.e3f1") == "v1.2"
     for name in ("st", "st.validated", "st.calibrate", "st.calibrate.eXf1"):
         assert layout.parent_study(name) is None and layout.study_dir(name) == Path("studies") / name
+
+
+def test_the_warning_reads_the_proxys_tau_against_the_ceiling() -> None:
+    """Two seeds of the longer training agree at tau 0.40: a proxy at 0.35 ranks about as well as anything can
+    (no warning), one at 0.20 is half the ceiling (warning, with both numbers); without a ceiling, tau < 0.6 warns."""
+    assert trust.trust_warning(0.35, 0.40) is None
+    w = trust.trust_warning(0.20, 0.40)
+    assert w is not None and "Kendall tau 0.20, 0.50 of the ceiling 0.40" in w
+    assert trust.trust_warning(0.35) is not None and trust.trust_warning(0.7) is None
+    assert trust.trust_warning(None, 0.4) is None
+
+
+def test_validation_with_two_seeds_reads_means_a_ceiling_and_survival_with_its_range(tmp_path: Path) -> None:
+    """Each architecture retrained with two seeds (the second a replicate): the validated accuracy is their mean,
+    two seeds' tau is the ceiling, and survival comes with P(front) per pair and a 90 % range of survivors."""
+    main, sub, recs = _validation_pair(tmp_path)
+    second = [(0.89, 1000.0), (0.87, 2000.0), (0.86, 3000.0), (0.74, 1500.0)]  # seed 1 swaps the order of 1 and 2
+    for i, v in enumerate(second):
+        attrs = {"arch": {"stages": []}, "arch_id": f"a{i}", "placement": f"p{i}", "validates": i, "replicate": 1}
+        sub.add_trial(_trial(attrs, list(v)))
+    cfg, _ = stored_config(main)
+    out = summarize_validation(main, sub, recs, validation_config(cfg, "sqlite:///x.db", None, None))
+    means = {p["trial"]: p["validated_acc"] for p in out.pairs}
+    assert means == pytest.approx({0: 0.90, 1: 0.835, 2: 0.87, 3: 0.745})
+    assert out.seeds == 2 and all(len(p["seed_accs"]) == 2 for p in out.pairs)
+    # seed 0: 0.91, 0.80, 0.88, 0.75; seed 1: 0.89, 0.87, 0.86, 0.74 -> 6 pairs, one discordant (1 vs 2)
+    assert out.ceiling_tau == pytest.approx(2 / 3)
+    assert out.survivors == [0, 2] and out.lost == [1]
+    s = out.survival
+    assert s["of"] == 3 and s["lo"] <= s["mean"] <= s["hi"] and s["lo"] >= 1 and s["hi"] <= 3
+    assert all(0.0 <= p["p_validated_front"] <= 1.0 for p in out.pairs)
+    line = out.line()
+    assert "2 seeds each" in line and "(ceiling: seed vs seed 0.67)" in line and "90 % range" in line
+
+
+def test_report_effects_bootstrap_over_seeds_as_well_as_trials() -> None:
+    """The same architectures with the same mean accuracies: when their two seeds agree, the effect of `ska` at
+    stage 1 is settled; when the seeds are 4 points apart (a mean known only to about ±2 points), the same effect's
+    interval is wider and covers 0 — inside the noise."""
+    from nas.replicates import merge
+    from nas.results import TrialRecord
+
+    rng = random.Random(1)
+    plans = [[rng.choice(MIXERS) for _ in range(3)] for _ in range(40)]
+
+    def study(spread: float) -> list[TrialRecord]:
+        recs = []
+        for i, mixers in enumerate(plans):
+            mean = 0.80 + (0.006 if mixers[1] == "ska" else 0.0) + rng.gauss(0, 0.001)
+            arch = {"stages": [{"mixer": m} for m in mixers]}
+            for k, acc in enumerate((mean - spread / 2, mean + spread / 2)):
+                recs.append(TrialRecord(number=2 * i + k, state="COMPLETE", arch=arch, arch_id=f"a{i}",
+                                        values={"accuracy": acc, "throughput": 1000.0}, full_fidelity=True,
+                                        replicate=k or None))  # fmt: skip
+        return merge(recs)
+
+    objs = [results.Objective("accuracy", "maximize")]
+
+    def ska1(recs: list[TrialRecord]) -> report.Effect:
+        (fx,) = report.effects(recs, objs)
+        return next(e for e in fx.effects if e.stage == 1 and e.mixer == "ska")
+
+    tight, loose = ska1(study(0.0)), ska1(study(0.04))
+    assert tight.low > 0 and (loose.high - loose.low) > 2 * (tight.high - tight.low) and loose.low < 0
+    assert tight.estimate == pytest.approx(loose.estimate, abs=0.2)

@@ -31,12 +31,13 @@ def _nas(tmp_path: Path, *args: str, timeout: int = 500) -> str:
 
 
 def _trained_once(study: optuna.Study) -> collections.Counter:
+    """(arch_id, seed replicate) -> trainings: each seed of each architecture trained once."""
     trained = collections.Counter(
-        t.user_attrs["arch_id"]
+        (t.user_attrs["arch_id"], t.user_attrs.get("replicate") or 0)
         for t in study.trials
         if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs
     )
-    assert all(n == 1 for n in trained.values()), f"an architecture was trained twice: {trained}"
+    assert all(n == 1 for n in trained.values()), f"an architecture was trained twice with one seed: {trained}"
     return trained
 
 
@@ -75,36 +76,46 @@ def test_validate_resumes_after_a_kill_and_calibrate_recommends(tmp_path: Path) 
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     sub = optuna.load_study(study_name="trust.validate", storage=url)
-    finished = {t.user_attrs["arch_id"]: t.values for t in sub.trials if t.state == TrialState.COMPLETE}
+    finished = {
+        (t.user_attrs["arch_id"], t.user_attrs.get("replicate") or 0): t.values
+        for t in sub.trials
+        if t.state == TrialState.COMPLETE
+    }
     assert "validation" not in optuna.load_study(study_name="trust", storage=url).user_attrs
 
     out = _nas(tmp_path, "validate", "trust", "--top", "2", "--random", "1", "--epochs", "4", "--plain")
     assert "Kendall tau proxy vs validated" in out
     sub = optuna.load_study(study_name="trust.validate", storage=url)
     trained = _trained_once(sub)
-    for arch_id, values in finished.items():  # what the killed run finished is kept, not retrained
-        assert trained[arch_id] == 1
-        assert [t.values for t in sub.trials if t.user_attrs.get("arch_id") == arch_id and t.values] == [values]
+    for key, values in finished.items():  # what the killed run finished is kept, not retrained
+        assert trained[key] == 1
+        same = [t for t in sub.trials if (t.user_attrs.get("arch_id"), t.user_attrs.get("replicate") or 0) == key]
+        assert [t.values for t in same if t.values] == [values]
     assert not [t for t in sub.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     killed = [t for t in sub.trials if t.state == TrialState.FAIL]
     assert len(killed) == 1 and "interrupted" in killed[0].user_attrs["failure"]
-    assert len(sub.trials) == 4, "three architectures, one interrupted attempt: nothing queued twice"
+    assert len(sub.trials) == 7, "three architectures x two seeds, one interrupted attempt: nothing queued twice"
     sub_dir = (tmp_path / "studies" / "trust" / "trust.validate").resolve()  # the sub-study's files: in its parent's
     for t in sub.trials:
         if t.state == TrialState.COMPLETE:
             assert t.user_attrs["fidelity"] == 4 and len(t.user_attrs["curve"]) == 4
             if "reused_from" not in t.user_attrs:
                 assert t.user_attrs["checkpoint"].startswith(f"file://{sub_dir}/ray/"), t.user_attrs["checkpoint"]
-    assert "trials 4 (complete 3, fail 1)" in _nas(tmp_path, "status", "trust.validate")  # found by name alone
+    assert "trials 7 (complete 6, fail 1)" in _nas(tmp_path, "status", "trust.validate")  # found by name alone
     v = optuna.load_study(study_name="trust", storage=url).user_attrs["validation"]
     assert len(v["pairs"]) == 3 and v["budget"]["epochs"] == 4 and v["proxy_budget"]["epochs"] == 1
     assert v["tau"] is None or -1 <= v["tau"] <= 1
-    assert v["survivors"] or v["lost"], "the validated architectures include proxy-front members"
+    assert v["seeds"] == 2 and all(p["seeds"] == 2 for p in v["pairs"])  # the validated accuracy: a 2-seed mean
     for p in v["pairs"]:
-        assert trained[main.trials[p["trial"]].user_attrs["arch_id"]] == 1
+        assert p["validated_acc"] == pytest.approx(sum(p["seed_accs"]) / 2) and 0 <= p["p_validated_front"] <= 1
+    assert v["survivors"] or v["lost"], "the validated architectures include proxy-front members"
+    assert 0 <= v["survival"]["lo"] <= v["survival"]["mean"] <= v["survival"]["hi"] <= v["survival"]["of"]
+    for p in v["pairs"]:
+        arch = main.trials[p["trial"]].user_attrs["arch_id"]
+        assert trained[(arch, 0)] == trained[(arch, 1)] == 1
 
     status = _nas(tmp_path, "status", "trust")
-    assert "proxy-front members stay on the validated front" in status
+    assert "proxy-front members stay on the validated front" in status and "2 seeds each" in status
     assert "wrote" in _nas(tmp_path, "report", "trust")
     text = (tmp_path / "studies" / "trust" / "report.md").read_text()
     assert "## How far to trust it" in text and "proxy-front members stay on the validated front" in text
@@ -120,12 +131,16 @@ def test_validate_resumes_after_a_kill_and_calibrate_recommends(tmp_path: Path) 
     assert [(b["epochs"], b["train_fraction"]) for b in cal["budgets"]] == [(1, 0.02), (2, 0.02), (1, 0.04)]
     assert all(b["n"] == 3 for b in cal["budgets"]) and cal["budgets"][-1]["reference"]
     rec = cal["recommended"]
-    good = [b for b in cal["budgets"][:-1] if b["tau"] is not None and b["tau"] >= 0.8]
-    if good:  # the cheapest budget that ranks like the reference
+    assert cal["ceiling_tau"] is None or -1 <= cal["ceiling_tau"] <= 1  # the reference's two seeds
+    assert cal["bar"] == (0.8 if cal["ceiling_tau"] is None else min(0.8, cal["ceiling_tau"]))
+    key = "tau" if cal["ceiling_tau"] is None else "tau_mean"
+    good = [b for b in cal["budgets"][:-1] if b[key] is not None and b[key] >= cal["bar"]]
+    if good:  # the cheapest budget that ranks like the reference (its two-seed mean)
         assert (rec["epochs"], rec["train_fraction"]) == (good[0]["epochs"], good[0]["train_fraction"])
     else:  # none did: the reference itself, said as such
-        assert rec["is_reference"] and "no cheaper budget reached Kendall tau 0.8" in out
+        assert rec["is_reference"] and f"no cheaper budget reached Kendall tau {cal['bar']:.2f}" in out
     names = {s.study_name for s in optuna.get_all_study_summaries(url)}
-    assert {"trust.calibrate.e1f0.02", "trust.calibrate.e2f0.02", "trust.calibrate.e1f0.04"} <= names
+    expected = {"trust.calibrate.e1f0.02", "trust.calibrate.e2f0.02", "trust.calibrate.e1f0.04"}
+    assert expected | {"trust.calibrate.e1f0.04.seed1"} <= names
     for name in names - {"trust", "trust.validate"}:
         _trained_once(optuna.load_study(study_name=name, storage=url))

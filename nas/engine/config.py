@@ -294,15 +294,19 @@ def check_storage_url(url: str | None, where: str) -> None:
         ) from None
 
 
-def retraining_config(cfg: StudyConfig, name: str, storage: str, epochs: int, fraction: float) -> StudyConfig:
+def retraining_config(
+    cfg: StudyConfig, name: str, storage: str, epochs: int, fraction: float, seed_offset: int = 0
+) -> StudyConfig:
     """The configuration of a sub-study that retrains chosen architectures of ``cfg`` at another budget (``nas
     validate``, ``nas calibrate``): same data, space, throughput and resources; every trial trained to the end (no
-    rungs, no pruning), only the planned ones (no budget of its own)."""
+    rungs, no pruning, no racing), only the planned ones (no budget of its own); ``seed_offset`` shifts the training
+    seed (another seed of the same budget)."""
     raw = cfg.model_dump(mode="json")
     raw.update(
         name=name,
         storage=storage,
-        train={**raw["train"], "epochs": epochs, "train_fraction": fraction},
+        train={**raw["train"], "epochs": epochs, "train_fraction": fraction, "seed": cfg.train.seed + seed_offset},
+        replicates=None,
         fidelity={"rungs": []},
         pruner={"name": "none"},
         sampler={"name": "random"},

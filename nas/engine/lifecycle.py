@@ -283,11 +283,16 @@ def create_tables(engine: sa.engine.Engine, metadata: sa.MetaData = METADATA) ->
 
 def enqueue_missing(study: optuna.Study, wanted: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> int:
     """(new) -> WAITING: queue each wanted ``(arch_id, params, attrs)`` that the study has neither COMPLETE nor
-    queued (a resumed validation or calibration trains only what is left); returns the number of trials left."""
-    done = {TrialAttrs.of(t).arch_id for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    queued (a resumed validation or calibration trains only what is left); returns the number of trials left. A
+    wanted seed replicate (``replicate`` in its attrs) is another evaluation of the architecture than its first."""
+
+    def key(a: TrialAttrs) -> tuple[str | None, int]:
+        return a.arch_id or a.planned_arch, a.replicate or 0
+
+    done = {key(TrialAttrs.of(t)) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    queued = {TrialAttrs.of(t).planned_arch for t in waiting}
-    needed = [w for w in wanted if w[0] not in done | queued]
+    queued = {(TrialAttrs.of(t).planned_arch, TrialAttrs.of(t).replicate or 0) for t in waiting}
+    needed = [w for w in wanted if (w[0], w[2].get("replicate") or 0) not in done | queued]
     for arch_id, params, attrs in needed:
         study.enqueue_trial(params, user_attrs=encode({**attrs, **dict(planned_arch=arch_id)}), skip_if_exists=False)
     return len(needed) + len(waiting)

@@ -1,6 +1,12 @@
 """``nas validate``: retrain the proxy front (and a few other COMPLETE trials) at a larger budget, then say how far
 the proxy can be trusted: Kendall tau proxy-vs-validated, which front members survive, the validated front.
 
+Each architecture is retrained with ``seeds`` training seeds (default 2; seed k is a replicate, ``train.seed + k``):
+its validated accuracy is their mean, two seeds' tau against each other is the *ceiling* any proxy's tau is read
+against (nas.trust), and front survival comes with its uncertainty — P(on the validated front) per architecture and
+the 90 % range of the number of surviving proxy-front members, over resampled seeds and validation images
+(nas.replicates).
+
 The retraining is a sub-study ``<study>.validate`` in the same storage, run by the same machinery as a search
 (Ray workers, driver, storage; no pruning, the architectures enqueued). Each validated trial carries the arch_id
 of the trial it validates, so an interrupted validation resumes where it stopped: the architectures already
@@ -15,14 +21,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from nas import layout, pareto, results
+import numpy as np
+
+from nas import layout, pareto, results, trust
 from nas.engine.config import StudyConfig, retraining_config
 from nas.engine.progress import Progress
 from nas.errors import ConfigError, StudyError
+from nas.replicates import PRIOR_SEED_SD, front_membership
 from nas.space import SearchSpace
 from nas.stats import rank_agreement
 
 SUFFIX = ".validate"
+DRAWS = 1000  # resampled worlds behind P(front) and the survival range
 
 
 @dataclass
@@ -34,6 +44,9 @@ class Validation:
     pairs: list[dict[str, Any]] = field(default_factory=list)  # per architecture: trial, proxy_acc, validated_acc...
     tau: float | None = None
     rho: float | None = None
+    seeds: int = 1  # training seeds per retrained architecture (validated_acc is their mean)
+    ceiling_tau: float | None = None  # Kendall tau between two seeds of the retrained architectures
+    survival: dict[str, Any] | None = None  # proxy-front survivors over resampled seeds and images: mean, lo, hi
     survivors: list[int] = field(default_factory=list)  # proxy-front trials still on the validated front
     lost: list[int] = field(default_factory=list)  # proxy-front trials the validated front drops
     validated_front: list[int] = field(default_factory=list)  # original trial numbers, by validated accuracy
@@ -42,7 +55,7 @@ class Validation:
 
     def line(self) -> str:
         """The validation in one line (tau, rho, front members that survived the retraining)."""
-        return results.validation_line(asdict(self))
+        return trust.validation_line(asdict(self))
 
 
 def _budget(cfg: StudyConfig) -> dict[str, Any]:
@@ -99,8 +112,10 @@ def validate(
     epochs: int | None,
     fraction: float | None,
     progress: Progress | None = None,
+    seeds: int = 2,
 ) -> Validation:
-    """Retrain the chosen architectures (resuming a validation that was interrupted) and store the summary."""
+    """Retrain the chosen architectures with ``seeds`` training seeds each (resuming a validation that was
+    interrupted) and store the summary."""
     from nas.engine.lifecycle import enqueue_missing
     from nas.engine.run import run_config
 
@@ -108,6 +123,8 @@ def validate(
         raise ConfigError("validate: --top must be at least 1 (the number of front members to retrain)")
     if random_m < 0:
         raise ConfigError("validate: --random must be 0 or more")
+    if seeds < 1:
+        raise ConfigError("validate: --seeds must be at least 1 (2 or more also measure the ceiling)")
     study = results.open_study(name, storage)
     url = layout.url_of(study)
     cfg, space = stored_config(study)
@@ -120,7 +137,9 @@ def validate(
     sub = validation_config(cfg, url, epochs, fraction)
 
     def plan(sub_study: Any) -> int:
-        return enqueue_missing(sub_study, [(r.arch_id, r.search_params, dict(validates=r.number)) for r in chosen])
+        wanted = [(r.arch_id, r.search_params, dict(validates=r.number, replicate=k or None))
+                  for k in range(seeds) for r in chosen]  # fmt: skip
+        return enqueue_missing(sub_study, wanted)
 
     run_config(sub, space, f"validate {name}", progress=progress or Progress(), plan=plan)
     outcome = summarize(study, results.open_study(sub.name, url), chosen, sub)
@@ -136,13 +155,23 @@ def summarize(study: Any, sub_study: Any, chosen: list[Any], sub: StudyConfig) -
     retrained = {r.arch_id: r for r in results.eligible(results.records(sub_study), results.objectives_of(sub_study))}
     out = Validation(budget=_budget(sub), proxy_budget=_budget(stored_config(study)[0]), substudy=sub.name)
     out.at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    for r in chosen:
-        v = retrained.get(r.arch_id)
-        if v is not None:
-            out.pairs.append({"trial": r.number, "validated_trial": v.number, "placement": r.placement,
-                              "proxy_acc": r.values.get("accuracy"), "validated_acc": v.values.get("accuracy"),
-                              "values": v.values, "on_proxy_front": r.number in proxy_front})  # fmt: skip
+    kept = [(r, retrained[r.arch_id]) for r in chosen if r.arch_id in retrained]
+    members = front_membership([v for _, v in kept], objs, PRIOR_SEED_SD, DRAWS) if kept else None
+    for i, (r, v) in enumerate(kept):
+        out.pairs.append({"trial": r.number, "validated_trial": v.number, "placement": r.placement,
+                          "proxy_acc": r.values.get("accuracy"), "validated_acc": v.values.get("accuracy"),
+                          "seeds": v.seeds, "seed_accs": v.seed_values, "values": v.values,
+                          "p_validated_front": float(members[:, i].mean()),
+                          "on_proxy_front": r.number in proxy_front})  # fmt: skip
+    out.seeds = min((v.seeds for _, v in kept), default=1)
     out.tau, out.rho = rank_agreement([x["proxy_acc"] for x in out.pairs], [x["validated_acc"] for x in out.pairs])
+    two = [x["seed_accs"][:2] for x in out.pairs if len(x["seed_accs"]) >= 2]
+    out.ceiling_tau = rank_agreement([a for a, _ in two], [b for _, b in two])[0] if len(two) >= 3 else None
+    on = [i for i, x in enumerate(out.pairs) if x["on_proxy_front"]]
+    if on and members is not None:
+        counts = members[:, on].sum(1)
+        out.survival = {"mean": float(counts.mean()), "lo": int(np.quantile(counts, 0.05)),
+                        "hi": int(np.quantile(counts, 0.95)), "of": len(on)}  # fmt: skip
     points = [[x["values"][o.name] for o in objs] for x in out.pairs]
     front = [out.pairs[i] for i in pareto.pareto_front(points, [o.direction for o in objs])] if points else []
     out.validated_front = [x["trial"] for x in sorted(front, key=lambda x: -x["validated_acc"])]

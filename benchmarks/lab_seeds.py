@@ -210,3 +210,48 @@ def add_columns(table_path: Path, out: Path | None = None) -> Any:
     out.write_text(json.dumps(v2.to_json(), separators=(",", ":")) + "\n")
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB): {v2.n_seeds} training seeds per architecture")
     return v2
+
+
+def seed_fidelity(table_path: Path, resamples: int = 2000) -> str:
+    """How much one training seed says about another, on the architectures every seed column has so far (partial
+    columns too): seed-vs-seed Kendall tau with a 95 % bootstrap interval over architectures (the ceiling of any
+    rank agreement on this table), the seed spread against the spread of the means, and each epoch of seed 0
+    against seed 0's own last epoch, against the other seeds' mean (an independent truth) and against the ceiling."""
+    import numpy as np
+
+    from nas.engine.replay import Table
+    from nas.stats import kendall_tau
+
+    table = Table.load(table_path)
+    cols = [read_column(p) for p in sorted(table_path.parent.glob(f"{table_path.stem}.seed*.json"))]
+    if not cols:
+        return "no seed column yet: nothing to compare seed 0 with"
+    ids = sorted(set(table.archs).intersection(*(c["archs"] for c in cols)))
+    seeds = [np.array([table.archs[a].val_acc[-1] for a in ids])]
+    seeds += [np.array([c["archs"][a]["val_acc"][-1] for a in ids]) for c in cols]
+    labels = [0, *(c["provenance"]["train_seed"] for c in cols)]
+    rng = np.random.default_rng(0)
+    draws = [rng.integers(0, len(ids), len(ids)) for _ in range(resamples)]
+
+    def tau_ci(x: np.ndarray, y: np.ndarray) -> str:
+        boot = [kendall_tau(x[d], y[d]) for d in draws]
+        lo, hi = np.nanpercentile(boot, [2.5, 97.5])
+        return f"{kendall_tau(x, y):.2f} ({lo:.2f}–{hi:.2f})"
+
+    per = np.stack(seeds)  # (seeds, archs)
+    lines = [f"{len(ids)} architectures with seeds {labels} (of {len(table.archs)}):", "",
+             "| seeds | Kendall τ (95 % CI over architectures) |", "|---|---|"]  # fmt: skip
+    for i in range(len(seeds)):
+        for j in range(i + 1, len(seeds)):
+            lines.append(f"| {labels[i]} vs {labels[j]} | {tau_ci(seeds[i], seeds[j])} |")
+    within = float(np.sqrt(per.var(axis=0, ddof=1).mean())) * 100
+    lines += ["", f"seed-to-seed SD of one architecture's final accuracy: {within:.2f} pt (root mean variance); "
+              f"SD of the {len(seeds)}-seed means across architectures: {per.mean(0).std(ddof=1) * 100:.2f} pt; "
+              f"mean |seed 0 − seed {labels[1]}|: {np.abs(seeds[0] - seeds[1]).mean() * 100:.2f} pt", "",
+              "| epoch of seed 0 | τ vs seed 0's last epoch | τ vs the other seeds' mean (independent) |",
+              "|---|---|---|"]  # fmt: skip
+    others = per[1:].mean(0)
+    for e in range(1, table.epochs + 1):
+        acc = np.array([table.archs[a].val_acc[e - 1] for a in ids])
+        lines.append(f"| {e} | {tau_ci(acc, seeds[0])} | {tau_ci(acc, others)} |")
+    return "\n".join(lines)

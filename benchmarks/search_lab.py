@@ -330,7 +330,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     table = Table.load(args.table)
     if args.command == "fidelity":
+        from benchmarks import lab_seeds
+
         print(fidelity(table))
+        print()
+        print(lab_seeds.seed_fidelity(Path(args.table)))
         return 0
     budget = args.budget or table.epochs * len(table.archs)
     ours = dict(OURS)

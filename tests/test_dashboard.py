@@ -160,6 +160,8 @@ def test_dashboard_renders_in_headless_chromium(loaded, tmp_path: Path) -> None:
     n_front = len(results.front(recs, objs))
     assert len(front) == 1 and front[0]["n"] == n_front and front[0]["drawn"] == n_front
     assert front[0]["bars"] == n_front  # every front member's accuracy interval is drawn
+    head = re.search(r"<table class=\"front\"><thead><tr>(.*?)</tr>", proc.stdout, re.S)
+    assert head and all(f"<th>{c}</th>" in head.group(1) for c in ("accuracy_lo", "accuracy_hi", "seeds", "p_front"))
     assert probe["figs"]["fig-parcoords"][0]["type"] == "parcoords"
 
 

@@ -236,7 +236,7 @@ def test_validation_with_two_seeds_reads_means_a_ceiling_and_survival_with_its_r
     assert out.ceiling_tau == pytest.approx(2 / 3)
     assert out.survivors == [0, 2] and out.lost == [1]
     s = out.survival
-    assert s["of"] == 3 and s["lo"] <= s["mean"] <= s["hi"] and s["lo"] >= 1 and s["hi"] <= 3
+    assert s["of"] == 3 and 1 <= s["lo"] <= s["hi"] <= 3 and 1 <= s["mean"] <= 3
     assert all(0.0 <= p["p_validated_front"] <= 1.0 for p in out.pairs)
     line = out.line()
     assert "2 seeds each" in line and "(ceiling: seed vs seed 0.67)" in line and "90 % range" in line
@@ -272,3 +272,10 @@ def test_report_effects_bootstrap_over_seeds_as_well_as_trials() -> None:
     tight, loose = ska1(study(0.0)), ska1(study(0.04))
     assert tight.low > 0 and (loose.high - loose.low) > 2 * (tight.high - tight.low) and loose.low < 0
     assert tight.estimate == pytest.approx(loose.estimate, abs=0.2)
+
+
+@pytest.mark.parametrize(("ceiling", "bar"), [(None, 0.8), (0.95, 0.8), (0.45, 0.45), (0.29, 0.8), (-0.33, 0.8)])
+def test_calibration_bar_is_the_ceiling_but_never_below_what_a_noisy_reference_allows(ceiling, bar) -> None:
+    from nas.engine.calibrate import bar_for
+
+    assert bar_for(ceiling) == bar

@@ -109,7 +109,8 @@ def test_validate_resumes_after_a_kill_and_calibrate_recommends(tmp_path: Path) 
     for p in v["pairs"]:
         assert p["validated_acc"] == pytest.approx(sum(p["seed_accs"]) / 2) and 0 <= p["p_validated_front"] <= 1
     assert v["survivors"] or v["lost"], "the validated architectures include proxy-front members"
-    assert 0 <= v["survival"]["lo"] <= v["survival"]["mean"] <= v["survival"]["hi"] <= v["survival"]["of"]
+    s = v["survival"]  # the 90 % range of the survivor count; its mean may lie outside a narrow range
+    assert 0 <= s["lo"] <= s["hi"] <= s["of"] and 0 <= s["mean"] <= s["of"]
     for p in v["pairs"]:
         arch = main.trials[p["trial"]].user_attrs["arch_id"]
         assert trained[(arch, 0)] == trained[(arch, 1)] == 1
@@ -132,7 +133,8 @@ def test_validate_resumes_after_a_kill_and_calibrate_recommends(tmp_path: Path) 
     assert all(b["n"] == 3 for b in cal["budgets"]) and cal["budgets"][-1]["reference"]
     rec = cal["recommended"]
     assert cal["ceiling_tau"] is None or -1 <= cal["ceiling_tau"] <= 1  # the reference's two seeds
-    assert cal["bar"] == (0.8 if cal["ceiling_tau"] is None else min(0.8, cal["ceiling_tau"]))
+    low = cal["ceiling_tau"] is None or cal["ceiling_tau"] < 0.3
+    assert cal["bar"] == (0.8 if low else min(0.8, cal["ceiling_tau"]))
     key = "tau" if cal["ceiling_tau"] is None else "tau_mean"
     good = [b for b in cal["budgets"][:-1] if b[key] is not None and b[key] >= cal["bar"]]
     if good:  # the cheapest budget that ranks like the reference (its two-seed mean)

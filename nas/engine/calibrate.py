@@ -27,6 +27,15 @@ from nas.space import SearchSpace
 from nas.stats import rank_agreement
 
 GOOD_TAU = 0.8
+MIN_CEILING = 0.3  # below it the reference's own seeds barely agree: the bar stays at GOOD_TAU
+
+
+def bar_for(ceiling: float | None) -> float:
+    """What "ranks like the reference" means: Kendall tau against the reference's two-seed mean of at least
+    ``min(GOOD_TAU, ceiling)`` — no budget can be asked to agree with the reference better than the reference agrees
+    with itself — but ``GOOD_TAU`` when the ceiling is unknown or under ``MIN_CEILING`` (a reference whose seeds
+    barely agree cannot lower the bar to anything)."""
+    return GOOD_TAU if ceiling is None or ceiling < MIN_CEILING else min(GOOD_TAU, ceiling)
 
 
 @dataclass
@@ -54,6 +63,9 @@ class Calibration:
         if self.ceiling_tau is not None:
             rows.append(f"ceiling: two seeds of the reference agree at Kendall tau {self.ceiling_tau:.2f}; a budget "
                         f"ranks like the reference when its tau vs the 2-seed mean is >= {self.bar:.2f}")  # fmt: skip
+            if self.ceiling_tau < MIN_CEILING:
+                rows.append(f"the reference's own seeds barely agree (tau < {MIN_CEILING}): its ranking is mostly "
+                            "seed noise; calibrate on more architectures (--n) before trusting any budget")  # fmt: skip
         return "\n".join(rows)
 
 
@@ -164,7 +176,7 @@ def calibrate(path: str, n: int, factor: float, progress: Progress | None = None
     out = Calibration(archs=[a.placement() for a in archs])
     out.at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out.ceiling_tau = rank_agreement([accs[ref][a] for a in both], [second[a] for a in both])[0]
-    out.bar = GOOD_TAU if out.ceiling_tau is None else min(GOOD_TAU, out.ceiling_tau)
+    out.bar = bar_for(out.ceiling_tau)
     proxy_cost = cfg.train.epochs * cfg.train.train_fraction
     for b in ladder:
         common = [a for a in accs[b] if a in accs[ref]]

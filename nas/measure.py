@@ -370,32 +370,11 @@ def measure_throughput(
         latency_ms = _latency_ms(runner, inputs, (warmup, steps, repeats)) if latency else None
 
     med, iqr, cv = _stats(values)
-    return ThroughputResult(
-        median=med,
-        iqr=iqr,
-        cv=cv,
-        min=min(values),
-        max=max(values),
-        values=values,
-        batch=batch,
-        requested_batch=batch_size,
-        batch_reduced=batch != batch_size,
-        device=dname,
-        precision=prec,
-        resolution=res,
-        compile=comp,
-        channels_last=cl,
-        latency_ms_b1=latency_ms,
-        params=int(params),
-        flops=flops,
-        peak_train_mem_bytes=peak_mem,
-        train_batch=train_batch_size,
-        repeats=repeats,
-        warmup=warmup,
-        steps=steps,
-        key=ThroughputKey(arch_id, dname, batch_size, res, prec, comp),
-        notes=notes,
-    )
+    key = ThroughputKey(arch_id, dname, batch_size, res, prec, comp)
+    return ThroughputResult(  # positional, in field order (see the class)
+        med, iqr, cv, min(values), max(values), values, batch, batch_size, batch != batch_size, dname, prec, res,
+        comp, cl, latency_ms, int(params), flops, peak_mem, train_batch_size, repeats, warmup, steps, key, notes=notes,
+    )  # fmt: skip
 
 
 def _placed(model_or_factory: ModelOrFactory, dev: torch.device, cl: bool) -> nn.Module:

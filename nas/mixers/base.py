@@ -64,6 +64,11 @@ class Knob:
         return value
 
 
+def head_dim_knob(doc: str = "channels per head; dim must divide by it") -> Knob:
+    """Channels per head (32 by default; 16, 32 or 64 in a search): the width must divide by it."""
+    return Knob("head_dim", int, 32, (16, 32, 64), doc)
+
+
 def heads_knob(per_head: int, doc: str) -> Knob:
     """An integer head count that must divide the width; defaults to ``dim // per_head`` (at least 1)."""
     return Knob("heads", int, None, None, doc, dim_default=lambda dim: max(1, dim // per_head), check=lambda v: v >= 1)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.mixers.base import Grid, Knob, Knobs, MixerDef, divides, register
+from nas.mixers.base import Grid, Knob, Knobs, MixerDef, divides, head_dim_knob, register
 
 
 class ManifoldKeyAttention(nn.Module):
@@ -145,7 +145,7 @@ MANIFOLD_KEY = register(
                 "context_broadcast", bool, False, (False, True), "mix the token mean into the attention output"
             ),
             "layers": Knob("layers", int, 2, (1, 2), "layers of the per-chart MLP"),
-            "head_dim": Knob("head_dim", int, 32, (16, 32, 64), "channels per head; dim must divide by it"),
+            "head_dim": head_dim_knob(),
         },
         feasibility_fn=_feasibility,
         params_fn=_params,

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.mixers.base import Grid, Knob, Knobs, MixerDef, divides, register
+from nas.mixers.base import Grid, Knob, Knobs, MixerDef, divides, head_dim_knob, register
 
 
 class MHSAMixer(nn.Module):
@@ -54,7 +54,7 @@ MHSA = register(
         name="mhsa",
         cls=MHSAMixer,
         knobs={
-            "head_dim": Knob("head_dim", int, 32, (16, 32, 64), "channels per head; heads = dim // head_dim"),
+            "head_dim": head_dim_knob("channels per head; heads = dim // head_dim"),
             "qkv_bias": Knob("qkv_bias", bool, False, (False, True), "bias on the qkv projection"),
         },
         feasibility_fn=_feasibility,

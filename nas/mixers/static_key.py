@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.mixers.base import Grid, Knob, Knobs, MixerDef, divides, heads_knob, register
+from nas.mixers.base import Grid, Knob, Knobs, MixerDef, divides, head_dim_knob, heads_knob, register
 
 
 def resample_key_grid(t: torch.Tensor, src: Grid, dst: Grid) -> torch.Tensor:
@@ -124,7 +124,7 @@ SKA = register(
         name="ska",
         cls=StaticKeyAttention,
         knobs={
-            "head_dim": Knob("head_dim", int, 32, (16, 32, 64), "channels per head; dim must divide by it"),
+            "head_dim": head_dim_knob(),
             "q_proj": Knob(
                 "q_proj", str, "repo", ("paper", "repo"), "repo: STU's identity q (default); paper: Alg. 1's Linear q"
             ),

@@ -14,6 +14,7 @@ resumes, a repeated one reuses what was trained); the summary is stored on the s
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -133,8 +134,6 @@ def calibrate(path: str, n: int, factor: float, progress: Progress | None = None
         StudyError: the storage cannot be opened."""
     from nas.engine.config import read_study_file
     from nas.engine.executor import prepare_dataset
-    from nas.engine.lifecycle import enqueue_missing
-    from nas.engine.run import run_config
 
     if n < 3:
         raise ConfigError("calibrate: --n must be at least 3 (a rank correlation needs a few architectures)")
@@ -150,23 +149,7 @@ def calibrate(path: str, n: int, factor: float, progress: Progress | None = None
     ladder = budgets(cfg.train.epochs, cfg.train.train_fraction, factor)
     accs: dict[tuple[int, float], dict[str, float]] = {}
     seconds: dict[tuple[int, float], float] = {}
-
-    def train_at(epochs: int, fraction: float, seed_offset: int = 0) -> tuple[dict[str, float], float]:
-        tag = f"{cfg.name}.calibrate.e{epochs}f{fraction:g}" + (f".seed{seed_offset}" if seed_offset else "")
-        sub = retraining_config(cfg, tag, url, epochs, fraction, seed_offset)
-
-        def plan(study: Any) -> int:
-            return enqueue_missing(study, [(a.arch_id, params, {}) for a, params in sample])
-
-        what = f"calibrate {cfg.name} at {epochs} epochs x {fraction:g}" + (
-            f", seed +{seed_offset}" * bool(seed_offset)
-        )
-        run_config(sub, space, what, progress=progress, plan=plan)
-        recs = results.records(results.open_study(sub.name, url))
-        done = {r.arch_id: r for r in recs if r.state == "COMPLETE" and r.full_fidelity and r.reused_from is None}
-        got = {a: done[a].values["accuracy"] for a in (x.arch_id for x in archs) if a in done}
-        return got, sum(done[a].duration or 0.0 for a in got)
-
+    train_at = functools.partial(_train_at, cfg, space, sample, progress)
     for b in ladder:
         accs[b], seconds[b] = train_at(*b)
     ref = ladder[-1]
@@ -197,6 +180,35 @@ def calibrate(path: str, n: int, factor: float, progress: Progress | None = None
                        "is_reference": pick["reference"]}  # fmt: skip
     _store(cfg, url, out)
     return out
+
+
+def _train_at(
+    cfg: StudyConfig,
+    space: SearchSpace,
+    sample: list[tuple[Any, dict[str, Any]]],
+    progress: Progress | None,
+    epochs: int,
+    fraction: float,
+    seed_offset: int = 0,
+) -> tuple[dict[str, float], float]:
+    """Train the sample at one budget (and training seed) in its sub-study: final accuracy by arch_id, and the
+    trial-seconds it cost."""
+    from nas.engine.lifecycle import enqueue_missing
+    from nas.engine.run import run_config
+
+    url = cfg.storage_url()
+    tag = f"{cfg.name}.calibrate.e{epochs}f{fraction:g}" + (f".seed{seed_offset}" if seed_offset else "")
+    sub = retraining_config(cfg, tag, url, epochs, fraction, seed_offset)
+
+    def plan(study: Any) -> int:
+        return enqueue_missing(study, [(a.arch_id, params, {}) for a, params in sample])
+
+    what = f"calibrate {cfg.name} at {epochs} epochs x {fraction:g}" + f", seed +{seed_offset}" * bool(seed_offset)
+    run_config(sub, space, what, progress=progress, plan=plan)
+    recs = results.records(results.open_study(sub.name, url))
+    done = {r.arch_id: r for r in recs if r.state == "COMPLETE" and r.full_fidelity and r.reused_from is None}
+    got = {a.arch_id: done[a.arch_id].values["accuracy"] for a, _ in sample if a.arch_id in done}
+    return got, sum(done[a].duration or 0.0 for a in got)
 
 
 def suggested_train(cfg_train: dict[str, Any], cal: Calibration) -> str:

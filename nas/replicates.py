@@ -123,15 +123,34 @@ def front_membership(
         draws = 1
     acc = _accuracy_draws(archs, prior_seed_sd, draws, np.random.default_rng(seed)) if "accuracy" in names else None
     out = np.zeros((draws, len(archs)), dtype=bool)
-    for start in range(0, draws, 64):  # dominance in blocks: (block, archs, archs) booleans
-        pts = np.broadcast_to(base, (min(64, draws - start), *base.shape)).copy()
+    j = names.index("accuracy") if acc is not None else 0
+    live = np.arange(len(archs))
+    if acc is not None:  # only architectures not dominated in every draw can be on the front (exact, see below)
+        live = _possible(base, acc * sign[j], j)
+    for start in range(0, draws, 64):  # dominance in blocks: (block, live, live) booleans
+        pts = np.broadcast_to(base[live], (min(64, draws - start), len(live), base.shape[1])).copy()
         if acc is not None:
-            j = names.index("accuracy")
-            pts[:, :, j] = acc[start : start + len(pts)] * sign[j]
+            pts[:, :, j] = acc[start : start + len(pts)][:, live] * sign[j]
         ge = (pts[:, :, None, :] >= pts[:, None, :, :]).all(-1)  # [b, c, a]: c at least as good as a everywhere
         gt = (pts[:, :, None, :] > pts[:, None, :, :]).any(-1)
-        out[start : start + len(pts)] = ~(ge & gt).any(1)
+        out[start : start + len(pts), live] = ~(ge & gt).any(1)
     return out
+
+
+def _possible(base: np.ndarray, acc: np.ndarray, j: int) -> np.ndarray:
+    """Indices of the architectures that some draw may put on the front: ``a`` is left out when another ``c`` with
+    its *lowest* drawn accuracy still dominates ``a`` with its *highest* (then ``c`` dominates ``a`` in every draw).
+    Leaving them out changes no one's membership: whatever such an ``a`` dominates in a draw, the ``c`` that
+    dominates it there dominates too (dominance is transitive)."""
+    hi, lo = base.copy(), base.copy()
+    hi[:, j], lo[:, j] = acc.max(0), acc.min(0)
+    keep = []
+    for a in range(len(base)):  # one row at a time: no (archs, archs) matrix for a large study
+        ge = (lo >= hi[a]).all(1)
+        gt = (lo > hi[a]).any(1)
+        if not (ge & gt).any():
+            keep.append(a)
+    return np.array(keep, dtype=int)
 
 
 def _accuracy_draws(

@@ -143,3 +143,24 @@ def test_mean_interval_combines_the_images_and_the_seeds() -> None:
         1.959963984540054 * var**0.5
     )
     assert m.accuracy_interval == pytest.approx((lo, hi))  # what status, pareto and the dashboard show
+
+
+def test_membership_equals_brute_force_dominance_on_every_draw() -> None:
+    """front_membership leaves out architectures dominated in every draw before comparing; on 60 random
+    architectures (most far off the front) its answer equals plain pairwise dominance on the same draws."""
+    from nas import replicates
+
+    rng = np.random.default_rng(11)
+    points = zip(rng.uniform(0.6, 0.9, 60), rng.uniform(1e3, 9e3, 60), strict=True)
+    archs = merge(
+        [_rec(i, f"x{i}", float(a), float(t), val_correct=_bits(float(a), rng)) for i, (a, t) in enumerate(points)]
+    )
+    archs = [dataclass_with_acc(r) for r in archs]
+    got = replicates.front_membership(archs, OBJS, 0.005, draws=300, seed=4)
+    acc = replicates._accuracy_draws(archs, 0.005, 300, np.random.default_rng(4))
+    tp = np.array([r.values["throughput"] for r in archs])
+    for d in range(300):
+        pts = np.stack([acc[d], tp], axis=1)
+        dominated = [((pts >= p).all(1) & (pts > p).any(1)).any() for p in pts]
+        assert (got[d] == ~np.array(dominated)).all()
+    assert got.any(0).sum() < 30  # the shortcut had something to leave out

@@ -76,6 +76,9 @@ def test_a_third_executor_runs_a_real_study_end_to_end(tmp_path: Path) -> None:
     assert study.user_attrs["data_stats"]["mean"]  # the executor's study attributes were recorded
     front = results.front(results.records(study), results.objectives_of(study))
     assert front and [f["number"] for f in summary.front] == [r.number for r in front]
+    for row, r in zip(summary.front, front, strict=True):  # what `nas search` prints at the end
+        lo, hi = r.accuracy_interval
+        assert row["accuracy 95 %"] == f"{lo:.4f}–{hi:.4f}" and row["seeds"] == 1 and 0 <= row["p_front"] <= 1
     # a full-fidelity evaluation keeps which validation images it got right (all under one validation set)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len({TrialAttrs.of(t).val_set for t in complete}) == 1 and TrialAttrs.of(complete[0]).val_set

@@ -239,14 +239,20 @@ def run_summary(
     interrupted: list[int],
     stop_reason: str | None = None,
 ) -> RunSummary:
-    """What this run did, and the study's front as nas.results reads it (one architecture, one point)."""
+    """What this run did, and the study's front as nas.results reads it (one architecture, one point; accuracy
+    with its 95 % interval, the seeds it averages and its P(front))."""
     from nas import results
+    from nas.replicates import study_front_probability
 
     recs = results.records(store.study)
     objs = results.objectives_of(store.study)
     counts = dict(Counter(r.state for r in recs))
-    front = [
-        {"number": r.number, "placement": r.placement, **r.values, "params": r.params}
-        for r in results.front(recs, objs)
-    ]
+    p_front = study_front_probability(store.study, results.eligible(recs, objs), objs)
+    front = []
+    for r in results.front(recs, objs):
+        iv = r.accuracy_interval
+        noise = {"accuracy 95 %": f"{iv[0]:.4f}–{iv[1]:.4f}"} if iv else {}
+        if p_front:
+            noise.update(seeds=r.seeds, p_front=p_front[r.number])
+        front.append({"number": r.number, "placement": r.placement, **r.values, **noise, "params": r.params})
     return RunSummary(cfg.name, store.url, added, counts, front, seconds, recovered, interrupted, stop_reason)

@@ -105,7 +105,7 @@ class Progress:
         for col in ["trial", "placement", *cols]:
             table.add_column(col)
         for row in summary.front:
-            table.add_row(str(row["number"]), str(row["placement"]), *[cell(row[k]) for k in cols])
+            table.add_row(str(row["number"]), str(row["placement"]), *[cell(row.get(k)) for k in cols])
         self.console.print(table)
 
     # ------------------------------------------------------------------------------------------ live view

@@ -250,8 +250,8 @@ def run_summary(
     p_front = study_front_probability(store.study, results.eligible(recs, objs), objs)
     front = []
     for r in results.front(recs, objs):
-        iv = r.accuracy_interval
-        noise = {"accuracy 95 %": f"{iv[0]:.4f}–{iv[1]:.4f}"} if iv else {}
+        iv = r.accuracy_interval  # None for an evaluation without its correct images (a table without bitmaps)
+        noise: dict[str, Any] = {"accuracy 95 %": f"{iv[0]:.4f}–{iv[1]:.4f}" if iv else None}
         if p_front:
             noise.update(seeds=r.seeds, p_front=p_front[r.number])
         front.append({"number": r.number, "placement": r.placement, **r.values, **noise, "params": r.params})

@@ -9,7 +9,10 @@
 Compute is counted the same way for all: every epoch a method trains costs one trial-epoch and the architecture's
 epoch seconds (the table's median); a reused result costs nothing (only our engine reuses). The curve is the
 normalised hypervolume (nas.pareto.normalized_hypervolume, bounds = the table's range of each objective) of the
-COMPLETE full-fidelity trials found so far, divided by the true front's; it steps when a trial completes.
+front the search reports at that moment — the Pareto front of its own estimates (mean over the seeds it observed) —
+placed at the architectures' true points (mean over the table's seeds), divided by the true front's
+(:class:`ReportedFront`); it steps when a trial completes. In a table of several seeds every trial sees one seed's
+curve (``Table.seed_index``), Syne Tune's blackbox the same one.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import io
 import logging
 import os
 import random
+import statistics
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +50,7 @@ class Method:
     syne: str = ""  # "moasha" | "morea"
     eta: int = 3
     oracle: bool = False  # our pruner ranks on each architecture's final accuracy (a bound, not a method)
+    replicates: dict[str, Any] | None = None  # the study's ``replicates:`` (seed replicates; a table of >1 seed)
 
 
 @dataclass
@@ -84,33 +89,46 @@ def true_hv(table: Table) -> float:
     return normalized_hypervolume([final_point(a) for a in table.archs.values()], DIRECTIONS, lo, hi)
 
 
-class FrontShare:
-    """The share of the true front's HV that the architectures found so far reach (each completed architecture's
-    final point; the table's range of each objective as the bounds): the curve's y, and where the lab ends a run."""
+class ReportedFront:
+    """The lab's score (issue 17): the share of the true front's hypervolume reached by the front the search itself
+    reports — the Pareto front of its own estimates, each architecture's accuracy the mean over the seeds it
+    observed — with every reported architecture placed at its true point (the mean over the table's seeds); the
+    table's range of each objective as the bounds. A search that believes a lucky seed loses what the truly better
+    architecture it leaves off would have given; on a one-seed table it is the share of the architectures found.
+    The curve's y, and where the lab ends a run."""
 
     def __init__(self, table: Table) -> None:
-        self.table, self.found = table, {}
+        self.table, self.seen = table, {}
         self.lo, self.hi = bounds(table)
         self.total = true_hv(table)
 
-    def add(self, arch_id: str) -> float:
-        self.found.setdefault(arch_id, final_point(self.table.archs[arch_id]))
-        return normalized_hypervolume(list(self.found.values()), DIRECTIONS, self.lo, self.hi) / self.total
+    def add(self, arch_id: str, observed: float, replicate: int = 0) -> float:
+        """Record one finished evaluation (a reused copy repeats its source's); returns the share after it."""
+        self.seen.setdefault(arch_id, {})[replicate] = observed
+        ids = list(self.seen)
+        estimates = [[statistics.fmean(self.seen[a].values()), self.table.archs[a].throughput["median"]] for a in ids]
+        reported = [final_point(self.table.archs[ids[i]]) for i in pareto_front(estimates, DIRECTIONS)]
+        return normalized_hypervolume(reported, DIRECTIONS, self.lo, self.hi) / self.total
 
 
 def curve_from_events(
-    method: str, seed: int, table: Table, epochs: list[tuple[float, str]], completed: list[tuple[float, str]]
+    method: str,
+    seed: int,
+    table: Table,
+    epochs: list[tuple[float, str]],
+    completed: list[tuple[float, str, float, int]],
 ) -> Curve:
-    """``epochs``: (time, arch_id) of every epoch trained; ``completed``: (time, arch_id) of every trial that
-    reached full fidelity (a reused copy is not an event). Both in simulated time."""
-    curve, found = Curve(method, seed), FrontShare(table)
+    """``epochs``: (time, arch_id) of every epoch trained; ``completed``: (time, arch_id, the accuracy the search
+    observed, seed replicate) of every trial that reached full fidelity (a reused copy is not an event). Both in
+    simulated time."""
+    curve, found = Curve(method, seed), ReportedFront(table)
     epochs = sorted(epochs)
     done_e, done_s, i = 0, 0.0, 0
-    for t, arch_id in sorted(completed):
+    for t, arch_id, observed, replicate in sorted(completed):
         while i < len(epochs) and epochs[i][0] <= t + 1e-9:
             done_e, done_s, i = done_e + 1, done_s + table.archs[epochs[i][1]].epoch_seconds, i + 1
-        curve.points.append((done_e, done_s, found.add(arch_id)))
-    curve.unique_archs = len({a for _, a in completed})
+        curve.points.append((done_e, done_s, found.add(arch_id, observed, replicate)))
+    curve.unique_archs = len({c[1] for c in completed})
     return curve
 
 
@@ -157,17 +175,19 @@ def run_engine(
             "sampler": {"name": m.sampler, "n_startup_trials": 10},
             "pruner": m.pruner,
             "fidelity": {"rungs": list(m.rungs)},
+            "replicates": m.replicates,
             "budget": {"n_trials": None, "max_concurrent": workers},
             "seed": seed,
             "storage": "sqlite://",
         }
     )
-    found = FrontShare(table)
+    found = ReportedFront(table)
 
     def reached(t: FrozenTrial) -> bool:
-        if t.state != TrialState.COMPLETE or not TrialAttrs.of(t).full_fidelity:
+        a = TrialAttrs.of(t)
+        if t.state != TrialState.COMPLETE or not a.full_fidelity:
             return False
-        return found.add(TrialAttrs.of(t).arch_id) >= stop_share - 1e-12
+        return found.add(a.arch_id, t.values[0], a.replicate or 0) >= stop_share - 1e-12
 
     def ray_asha(driver: Any) -> Any:
         from ray.tune.schedulers import ASHAScheduler
@@ -187,12 +207,12 @@ def run_engine(
         )  # fmt: skip
     trials = {t.number: t for t in storage.get_all_trials(storage.get_study_id_from_name(cfg.name), deepcopy=False)}
     log = executor.log
-    ids = {n: TrialAttrs.of(t).arch_id for n, t in trials.items()}
-    epochs = [(t, ids[n]) for t, n, _, _ in log.epochs]
+    attrs = {n: TrialAttrs.of(t) for n, t in trials.items()}
+    epochs = [(t, attrs[n].arch_id) for t, n, _, _ in log.epochs]
     done = [
-        (t, ids[n])
+        (t, attrs[n].arch_id, trials[n].values[0], attrs[n].replicate or 0)
         for t, n in log.ends
-        if trials[n].state.name == "COMPLETE" and TrialAttrs.of(trials[n]).full_fidelity
+        if trials[n].state.name == "COMPLETE" and attrs[n].full_fidelity
     ]
     curve = curve_from_events(m.name, seed, table, epochs, done)
     curve.trials = len(trials)
@@ -203,11 +223,13 @@ def run_engine(
 _BLACKBOX: dict[str, Any] = {}
 
 
-def _blackbox(table: Table) -> tuple[Any, dict[tuple, str]]:
+def _blackbox(table: Table, seed: int) -> tuple[Any, dict[tuple, str]]:
     """The table as a Syne Tune ``BlackboxTabular``: objectives error and -throughput (minimised), cumulative
-    elapsed time from the same epoch seconds our replay uses."""
-    if table.source in _BLACKBOX:
-        return _BLACKBOX[table.source]
+    elapsed time from the same epoch seconds our replay uses; each architecture's curve is the training seed our
+    replay draws for run ``seed`` (Table.seed_index), so both see the same single-seed noise."""
+    key = (table.source, seed if table.n_seeds > 1 else 0)
+    if key in _BLACKBOX:
+        return _BLACKBOX[key]
     import numpy as np
     import pandas as pd
     import syne_tune.config_space as sp
@@ -220,8 +242,9 @@ def _blackbox(table: Table) -> tuple[Any, dict[tuple, str]]:
     cs = {n: sp.choice(sorted({a.params[n] for a in archs}, key=str)) for n in names}
     ev = np.zeros((len(archs), 1, n_ep, 3))
     for i, a in enumerate(archs):
+        acc = a.curves()[table.seed_index(seed, a.arch_id)].val_acc
         for e in range(n_ep):
-            ev[i, 0, e] = [1 - a.val_acc[e], -a.throughput["median"], (e + 1) * a.epoch_seconds]
+            ev[i, 0, e] = [1 - acc[e], -a.throughput["median"], (e + 1) * a.epoch_seconds]
     bb = BlackboxTabular(
         hyperparameters=hp,
         configuration_space=cs,
@@ -231,7 +254,7 @@ def _blackbox(table: Table) -> tuple[Any, dict[tuple, str]]:
         objectives_names=["error", "neg_throughput", "elapsed_time"],
     )
     by_params = {tuple(str(a.params[n]) for n in names): a.arch_id for a in archs}
-    _BLACKBOX[table.source] = (bb, by_params)
+    _BLACKBOX[key] = (bb, by_params)
     return bb, by_params
 
 
@@ -246,7 +269,7 @@ def run_syne(table: Table, m: Method, seed: int, workers: int, budget: int, stop
     from syne_tune.optimizer.schedulers.single_fidelity_scheduler import SingleFidelityScheduler
     from syne_tune.tuner_callback import TunerCallback
 
-    bb, by_params = _blackbox(table)
+    bb, by_params = _blackbox(table, seed)
     names = list(next(iter(table.archs.values())).params)
     cs = bb.configuration_space_with_max_resource_attr("epochs")
     metrics = ["error", "neg_throughput"]
@@ -260,16 +283,17 @@ def run_syne(table: Table, m: Method, seed: int, workers: int, budget: int, stop
     class Recorder(TunerCallback):
         def __init__(self) -> None:
             self.epochs: list[tuple[float, str]] = []
-            self.done: list[tuple[float, str]] = []
-            self.found, self.reached = FrontShare(table), False
+            self.done: list[tuple[float, str, float, int]] = []
+            self.found, self.reached = ReportedFront(table), False
 
         def on_trial_result(self, trial: Any, status: str, result: dict, decision: str) -> None:
             arch = by_params[tuple(str(trial.config[n]) for n in names)]
             t = float(result["st_tuner_time"])
             self.epochs.append((t, arch))
             if int(result["epoch"]) >= table.epochs:
-                self.done.append((t, arch))
-                self.reached = self.reached or self.found.add(arch) >= stop_share - 1e-12
+                observed = 1.0 - float(result["error"])
+                self.done.append((t, arch, observed, 0))
+                self.reached = self.reached or self.found.add(arch, observed) >= stop_share - 1e-12
 
     class TableTimeBackend(UserBlackboxBackend):
         """Syne Tune's simulator whose clock advances by simulated time only: the table's epoch seconds, its fixed

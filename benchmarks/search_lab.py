@@ -3,16 +3,18 @@
     python benchmarks/search_lab.py table      # the built study (studies/fmnist_bench_build.yaml) -> the table
     python benchmarks/search_lab.py column --study studies/fmnist_bench_build_s1.yaml   # a seed build -> its column
     python benchmarks/search_lab.py resume --study studies/fmnist_bench_build_s1.yaml   # its column -> a new study
-    python benchmarks/search_lab.py seeds      # the table + every finished seed column -> table v2 (in place)
+    python benchmarks/search_lab.py seeds      # the table + every finished seed column -> table v2 (_v2.json)
     python benchmarks/search_lab.py run        # every method x 20 seeds, replayed: report + plot (16 min on 2 CPUs)
     python benchmarks/search_lab.py fidelity   # how well an early epoch ranks like the last one
     python benchmarks/search_lab.py run --oracle --methods tpe ours-tpe oracle-tpe   # + ours with a perfect signal
 
-``run`` replays every method with every seed against ``benchmarks/tables/fmnist_bench.json`` (benchmarks/lab_runs.py
-says how one run is simulated and how compute is counted), then prints the Markdown table of RESULTS.md and writes
-``benchmarks/search_lab.html`` + ``.png`` (normalised hypervolume vs worker-seconds, mean and 95 % band per method)
-and ``benchmarks/search_lab.json`` (every curve). Figures: compute to reach 90 / 95 / 99 % of the true front's
-hypervolume, mean over the seeds that reached it with a 95 % bootstrap interval, and ratios against the baselines.
+``run`` replays every method with every seed against table v2, ``benchmarks/tables/fmnist_bench_v2.json`` (three
+training seeds per architecture: each trial sees one seed's curve; benchmarks/lab_runs.py says how one run is
+simulated, how compute is counted and how the front a search reports is scored), then prints the Markdown table of
+RESULTS.md and writes ``benchmarks/search_lab.html`` + ``.png`` (normalised hypervolume vs worker-seconds, mean and
+95 % band per method) and ``benchmarks/search_lab.json`` (every curve). Figures: compute until the front the search
+reports reaches 90 / 95 / 99 % of the mean-truth front's hypervolume, mean over the seeds that reached it with a
+95 % bootstrap interval, and ratios against the baselines.
 """
 
 from __future__ import annotations
@@ -38,22 +40,28 @@ from lab_runs import Curve, Method  # noqa: E402
 
 from nas.engine.replay import Table, TableArch, training_of  # noqa: E402
 
-TABLE = ROOT / "benchmarks" / "tables" / "fmnist_bench.json"
+SEED0 = ROOT / "benchmarks" / "tables" / "fmnist_bench.json"  # the built table: seed 0 (format 1); columns beside it
+TABLE = SEED0.with_name("fmnist_bench_v2.json")  # table v2: seed 0 + every seed column (``seeds``); what ``run`` reads
 BUILD = ROOT / "studies" / "fmnist_bench_build.yaml"
 SHARES = (0.90, 0.95, 0.99)
 # Ours: what the shipped study files use (the lab chose it, RESULTS.md "Search-quality lab"): rungs at 1/4 and 1/2 of
 # the training epochs, keep the better half, and a rung prunes only once 8 trials have reached it.
 OURS = {"name": "pareto", "eta": 2, "min_trials": 8}
 OURS_RUNGS = (2, 4)
+# Racing (issue 17): ours with the product's default ``replicates:`` block; against it the naive way to beat seed
+# noise, every architecture trained with three seeds (TPE, no pruning, as NAS-Bench-101/201 tabulate)
+RACING = {"max_per_arch": 3, "budget_share": 0.25}
+THREE_SEEDS = {"policy": "every", "max_per_arch": 3, "budget_share": 0.7}
 # seconds one run takes on one CPU (2026-11-30), so the pool starts the long runs first and ends together
-_SLOW = {"gp": 300, "syne-moasha": 40, "ours-gp": 30}
+_SLOW = {"gp": 300, "syne-moasha": 40, "ours-gp": 30, "ours-race": 60, "tpe-3seeds": 40}
 
 
 def methods(
     eta: int = 3, ours: dict[str, Any] | None = None, rungs: tuple[int, ...] = OURS_RUNGS, oracle: bool = False
 ) -> list[Method]:
     """Every method of the lab; ``ours``/``rungs`` replace our pruner's settings (to try other defaults);
-    ``oracle`` adds oracle-<sampler>: ours ranking on the final accuracies (lab_runs.OraclePruner, a bound)."""
+    ``oracle`` adds oracle-<sampler>: ours ranking on the final accuracies (lab_runs.OraclePruner, a bound).
+    The two replicate methods (ours-race, tpe-3seeds) need a table of three seeds (``Table.n_seeds``)."""
     engine = []
     for sampler in ("random", "tpe", "nsga2", "gp"):
         engine.append(Method(sampler, "engine", sampler=sampler))
@@ -61,6 +69,8 @@ def methods(
         engine += [mine, dataclasses.replace(mine, name=f"oracle-{sampler}", oracle=True)] if oracle else [mine]
     return [
         *engine,
+        Method("ours-race", "engine", sampler="tpe", pruner=ours or OURS, rungs=rungs, replicates=RACING),
+        Method("tpe-3seeds", "engine", sampler="tpe", replicates=THREE_SEEDS),
         Method("ray-asha", "engine", sampler="random", ray_asha=True, eta=eta),
         Method("syne-moasha", "syne", syne="moasha", eta=eta),
         Method("syne-morea", "syne", syne="morea"),
@@ -197,12 +207,18 @@ def markdown(summary: dict[str, Any], budget: int) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Budget per run: {budget} trial-epochs. Ratios (compute to 95 % of the true HV, paired over seeds):",
+        f"Budget per run: {budget} trial-epochs. Ratios (compute to 95 % of the true HV, paired over the seeds where "
+        "both reached it):",
         "",
     ]
     pairs = [(s, f"{k}-{s}") for s in ("random", "tpe", "nsga2", "gp") for k in ("ours", "oracle")]
     pairs += [("random", "ours-tpe"), ("syne-moasha", "ours-tpe"), ("syne-morea", "ours-tpe"), ("ray-asha", "ours-tpe")]
-    pairs += [("syne-moasha", "ours-random")]
+    pairs += [
+        ("syne-moasha", "ours-random"),
+        ("tpe", "ours-race"),
+        ("tpe-3seeds", "ours-race"),
+        ("ours-tpe", "ours-race"),
+    ]
     for slow, fast in pairs:
         if slow in summary and fast in summary:
             r = ratio(summary, slow, fast)
@@ -291,7 +307,9 @@ def fidelity(table: Table) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("command", choices=["table", "column", "resume", "seeds", "run", "fidelity"])
-    ap.add_argument("--table", default=str(TABLE))
+    ap.add_argument(
+        "--table", default=None, help=f"default: {SEED0.name} for table/column/resume/seeds/fidelity, else {TABLE.name}"
+    )
     ap.add_argument("--study", default=str(BUILD), help="table: the built study file")
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--gp-seeds", type=int, default=3, help="seeds of the two GP methods (Optuna's GP: ~2 s/proposal)")
@@ -314,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         "--oracle", action="store_true", help="add oracle-<sampler>: ours ranking on the final accuracies (a bound)"
     )
     args = ap.parse_args(argv)
+    if args.table is None:
+        args.table = str(SEED0 if args.command in ("table", "column", "resume", "seeds", "fidelity") else TABLE)
     if args.command == "table":
         export_table(Path(args.study), Path(args.table))
         return 0
@@ -326,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "seeds":
         from benchmarks import lab_seeds
 
-        lab_seeds.add_columns(Path(args.table))
+        lab_seeds.add_columns(Path(args.table), TABLE if Path(args.table) == SEED0 else None)
         return 0
     table = Table.load(args.table)
     if args.command == "fidelity":
@@ -349,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
         hint = " (oracle-* needs --oracle)" if any(n.startswith("oracle-") for n in unknown) else ""
         ap.error(f"--methods: no method {', '.join(unknown)}{hint}; choose from {', '.join(m.name for m in every)}")
     chosen = [m for m in every if args.methods is None or m.name in args.methods]
+    seeds_short = [m.name for m in chosen if m.replicates and m.replicates["max_per_arch"] > table.n_seeds]
+    if seeds_short and args.methods is not None:
+        ap.error(f"--methods: {', '.join(seeds_short)} need a table of 3 seeds; {args.table} has {table.n_seeds} "
+                 "(build table v2: python benchmarks/search_lab.py seeds)")  # fmt: skip
+    chosen = [m for m in chosen if m.name not in seeds_short]  # the default list on a one-seed table: without them
     base = base_config(table)
     jobs = [
         (args.table, base, m, s, args.workers, budget, args.stop_at)

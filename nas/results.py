@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -214,11 +214,20 @@ def _to_record(t, objectives: Sequence[Objective]) -> TrialRecord:
     )
 
 
-def records(study) -> list[TrialRecord]:
+def records(study, cache: dict[int, TrialRecord] | None = None) -> list[TrialRecord]:
     """Every trial of ``study`` as a :class:`TrialRecord`, in trial-number order (reused copies included: they are
-    the honest record of what the sampler proposed; see :func:`distinct`)."""
+    the honest record of what the sampler proposed; see :func:`distinct`). ``cache`` (number -> record), for a
+    caller that asks again and again (racing, after every trial): a finished trial's record is decoded once —
+    Optuna refuses to change a finished trial."""
     objs = objectives_of(study)
-    recs = [_to_record(t, objs) for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)]
+    recs = []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        r = cache.get(t.number) if cache is not None else None
+        if r is None:
+            r = _to_record(t, objs)
+            if cache is not None and t.state.is_finished():
+                cache[t.number] = r
+        recs.append(r if cache is None else replace(r, reused_by=[]))  # reused_by: filled below
     by_number = {r.number: r for r in recs}
     for r in recs:
         if r.reused_from is not None and r.reused_from in by_number:

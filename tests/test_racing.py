@@ -96,3 +96,21 @@ def test_replicate_settings_that_cannot_be_met_are_refused_in_one_line(
     with pytest.raises(ConfigError) as e:
         read_study_file(write_study(tmp_path, "bad", replicates=replicates))
     assert field in str(e.value) and "\n" not in str(e.value)
+
+
+def test_policy_every_gives_every_architecture_its_seeds_oldest_first(tmp_path: Path) -> None:
+    """The costly baseline (``policy: every``): on a front settled far beyond the noise — where racing replicates
+    nothing (test above) — every architecture still gets ``max_per_arch`` seeds, the oldest first, each seed
+    trained once; the replicates stay within ``budget_share``."""
+    ex = PlantedExecutor(lambda i: (0.60 + 0.03 * i, 5000.0 - 300.0 * i), seed_sd=0.005)
+    study = _run(tmp_path, "every", ex, {"policy": "every", "max_per_arch": 3, "budget_share": 0.7}, n_trials=12)
+    seeds: dict[str, set[int]] = {}
+    for arch, seed in ex.trained:
+        seeds.setdefault(arch, set()).add(seed)
+    assert len(ex.trained) == len(set(ex.trained)) == 12
+    assert sorted(len(s) for s in seeds.values()) == [3, 3, 3, 3]  # 4 architectures x 3 seeds: 8 replicates
+    reps = _replicates(study)
+    assert len(reps) == 8 <= 0.7 * 12
+    firsts = [TrialAttrs.of(t).arch_id for t in study.trials if TrialAttrs.of(t).replicate is None]
+    done = [TrialAttrs.of(t).arch_id for t in reps if TrialAttrs.of(t).replicate == 2]
+    assert done == firsts  # the third seeds come in the order the architectures were first evaluated

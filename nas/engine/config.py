@@ -100,6 +100,12 @@ class ReplicatesConfig(BaseModel):
         default=PRIOR_SEED_SD, ge=0, lt=0.5,
         description="the seed-to-seed SD of accuracy assumed until replicates measure it (0.005 = 0.5 points)",
     )  # fmt: skip
+    policy: Literal["race", "every"] = Field(
+        default="race",
+        description='"race": replicate only the architectures whose membership of the front is unsettled; "every": '
+        "every architecture gets max_per_arch seeds (the costly baseline of benchmarks that train every "
+        "architecture several times; settled is not used), within budget_share",
+    )
 
 
 class ResourcesConfig(BaseModel):

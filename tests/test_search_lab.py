@@ -133,3 +133,15 @@ def test_an_unknown_method_is_one_line_naming_it(tmp_path: Path) -> None:
     out = subprocess.run([*lab, "--methods", "ours-tpe", "oracle-tpe"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "no method oracle-tpe (oracle-* needs --oracle)" in out.stderr
     assert not (tmp_path / "lab.json").exists()  # nothing ran
+
+
+def test_the_replicate_methods_refuse_a_table_of_one_seed_in_one_line(tmp_path: Path) -> None:
+    """ours-race and tpe-3seeds replay three seeds per architecture: on table v1 (one seed) the lab says so and
+    which command builds v2 — exit 2, nothing written; without --methods it leaves them out and runs the rest."""
+    table, _ = make_table(tmp_path, _study(tmp_path, "seed"))
+    lab = [sys.executable, str(REPO / "benchmarks" / "search_lab.py"), "run", "--table", str(table), "--procs", "1"]
+    out = subprocess.run([*lab, "--out", str(tmp_path / "bad"), "--methods", "ours-race", "tpe"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 2 and not (tmp_path / "bad.json").exists()
+    last = out.stderr.strip().splitlines()[-1]
+    assert "ours-race need a table of 3 seeds" in last and "has 1" in last and "search_lab.py seeds" in last

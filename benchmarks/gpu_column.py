@@ -106,7 +106,7 @@ def build(study_file: Path, out: Path, procs: int, seconds: float, data_root: st
 
 def to_column(study_file: Path, lines: Path, device: str) -> Path:
     """Write the seed column of the study from ``lines`` (grid ids as the study's grid sampler numbers them)."""
-    from benchmarks.lab_seeds import COLUMN_FORMAT, column_path
+    from benchmarks.lab_seeds import column_path, write_column
     from nas.engine.samplers import GridSampler
 
     space, raw = _study(study_file)
@@ -129,8 +129,7 @@ def to_column(study_file: Path, lines: Path, device: str) -> Path:
                   "grid_search_space": grid, "done": len(archs), "of": len(ids),
                   "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
     out = column_path(TABLE, raw["train"]["seed"])
-    out.write_text(json.dumps({"format": COLUMN_FORMAT, "provenance": provenance, "archs": archs},
-                              separators=(",", ":")) + "\n")  # fmt: skip
+    write_column(out, provenance, archs)
     print(f"wrote {out}: {len(archs)} of {len(ids)} ({len(rows) - len(ok)} failed)")
     return out
 

@@ -88,10 +88,15 @@ def export_column(study_file: Path, table: Path) -> Path:
         "of": expected,  # grid points (the lab's space: one architecture each)
         "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }  # fmt: skip
-    out.write_text(json.dumps({"format": COLUMN_FORMAT, "provenance": provenance, "archs": archs},
-                              separators=(",", ":")) + "\n")  # fmt: skip
+    write_column(out, provenance, archs)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB): seed {cfg.train.seed}, {len(archs)} of {expected} done")
     return out
+
+
+def write_column(out: Path, provenance: dict[str, Any], archs: dict[str, Any]) -> None:
+    """The one writer of a column file (``read_column`` reads it): whichever machine or tool built the seed."""
+    out.write_text(json.dumps({"format": COLUMN_FORMAT, "provenance": provenance, "archs": archs},
+                              separators=(",", ":")) + "\n")  # fmt: skip
 
 
 def _provenance_of(path: Path) -> dict[str, Any]:

@@ -51,15 +51,20 @@ OURS_RUNGS = (2, 4)
 # Racing (issue 17): ours with the product's default ``replicates:`` block; against it the naive way to beat seed
 # noise, every architecture trained with three seeds (TPE, no pruning, as NAS-Bench-101/201 tabulate)
 RACING = {"max_per_arch": 3, "budget_share": 0.25}
+RACING_RUNGS = (4,)  # what a study with replicates gets by default (nas.engine.config.default_rungs): 1/2 of the epochs
 THREE_SEEDS = {"policy": "every", "max_per_arch": 3, "budget_share": 0.7}
 # seconds one run takes on one CPU (2026-11-30), so the pool starts the long runs first and ends together
-_SLOW = {"gp": 300, "syne-moasha": 40, "ours-gp": 30, "ours-race": 60, "tpe-3seeds": 40}
+_SLOW = {"gp": 300, "syne-moasha": 40, "ours-gp": 30, "ours-race": 70, "tpe-3seeds": 40}
 
 
 def methods(
-    eta: int = 3, ours: dict[str, Any] | None = None, rungs: tuple[int, ...] = OURS_RUNGS, oracle: bool = False
+    eta: int = 3,
+    ours: dict[str, Any] | None = None,
+    rungs: tuple[int, ...] = OURS_RUNGS,
+    oracle: bool = False,
+    race_rungs: tuple[int, ...] = RACING_RUNGS,
 ) -> list[Method]:
-    """Every method of the lab; ``ours``/``rungs`` replace our pruner's settings (to try other defaults);
+    """Every method of the lab; ``ours``/``rungs``/``race_rungs`` replace our pruner's settings (other defaults);
     ``oracle`` adds oracle-<sampler>: ours ranking on the final accuracies (lab_runs.OraclePruner, a bound).
     The two replicate methods (ours-race, tpe-3seeds) need a table of three seeds (``Table.n_seeds``)."""
     engine = []
@@ -69,7 +74,7 @@ def methods(
         engine += [mine, dataclasses.replace(mine, name=f"oracle-{sampler}", oracle=True)] if oracle else [mine]
     return [
         *engine,
-        Method("ours-race", "engine", sampler="tpe", pruner=ours or OURS, rungs=rungs, replicates=RACING),
+        Method("ours-race", "engine", sampler="tpe", pruner=ours or OURS, rungs=race_rungs, replicates=RACING),
         Method("tpe-3seeds", "engine", sampler="tpe", replicates=THREE_SEEDS),
         Method("ray-asha", "engine", sampler="random", ray_asha=True, eta=eta),
         Method("syne-moasha", "syne", syne="moasha", eta=eta),
@@ -363,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ours_min_trials is not None:
         ours["min_trials"] = args.ours_min_trials
     rungs = tuple(int(r) for r in args.ours_rungs.split(",")) if args.ours_rungs else OURS_RUNGS
-    every = methods(ours=ours, rungs=rungs, oracle=args.oracle)
+    every = methods(ours=ours, rungs=rungs, oracle=args.oracle, race_rungs=rungs if args.ours_rungs else RACING_RUNGS)
     unknown = sorted(set(args.methods or ()) - {m.name for m in every})
     if unknown:
         hint = " (oracle-* needs --oracle)" if any(n.startswith("oracle-") for n in unknown) else ""

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -101,19 +101,27 @@ def front_probability(
     prior_seed_sd: float,
     draws: int = 1000,
     seed: int = 0,
+    predicted_sd: Sequence[float | None] | None = None,
 ) -> dict[int, float]:
     """P(front) of each merged architecture record (:func:`merge`), by trial number (see the module docstring).
+    ``predicted_sd``: for an architecture whose accuracy is a prediction (a pruned one, :func:`rung_extrapolation`),
+    the SD of that prediction, which then replaces its image and seed noise; None for a measured one.
 
     Without an ``accuracy`` objective nothing is noisy: 1.0 on the front, 0.0 off it.
     """
     if not archs:
         return {}
-    share = front_membership(archs, objectives, prior_seed_sd, draws, seed).mean(0)
+    share = front_membership(archs, objectives, prior_seed_sd, draws, seed, predicted_sd).mean(0)
     return {r.number: float(p) for r, p in zip(archs, share, strict=True)}
 
 
 def front_membership(
-    archs: Sequence[TrialRecord], objectives: Sequence[Objective], prior_seed_sd: float, draws: int, seed: int = 0
+    archs: Sequence[TrialRecord],
+    objectives: Sequence[Objective],
+    prior_seed_sd: float,
+    draws: int,
+    seed: int = 0,
+    predicted_sd: Sequence[float | None] | None = None,
 ) -> np.ndarray:
     """(draws, archs) booleans: whether each architecture is on the front in each resampled world."""
     names = [o.name for o in objectives]
@@ -121,19 +129,29 @@ def front_membership(
     base = np.array([[r.values[n] for n in names] for r in archs], dtype=float) * sign
     if "accuracy" not in names:
         draws = 1
-    acc = _accuracy_draws(archs, prior_seed_sd, draws, np.random.default_rng(seed)) if "accuracy" in names else None
+    acc = None
+    if "accuracy" in names:
+        acc = _accuracy_draws(archs, prior_seed_sd, draws, np.random.default_rng(seed), predicted_sd)
     out = np.zeros((draws, len(archs)), dtype=bool)
     j = names.index("accuracy") if acc is not None else 0
     live = np.arange(len(archs))
     if acc is not None:  # only architectures not dominated in every draw can be on the front (exact, see below)
         live = _possible(base, acc * sign[j], j)
-    for start in range(0, draws, 64):  # dominance in blocks: (block, live, live) booleans
-        pts = np.broadcast_to(base[live], (min(64, draws - start), len(live), base.shape[1])).copy()
-        if acc is not None:
-            pts[:, :, j] = acc[start : start + len(pts)][:, live] * sign[j]
-        ge = (pts[:, :, None, :] >= pts[:, None, :, :]).all(-1)  # [b, c, a]: c at least as good as a everywhere
-        gt = (pts[:, :, None, :] > pts[:, None, :, :]).any(-1)
-        out[start : start + len(pts), live] = ~(ge & gt).any(1)
+    fixed = base[live]  # the objectives no draw changes (all but accuracy), compared once: (live, live)
+    others = [k for k in range(base.shape[1]) if acc is None or k != j]
+    ge0 = np.ones((len(live), len(live)), dtype=bool)  # [c, a]: c at least as good as a in every fixed objective
+    gt0 = np.zeros((len(live), len(live)), dtype=bool)  # [c, a]: c better than a in some fixed objective
+    for k in others:
+        ge0 &= fixed[:, None, k] >= fixed[None, :, k]
+        gt0 |= fixed[:, None, k] > fixed[None, :, k]
+    if acc is None:
+        out[:, live] = ~(ge0 & gt0).any(0)
+        return out
+    for start in range(0, draws, 64):  # the drawn accuracy in blocks: (block, live, live) booleans
+        a = acc[start : start + 64][:, live] * sign[j]
+        ge = ge0 & (a[:, :, None] >= a[:, None, :])  # [b, c, a]: c at least as good as a everywhere
+        gt = gt0 | (a[:, :, None] > a[:, None, :])
+        out[start : start + len(a), live] = ~(ge & gt).any(1)
     return out
 
 
@@ -154,17 +172,27 @@ def _possible(base: np.ndarray, acc: np.ndarray, j: int) -> np.ndarray:
 
 
 def _accuracy_draws(
-    archs: Sequence[TrialRecord], prior_seed_sd: float, draws: int, rng: np.random.Generator
+    archs: Sequence[TrialRecord],
+    prior_seed_sd: float,
+    draws: int,
+    rng: np.random.Generator,
+    predicted_sd: Sequence[float | None] | None = None,
 ) -> np.ndarray:
-    """(draws, archs) resampled mean accuracies: shared image bootstrap on the bitmaps, plus seed noise."""
+    """(draws, archs) resampled mean accuracies: shared image bootstrap on the bitmaps, plus seed noise; a predicted
+    accuracy (``predicted_sd`` not None) is drawn from its prediction's normal instead."""
+    predicted = list(predicted_sd) if predicted_sd is not None else [None] * len(archs)
+    measured = [r for r, sd in zip(archs, predicted, strict=True) if sd is None]
     seeds = [r.seed_values or [r.values["accuracy"]] for r in archs]
     bits = [r.seed_bits or [r.val_correct] for r in archs]
-    s = pooled_seed_sd(seeds, prior_seed_sd)
+    s = pooled_seed_sd([r.seed_values for r in measured], prior_seed_sd)
     out = np.zeros((draws, len(archs)))
-    lengths = {bitmap.unpack(b).size for bs in bits for b in bs if b}
+    lengths = {bitmap.unpack(b).size for r in measured for b in (r.seed_bits or [r.val_correct]) if b}
     n_img = lengths.pop() if len(lengths) == 1 else None  # one validation set: resample it, paired
     weights = rng.multinomial(n_img, np.full(n_img, 1.0 / n_img), size=draws) / n_img if n_img else None
     for i, (accs, bs) in enumerate(zip(seeds, bits, strict=True)):
+        if predicted[i] is not None:
+            out[:, i] = archs[i].values["accuracy"] + rng.normal(0.0, predicted[i], draws)
+            continue
         if weights is not None and all(bs):  # each seed's accuracy moved by its images' resampled deviation
             for a, b in zip(accs, bs, strict=True):
                 v = bitmap.unpack(b).astype(float)
@@ -186,6 +214,31 @@ def study_front_probability(
         return {}
     rc = ((study.user_attrs.get("config") or {}).get("replicates")) or {}
     return front_probability(archs, objectives, float(rc.get("prior_seed_sd", PRIOR_SEED_SD)))
+
+
+def rung_extrapolation(
+    pairs: Sequence[tuple[float, float]], min_pairs: int = 8
+) -> Callable[[float], tuple[float, float]] | None:
+    """What a pruned architecture's final accuracy would be, from its accuracy at the rung it was pruned at.
+
+    ``pairs``: (accuracy at the rung, final accuracy) of the architectures trained to full fidelity (one seed each).
+    The least-squares line ``final = a + b·x`` and its prediction SD for a new architecture,
+    ``σ·sqrt(1 + 1/n + (x − x̄)²/Sxx)`` with ``σ`` the residual SD (n − 2 degrees of freedom): the textbook
+    prediction interval of simple linear regression. The residual holds the rung's ranking error and the seed noise
+    of the final accuracy together — on the lab's table epoch 2 ranks the mean over seeds at τ 0.26 — so a pruned
+    architecture close to the front keeps a fair chance. Returns ``x -> (prediction, SD)``, or None with fewer
+    than ``min_pairs`` pairs or no spread in ``x``."""
+    if len(pairs) < max(3, min_pairs):
+        return None
+    x, y = np.array(pairs, dtype=float).T
+    sxx = float(((x - x.mean()) ** 2).sum())
+    if sxx <= 1e-12:  # no spread in x (accuracies differ by at least one image: far more than this)
+        return None
+    b = float(((x - x.mean()) * (y - y.mean())).sum()) / sxx
+    a = float(y.mean()) - b * float(x.mean())
+    sigma = math.sqrt(float(((y - a - b * x) ** 2).sum()) / (len(x) - 2))
+    n, xbar = len(x), float(x.mean())
+    return lambda v: (a + b * v, sigma * math.sqrt(1 + 1 / n + (v - xbar) ** 2 / sxx))
 
 
 def settled(p: float, threshold: float) -> bool:

@@ -58,12 +58,12 @@ def study_dict(name: str, **over: object) -> dict:
     return d
 
 
-def write_study(folder: Path, name: str, **over: object) -> Path:
+def write_study(folder: Path, name: str, space: dict | None = None, **over: object) -> Path:
     assert (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file(), (
         f"Fashion-MNIST is not installed at {FMNIST_DIR}: run scripts/setup.sh (apt-get install dataset-fashion-mnist)"
         " or set FASHION_MNIST_ROOT"
     )
-    (folder / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    (folder / "space.yaml").write_text(yaml.safe_dump(space or SPACE))
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(study_dict(name, **over)))
     return path
@@ -75,10 +75,11 @@ EPOCHS = 2
 
 class PlantedExecutor:
     """Trials end at once with planted results: ``truth(i)`` gives the i-th distinct architecture's (accuracy,
-    throughput); each training seed adds ``seed_sd`` of noise to the accuracy; the bitmap has that accuracy."""
+    throughput); each training seed adds ``seed_sd`` of noise to the accuracy; the bitmap has that accuracy. An
+    epoch before the last reports that accuracy less 0.1, plus ``early_sd`` of noise (a rung that ranks badly)."""
 
-    def __init__(self, truth, seed_sd: float) -> None:
-        self.truth, self.seed_sd = truth, seed_sd
+    def __init__(self, truth, seed_sd: float, early_sd: float = 0.0) -> None:
+        self.truth, self.seed_sd, self.early_sd = truth, seed_sd, early_sd
         self.order: dict[str, int] = {}
         self.trained: list[tuple[str, int]] = []  # (arch_id, training seed) of every trial handed out
 
@@ -98,11 +99,12 @@ class PlantedExecutor:
             digest = hashlib.sha256(f"{p.arch_id}:{seed}".encode()).digest()
             rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
             bits = rng.random(N_IMG) < acc + rng.normal(0.0, self.seed_sd)
+            early = float(bits.mean()) - 0.1 + (rng.normal(0.0, self.early_sd) if self.early_sd else 0.0)
             throughput = {"median": tp, "iqr": 1.0, "cv": 0.001, "device": "cpu", "key": "k", "cached": True}
             for epoch in range(1, EPOCHS + 1):
                 last = epoch == EPOCHS
                 report = EpochReport(
-                    epoch=epoch, val_acc=float(bits.mean()) - 0.1 * (not last), val_loss=0.5, train_loss=0.5,
+                    epoch=epoch, val_acc=float(bits.mean()) if last else early, val_loss=0.5, train_loss=0.5,
                     seconds=1.0, images_per_s=100.0, wall_time_s=float(epoch), throughput=throughput,
                     val_correct=bitmap.pack(bits) if last else None, val_set="planted-images" if last else None,
                 )  # fmt: skip

@@ -441,12 +441,16 @@ def test_the_optuna_internals_the_adapter_relies_on_are_still_there() -> None:
 
 
 @pytest.mark.parametrize(
-    ("epochs", "fidelity", "rungs"),
-    [(8, None, [2, 4]), (10, {}, [2, 5]), (3, None, [1]), (2, None, [1]), (1, None, []), (8, {"rungs": []}, []),
-     (8, {"rungs": [3]}, [3])],
+    ("epochs", "fidelity", "rungs", "replicates"),
+    [(8, None, [2, 4], None), (10, {}, [2, 5], None), (3, None, [1], None), (2, None, [1], None),
+     (1, None, [], None), (8, {"rungs": []}, [], None), (8, {"rungs": [3]}, [3], None),
+     (8, None, [4], {}), (10, {}, [5], {"max_per_arch": 2}), (8, None, [2, 4], {"policy": "every"}),
+     (8, {"rungs": [2, 4]}, [2, 4], {})],
 )  # fmt: skip
-def test_default_rungs_are_a_quarter_and_a_half_of_the_epochs(epochs, fidelity, rungs) -> None:
+def test_default_rungs_are_a_quarter_and_a_half_of_the_epochs(epochs, fidelity, rungs, replicates) -> None:
+    """... or one rung at half the epochs with racing (``replicates:``, policy race); rungs named are kept."""
     raw = {"name": "d", "space": "s.yaml", "train": {"epochs": epochs}}
+    raw = raw if replicates is None else {**raw, "replicates": replicates}
     cfg = StudyConfig.model_validate(raw if fidelity is None else {**raw, "fidelity": fidelity})
     assert cfg.fidelity.rungs == rungs
     assert (cfg.pruner.name, cfg.pruner.eta, cfg.pruner.min_trials) == ("pareto", 2, 8)  # the lab's choice

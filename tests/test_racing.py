@@ -18,17 +18,20 @@ from nas.engine.progress import Progress
 from nas.engine.run import run_config
 from nas.errors import ConfigError
 from nas.trial_attrs import TrialAttrs
-from tests.engine_fixtures import PlantedExecutor, write_study
+from tests.engine_fixtures import SPACE, PlantedExecutor, write_study
 
 
-def _run(tmp_path: Path, name: str, executor: PlantedExecutor, replicates: dict, n_trials: int) -> optuna.Study:
+def _run(
+    tmp_path: Path, name: str, executor: PlantedExecutor, replicates: dict, n_trials: int, pruned: bool = False
+) -> optuna.Study:
     over = {
         "budget": {"n_trials": n_trials, "max_concurrent": 1},
-        "pruner": {"name": "none"},
-        "fidelity": {"rungs": []},
+        "pruner": {"name": "pareto", "eta": 2, "min_trials": 2} if pruned else {"name": "none"},
+        "fidelity": {"rungs": [1] if pruned else []},
         "replicates": replicates,
     }
-    cfg, space = read_study_file(write_study(tmp_path, name, **over))
+    wide = {**SPACE, "knobs": {**SPACE["knobs"], "dwconv": {"kernel_size": [3, 5, 7, 9]}}}  # 96 architectures
+    cfg, space = read_study_file(write_study(tmp_path, name, space=wide if pruned else None, **over))
     run_config(cfg, space, name, tmp_path / "studies", Progress(quiet=True), executor=executor)
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'studies' / name / 'study.db'}")
 
@@ -114,3 +117,31 @@ def test_policy_every_gives_every_architecture_its_seeds_oldest_first(tmp_path: 
     firsts = [TrialAttrs.of(t).arch_id for t in study.trials if TrialAttrs.of(t).replicate is None]
     done = [TrialAttrs.of(t).arch_id for t in reps if TrialAttrs.of(t).replicate == 2]
     assert done == firsts  # the third seeds come in the order the architectures were first evaluated
+
+
+@pytest.mark.parametrize("promote", [True, False])
+def test_racing_trains_an_unsettled_pruned_architecture_to_full_fidelity(tmp_path: Path, promote: bool) -> None:
+    """Every architecture is equally accurate and the rung ranks at random (its accuracy carries 3 points of noise
+    against 0.5 of seed): the pruner stops half of them by luck. Racing predicts a pruned one's final accuracy from
+    its rung (a fit that finds the rung says nothing, so: the mean, with the seeds' spread) and trains those whose
+    place on the front that leaves open — to full fidelity, with the next seed, never pruned — unless
+    ``promote_pruned`` is off. Whichever, no seed replicate is ever pruned."""
+    ex = PlantedExecutor(lambda i: (0.60 + 0.005 * i, 3000.0 - 10.0 * i), seed_sd=0.005, early_sd=0.03)
+    rc = {"max_per_arch": 2, "budget_share": 0.5, "promote_pruned": promote}
+    study = _run(tmp_path, f"promote-{promote}", ex, rc, n_trials=80, pruned=True)
+    by_number = {t.number: t for t in study.trials}
+    reps = _replicates(study)
+    assert reps and all(t.state == TrialState.COMPLETE for t in reps)  # a replicate is never pruned
+    assert any(t.state == TrialState.PRUNED and not TrialAttrs.of(t).is_copy for t in study.trials)
+    promoted = [t for t in reps if by_number[TrialAttrs.of(t).replicate_of].state == TrialState.PRUNED]
+    if not promote:
+        assert promoted == []
+        return
+    assert promoted, "racing should have trained a pruned architecture whose place on the front is open"
+    merged = {r.arch_id: r for r in results.eligible(results.records(study), results.objectives_of(study))}
+    for t in promoted:  # the first is seed 0 + 1 (seed 0 was pruned); racing may add seed 0 + 2 later
+        a = TrialAttrs.of(t)
+        assert a.full_fidelity and a.curve_rows[-1]["epoch"] == 2 and a.arch_id in merged
+        assert (a.arch_id, 1) in ex.trained and merged[a.arch_id].seeds == len(
+            [p for p in promoted if TrialAttrs.of(p).arch_id == a.arch_id]
+        )

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from nas import results
+from nas import replicates, results
 from nas.layout import Objective
 from nas.replicates import PRIOR_DOF, front_probability, mean_interval, merge, pooled_seed_sd, settled
 from nas.results import TrialRecord
@@ -164,3 +164,48 @@ def test_membership_equals_brute_force_dominance_on_every_draw() -> None:
         dominated = [((pts >= p).all(1) & (pts > p).any(1)).any() for p in pts]
         assert (got[d] == ~np.array(dominated)).all()
     assert got.any(0).sum() < 30  # the shortcut had something to leave out
+
+
+def test_rung_extrapolation_is_the_regression_prediction_interval() -> None:
+    """The prediction and its SD against the matrix form of least squares, ``s²·(1 + x0ᵀ(XᵀX)⁻¹x0)`` with
+    ``s² = RSS/(n − 2)``, and the slope against scipy; too few pairs or no spread in x give None."""
+    from scipy import stats
+
+    rng = np.random.default_rng(7)
+    x = rng.uniform(0.60, 0.70, 30)
+    y = 0.30 + 0.70 * x + rng.normal(0.0, 0.004, 30)
+    fit = replicates.rung_extrapolation(list(zip(x, y, strict=True)))
+    X = np.c_[np.ones_like(x), x]
+    beta, rss = np.linalg.lstsq(X, y, rcond=None)[:2]
+    s2 = float(rss[0]) / (len(x) - 2)
+    for x0 in (0.58, 0.65, 0.72):
+        v = np.array([1.0, x0])
+        mean, sd = fit(x0)
+        assert mean == pytest.approx(float(v @ beta), abs=1e-12)
+        assert sd == pytest.approx(math.sqrt(s2 * (1 + v @ np.linalg.inv(X.T @ X) @ v)), rel=1e-9)
+    assert fit(0.65)[0] - fit(0.60)[0] == pytest.approx(stats.linregress(x, y).slope * 0.05)
+    assert fit(0.72)[1] > fit(0.65)[1]  # further from the data: less sure
+    assert replicates.rung_extrapolation(list(zip(x[:5], y[:5], strict=True))) is None  # fewer than 8 pairs
+    assert replicates.rung_extrapolation([(0.6, float(v)) for v in y]) is None  # every x the same
+
+
+def test_a_predicted_accuracy_races_with_its_prediction_sd() -> None:
+    """A pruned architecture enters P(front) with its predicted accuracy and that prediction's SD instead of image
+    and seed noise: predicted level with the only other architecture of its throughput and very unsure, it is a
+    coin flip against it; predicted 10 points below with a tight SD, it is never on the front. The measured
+    architectures' P(front) is what it is without the predicted one where that one cannot matter."""
+    rng = np.random.default_rng(2)
+    measured = [dataclass_with_acc(_rec(0, "fast", 0.80, 5000.0, val_correct=_bits(0.80, rng))),
+                dataclass_with_acc(_rec(1, "slow", 0.86, 1000.0, val_correct=_bits(0.86, rng)))]  # fmt: skip
+    level = _pruned(_rec(2, "pruned", measured[1].values["accuracy"], 1000.0))
+    p = front_probability([*measured, level], OBJS, 0.005, draws=4000, seed=3, predicted_sd=[None, None, 0.05])
+    assert p[0] == 1.0 and 0.4 < p[2] < 0.6 and p[1] + p[2] == pytest.approx(1.0, abs=0.02)
+    low = _pruned(_rec(2, "pruned", 0.76, 1000.0))
+    q = front_probability([*measured, low], OBJS, 0.005, draws=4000, seed=3, predicted_sd=[None, None, 0.002])
+    assert q[2] == 0.0 and q[1] == front_probability(measured, OBJS, 0.005, draws=4000, seed=3)[1] > 0.999
+
+
+def _pruned(r: TrialRecord) -> TrialRecord:
+    import dataclasses
+
+    return dataclasses.replace(r, state="PRUNED", full_fidelity=False)

@@ -55,6 +55,7 @@ class RunningTrial:
     arch_id: str
     started: float
     train_key: str = ""  # the training it runs (a seed replicate's differs from the first evaluation's)
+    replicate: int = 0  # a seed replicate (k > 0) is never pruned: it exists to measure the full-fidelity result
     curve: list[dict[str, Any]] = field(default_factory=list)
     failure: str | None = None  # reported by the trainable
     error: str | None = None  # worker error captured by the scheduler
@@ -142,7 +143,7 @@ class Driver:
                 continue
             self.reuses_in_a_row = 0
             self.running[tune_id] = RunningTrial(
-                trial.number, tune_id, arch.arch_id, started=self.clock(), train_key=desc.train_key
+                trial.number, tune_id, arch.arch_id, started=self.clock(), train_key=desc.train_key, replicate=replicate
             )
             self.log("start", {"number": trial.number, "placement": desc.placement, "params": cost.params,
                                "replicate": replicate or None})  # fmt: skip
@@ -304,7 +305,7 @@ class Driver:
 
     def should_stop(self, tune_id: str, result: dict[str, Any]) -> bool:
         """Whether the executor must stop this trial now: it reported a failure, or the study's pruner says so
-        at a rung (``fidelity.rungs``); a pruned trial records the rung in ``pruned_at``."""
+        at a rung (``fidelity.rungs``; never a seed replicate); a pruned trial records the rung in ``pruned_at``."""
         run = self.running.get(tune_id)
         if run is None:
             return False
@@ -312,6 +313,7 @@ class Driver:
             return True
         epoch = int(result.get("epoch", 0))
         at_rung = epoch in self.cfg.fidelity.rungs and epoch < self.cfg.train.epochs and "val_acc" in result
+        at_rung = at_rung and not run.replicate
         if at_rung and self.pruner.prune(self.store.study, self.store.frozen(run.number)):
             run.pruned_at = epoch
             return True

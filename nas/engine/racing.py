@@ -4,7 +4,14 @@ After every trial that ends, the driver asks :meth:`Racer.next_replicate` whethe
 another training seed before sampling a new one. It estimates each evaluated architecture's probability of being on
 the front (:func:`nas.replicates.front_probability`: resampling the validation images and the seed noise) and picks
 the least settled one — P(front) nearest 1/2, not within ``settled`` of 0 or 1 — that has fewer than
-``max_per_arch`` seeds and none queued or training. It stops when every architecture is settled, or when
+``max_per_arch`` seeds and none queued or training. With ``promote_pruned`` the pruned architectures race too:
+a pruned architecture's final accuracy is predicted from the rung it was pruned at
+(:func:`nas.replicates.rung_extrapolation`, fitted on the architectures trained to full fidelity), and one that
+prediction leaves possibly on the front (P(front) above ``1 - settled``: a likely member cannot be reported before
+it is trained, so it is the most urgent) is trained to full fidelity with another seed, never pruned — the
+pruner's early ranking is noisy, and a front member it stopped is otherwise lost for good (asynchronous successive
+halving promotes paused configurations for the same reason: Li et al., "A System for Massively Parallel
+Hyperparameter Tuning", MLSys 2020). It stops when every architecture is settled, or when
 replicates would exceed ``budget_share`` of the study's trained trials (the replicate budget). The idea is the
 racing of Maron & Moore ("Hoeffding races", NIPS 1993) and of irace (López-Ibáñez et al., 2016): spend more
 evaluations only on the candidates the evidence cannot yet separate. ``policy: every`` is the costly baseline
@@ -13,13 +20,20 @@ instead: every architecture gets ``max_per_arch`` seeds, the oldest first, withi
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING
+
 from optuna.trial import FrozenTrial, TrialState
 
 from nas import results
 from nas.engine.config import StudyConfig
+from nas.engine.objectives import objective_vector
 from nas.engine.store import StudyStore
-from nas.replicates import front_probability, settled
+from nas.replicates import front_probability, rung_extrapolation, settled
 from nas.trial_attrs import TrialAttrs
+
+if TYPE_CHECKING:
+    from nas.layout import Objective
 
 DRAWS = 400  # resampled worlds per decision: P(front) to about ±0.025
 
@@ -33,7 +47,9 @@ class Racer:
         self.rc, self.store = cfg.replicates, store
         self.last_p: dict[int, float] = {}
         self._looked_at = -1  # finished trials when it last decided: nothing new, nothing to decide
-        self._p_of = -1  # full-fidelity evaluations P(front) was last estimated from (a pruned trial changes none)
+        self._p_of = -1  # full-fidelity evaluations P(front) was last estimated from (pruned ones join at the next)
+        self._promotable: list[results.TrialRecord] = []  # pruned architectures in the race, accuracy predicted
+        self._at_rung: dict[int, list[float] | None] = {}  # a pruned trial's objectives at its rung, read once
         self._records: dict[int, results.TrialRecord] = {}  # finished trials' records, decoded once
         self._attrs: dict[int, TrialAttrs] = {}  # finished trials' attributes, decoded once
 
@@ -65,31 +81,88 @@ class Racer:
         objectives = results.objectives_of(self.store.study)
         archs = results.eligible(recs, objectives)
         every = self.rc.policy == "every"  # every architecture its seeds, oldest first: no P(front) needed
-        evaluated = sum(1 for r in recs if r.state == "COMPLETE" and r.full_fidelity)
-        if not every and evaluated != self._p_of:
-            self.last_p = front_probability(archs, objectives, self.rc.prior_seed_sd, DRAWS, seed=finished)
-            self._p_of = evaluated
         pending = {
             self.attrs(t).planned_arch or self.attrs(t).arch_id
             for t in trials
             if t.state in (TrialState.WAITING, TrialState.RUNNING) and self.attrs(t).replicate is not None
         }
+        evaluated = sum(1 for r in recs if r.state == "COMPLETE" and r.full_fidelity)
+        if not every and evaluated != self._p_of:
+            self._promotable, sds = self.promotable(trials, recs, archs, objectives)
+            race = [*archs, *self._promotable]
+            p = front_probability(race, objectives, self.rc.prior_seed_sd, DRAWS, finished, [None] * len(archs) + sds)
+            self.last_p, self._p_of = p, evaluated
         by_number = {r.number: r for r in recs}
+        promoted = {a.number for a in self._promotable}
+
+        def urgency(a: results.TrialRecord) -> float:
+            """How much a decision hangs on this architecture: P(front) nearest 1/2 for an evaluated one; a pruned
+            one likely on the front is as urgent as a coin flip (it cannot be reported before it is trained)."""
+            p = self.last_p[a.number]
+            return min(p, 0.5) if a.number in promoted else min(p, 1 - p)
+
+        def unsettled(a: results.TrialRecord) -> bool:
+            p = self.last_p[a.number]
+            return p > 1 - self.rc.settled if a.number in promoted else not settled(p, self.rc.settled)
+
         open_ = [
             a
-            for a in archs
-            if (every or not settled(self.last_p[a.number], self.rc.settled))
-            and a.seeds < self.rc.max_per_arch
-            and a.arch_id not in pending
+            for a in (archs if every else [*archs, *self._promotable])
+            if (every or unsettled(a)) and a.seeds < self.rc.max_per_arch and a.arch_id not in pending
         ]
         if not open_:
             return None
         if every:
             pick = min(open_, key=lambda a: a.number)
         else:
-            pick = max(open_, key=lambda a: (min(self.last_p[a.number], 1 - self.last_p[a.number]), -a.seeds))
-        k = 1 + max(by_number[n].replicate or 0 for n in pick.seed_trials)
+            pick = max(open_, key=lambda a: (urgency(a), -a.seeds))
+        k = 1 + max((by_number[n].replicate or 0 for n in pick.seed_trials), default=0)
         return self.store.frozen(pick.number), k
+
+    def promotable(
+        self,
+        trials: list[FrozenTrial],
+        recs: list[results.TrialRecord],
+        archs: list[results.TrialRecord],
+        objectives: list[Objective],
+    ) -> tuple[list[results.TrialRecord], list[float]]:
+        """The pruned architectures that race (``promote_pruned``), each as its pruned trial's record with the
+        objectives at its rung and the accuracy its predicted final one, and the SDs of those predictions. None
+        before enough architectures are trained to full fidelity to fit a rung's prediction."""
+        names = [o.name for o in objectives]
+        if not self.rc.promote_pruned or "accuracy" not in names:
+            return [], []
+        done = {a.arch_id for a in archs}
+        firsts = [r for r in recs if r.state == "COMPLETE" and r.full_fidelity and r.reused_from is None]
+        firsts = [r for r in firsts if r.replicate is None and "accuracy" in r.values]
+        fits, out, sds = {}, [], []
+        by_number = {r.number: r for r in recs}
+        for t in trials:
+            a = self.attrs(t)
+            if t.state != TrialState.PRUNED or a.is_copy or a.replicate is not None or a.arch_id in done:
+                continue
+            rung = a.pruned_at
+            if rung not in fits:
+                pairs = [(acc, r.values["accuracy"]) for r in firsts if (acc := _acc_at(r, rung)) is not None]
+                fits[rung] = rung_extrapolation(pairs)
+            if fits[rung] is None:
+                continue
+            if t.number not in self._at_rung:
+                self._at_rung[t.number] = objective_vector(t, names, rung)
+            v = self._at_rung[t.number]
+            if v is None:
+                continue
+            mean, sd = fits[rung](v[names.index("accuracy")])
+            values = {n: (mean if n == "accuracy" else x) for n, x in zip(names, v, strict=True)}
+            out.append(dataclasses.replace(by_number[t.number], values=values))
+            sds.append(sd)
+            done.add(a.arch_id)
+        return out, sds
+
+
+def _acc_at(r: results.TrialRecord, epoch: int | None) -> float | None:
+    """A record's validation accuracy at ``epoch`` of its curve, or None."""
+    return next((float(row["val_acc"]) for row in r.curve if row.get("epoch") == epoch), None)
 
 
 def _trained(t: FrozenTrial, a: TrialAttrs) -> bool:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -198,17 +200,20 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def local_cluster(head_cpus: int, worker_cpus: int, worker_port: int | None = None, worker_cwd: Path | None = None):
     """A head (HEAD_IP) and one worker node (WORKER_IP), both on loopback addresses; yields the head's address. The
-    worker's raylet listens on ``worker_port`` so a test can kill that node alone."""
+    worker's raylet listens on ``worker_port`` so a test can kill that node alone. The cluster lives in a temp dir of
+    its own, and teardown stops only its processes (not ``ray stop``, which kills every Ray runtime of the machine,
+    a user's running study included)."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="nasray")  # short: Ray's socket paths live under it
     common = ["--disable-usage-stats"]
     subprocess.run(
         [ray_bin, "start", "--head", f"--port={port}", f"--node-ip-address={HEAD_IP}", "--include-dashboard=false",
-         f"--num-cpus={head_cpus}", *common],
+         f"--num-cpus={head_cpus}", f"--temp-dir={temp_dir}", *common],
         env=CLUSTER_ENV,
         check=True,
         capture_output=True,
@@ -227,7 +232,24 @@ def local_cluster(head_cpus: int, worker_cpus: int, worker_port: int | None = No
         )  # fmt: skip
         yield f"{HEAD_IP}:{port}"
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=CLUSTER_ENV, capture_output=True, timeout=120)
+        _kill_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _kill_cluster(temp_dir: str) -> None:
+    """SIGKILL the Ray processes of the cluster living in ``temp_dir``: those whose command line names it (GCS,
+    raylets, monitors) and their descendants (agents and workers, which rename themselves)."""
+    import psutil
+
+    roots = [p for p in psutil.process_iter(["cmdline"]) if any(temp_dir in a for a in p.info["cmdline"] or ())]
+    procs = set(roots)
+    for root in roots:
+        with contextlib.suppress(psutil.Error):
+            procs.update(root.children(recursive=True))
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(list(procs), timeout=30)
 
 
 def test_two_node_local_cluster_runs_trials_on_both_nodes(tmp_path):

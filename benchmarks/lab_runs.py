@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from syne_speed import faster_syne_sort
+
 from nas.engine.pruners import ParetoPruner
 from nas.engine.replay import Table, TableArch
 from nas.pareto import normalized_hypervolume, pareto_front
@@ -316,7 +318,7 @@ def run_syne(table: Table, m: Method, seed: int, workers: int, budget: int, stop
         n_workers=workers, sleep_time=0, callbacks=[SimulatorCallback(), rec], save_tuner=False,
         results_update_interval=1e9, print_update_interval=1e9,
     )  # fmt: skip
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), faster_syne_sort():  # the same sort, ~100 s less CPU a seed
         tuner.run()
     epochs = sorted(rec.epochs)[:budget]
     cut = epochs[-1][0] if epochs else 0.0

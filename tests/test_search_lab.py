@@ -145,3 +145,34 @@ def test_the_replicate_methods_refuse_a_table_of_one_seed_in_one_line(tmp_path: 
     assert out.returncode == 2 and not (tmp_path / "bad.json").exists()
     last = out.stderr.strip().splitlines()[-1]
     assert "ours-race need a table of 3 seeds" in last and "has 1" in last and "search_lab.py seeds" in last
+
+
+@pytest.mark.parametrize("dim", [None, 0, 1])
+def test_the_faster_syne_sort_is_syne_tunes_own(dim: int | None) -> None:
+    """The lab's replacement of Syne Tune's non-dominated sort returns what Syne Tune's returns and leaves the global
+    generator where Syne Tune's leaves it: points with duplicates and ties (small integers), random points, one
+    point, three costs."""
+    import numpy as np
+    from syne_tune.optimizer.schedulers.multiobjective import non_dominated_priority as ndp
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from syne_speed import compute_epsilon_net, faster_syne_sort, pareto_efficient
+
+    gen = np.random.default_rng(7)
+    cases = [gen.integers(0, 4, size=(n, 2)).astype(float) for n in (1, 2, 9, 40, 120)]
+    cases += [gen.random((n, 2)) for n in (5, 60, 200)] + [gen.integers(0, 3, size=(30, 3)).astype(float)]
+    cases.append(np.array([[0.1, 0.5], [0.1, 0.5], [0.2, 0.2], [np.nan, 0.0], [0.3, 0.1]]))
+    for x in cases:
+        np.testing.assert_array_equal(pareto_efficient(x), ndp.pareto_efficient(x))
+        np.random.seed(11)
+        expected = ndp.nondominated_sort(x, dim=dim)
+        after_theirs = np.random.random()
+        np.random.seed(11)
+        with faster_syne_sort():
+            got = ndp.nondominated_sort(x, dim=dim)
+        assert got == expected, x
+        assert np.random.random() == after_theirs  # the same draws, so a seeded run goes on the same way
+        assert ndp.compute_epsilon_net is not compute_epsilon_net  # restored on leaving
+        np.testing.assert_array_equal(compute_epsilon_net(x, dim=0), ndp.compute_epsilon_net(x, dim=0))
+    infinite = np.array([[np.inf, 0.0], [np.inf, 0.0], [0.0, np.inf], [-np.inf, 1.0], [1.0, 1.0], [-np.inf, 1.0]])
+    np.testing.assert_array_equal(pareto_efficient(infinite), ndp.pareto_efficient(infinite))

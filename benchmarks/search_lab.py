@@ -4,7 +4,7 @@
     python benchmarks/search_lab.py column --study studies/fmnist_bench_build_s1.yaml   # a seed build -> its column
     python benchmarks/search_lab.py resume --study studies/fmnist_bench_build_s1.yaml   # its column -> a new study
     python benchmarks/search_lab.py seeds      # the table + every finished seed column -> table v2 (_v2.json)
-    python benchmarks/search_lab.py run        # every method x 20 seeds, replayed: report + plot (16 min on 2 CPUs)
+    python benchmarks/search_lab.py run        # every method x 20 seeds, replayed: report + plot (~45 min on 2 CPUs)
     python benchmarks/search_lab.py fidelity   # how well an early epoch ranks like the last one
     python benchmarks/search_lab.py run --oracle --methods tpe ours-tpe oracle-tpe   # + ours with a perfect signal
 
@@ -312,6 +312,14 @@ def fidelity(table: Table) -> str:
     return "\n".join(lines)
 
 
+def _timed_run(item: tuple[int, tuple]) -> tuple[int, Curve, float]:
+    """One seeded run in a pool process: its index, its curve and the seconds it took (for the progress line)."""
+    i, job = item
+    t = time.time()
+    curve = lab_runs.run(*job)
+    return i, curve, time.time() - t
+
+
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -393,9 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     ]
     slow_first = sorted(range(len(jobs)), key=lambda i: _SLOW.get(jobs[i][2].name, 0), reverse=True)
     t0 = time.time()
+    print(f"{len(jobs)} runs on {args.procs} processes (slowest first); one line each as it ends", file=sys.stderr)
+    done: dict[int, Curve] = {}
     with mp.get_context("spawn").Pool(args.procs) as pool:
-        done = pool.starmap(lab_runs.run, [jobs[i] for i in slow_first], chunksize=1)
-    curves = [c for _, c in sorted(zip(slow_first, done, strict=True), key=lambda p: p[0])]
+        for i, curve, secs in pool.imap_unordered(_timed_run, [(i, jobs[i]) for i in slow_first], chunksize=1):
+            done[i] = curve
+            print(f"[{len(done)}/{len(jobs)}] {curve.method} seed {curve.seed}: {secs:.0f} s "
+                  f"(elapsed {time.time() - t0:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
+    curves = [done[i] for i in range(len(jobs))]
     summary = summarize(curves)
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps({

@@ -312,6 +312,15 @@ def fidelity(table: Table) -> str:
     return "\n".join(lines)
 
 
+def _one_thread() -> None:
+    """A pool process runs one seed at a time on one thread: the pool is the parallelism. torch's default (a thread
+    per core in every process) oversubscribed the cores with --procs 2 and made Optuna's GP, whose acquisition runs
+    in torch, 10-15x slower (OpenMP threads waiting on each other); its results are the same either way."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _timed_run(item: tuple[int, tuple]) -> tuple[int, Curve, float]:
     """One seeded run in a pool process: its index, its curve and the seconds it took (for the progress line)."""
     i, job = item
@@ -403,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     print(f"{len(jobs)} runs on {args.procs} processes (slowest first); one line each as it ends", file=sys.stderr)
     done: dict[int, Curve] = {}
-    with mp.get_context("spawn").Pool(args.procs) as pool:
+    with mp.get_context("spawn").Pool(args.procs, initializer=_one_thread) as pool:
         for i, curve, secs in pool.imap_unordered(_timed_run, [(i, jobs[i]) for i in slow_first], chunksize=1):
             done[i] = curve
             print(f"[{len(done)}/{len(jobs)}] {curve.method} seed {curve.seed}: {secs:.0f} s "

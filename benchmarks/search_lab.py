@@ -4,7 +4,7 @@
     python benchmarks/search_lab.py column --study studies/fmnist_bench_build_s1.yaml   # a seed build -> its column
     python benchmarks/search_lab.py resume --study studies/fmnist_bench_build_s1.yaml   # its column -> a new study
     python benchmarks/search_lab.py seeds      # the table + every finished seed column -> table v2 (_v2.json)
-    python benchmarks/search_lab.py run        # every method x 20 seeds, replayed: report + plot (~45 min on 2 CPUs)
+    python benchmarks/search_lab.py run        # every method x 20 seeds, replayed: report + plot (15 min on 2 CPUs)
     python benchmarks/search_lab.py fidelity   # how well an early epoch ranks like the last one
     python benchmarks/search_lab.py run --oracle --methods tpe ours-tpe oracle-tpe   # + ours with a perfect signal
 

@@ -67,8 +67,10 @@ def methods(
     rungs: tuple[int, ...] = OURS_RUNGS,
     oracle: bool = False,
     race_rungs: tuple[int, ...] = RACING_RUNGS,
+    racing: dict[str, Any] | None = None,
 ) -> list[Method]:
-    """Every method of the lab; ``ours``/``rungs``/``race_rungs`` replace our pruner's settings (other defaults);
+    """Every method of the lab; ``ours``/``rungs``/``race_rungs`` replace our pruner's settings (other defaults),
+    ``racing`` ours-race's ``replicates:`` settings;
     ``oracle`` adds oracle-<sampler>: ours ranking on the final accuracies (lab_runs.OraclePruner, a bound).
     The two replicate methods (ours-race, tpe-3seeds) need a table of three seeds (``Table.n_seeds``)."""
     engine = []
@@ -76,9 +78,10 @@ def methods(
         engine.append(Method(sampler, "engine", sampler=sampler))
         mine = Method(f"ours-{sampler}", "engine", sampler=sampler, pruner=ours or OURS, rungs=rungs)
         engine += [mine, dataclasses.replace(mine, name=f"oracle-{sampler}", oracle=True)] if oracle else [mine]
+    race = racing or RACING
     return [
         *engine,
-        Method("ours-race", "engine", sampler="tpe", pruner=ours or RACING_PRUNER, rungs=race_rungs, replicates=RACING),
+        Method("ours-race", "engine", sampler="tpe", pruner=ours or RACING_PRUNER, rungs=race_rungs, replicates=race),
         Method("tpe-3seeds", "engine", sampler="tpe", replicates=THREE_SEEDS),
         Method("ray-asha", "engine", sampler="random", ray_asha=True, eta=eta),
         Method("syne-moasha", "syne", syne="moasha", eta=eta),
@@ -312,6 +315,28 @@ def fidelity(table: Table) -> str:
     return "\n".join(lines)
 
 
+def _racing(ap: argparse.ArgumentParser, pairs: list[str]) -> dict[str, Any]:
+    """ours-race's ``replicates:`` with ``--race KEY=VALUE`` applied, validated as a study file's would be (one line
+    naming the field on a bad one)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from nas.engine.config import ReplicatesConfig
+
+    racing = dict(RACING)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            ap.error(f"--race: {pair!r} is not KEY=VALUE (e.g. budget_share=0.4)")
+        racing[key] = yaml.safe_load(value)
+    try:
+        ReplicatesConfig(**racing)
+    except ValidationError as e:
+        err = e.errors()[0]
+        ap.error(f"--race: replicates.{'.'.join(map(str, err['loc']))}: {err['msg']}")
+    return racing
+
+
 def _one_thread() -> None:
     """A pool process runs one seed at a time on one thread: the pool is the parallelism. torch's default (a thread
     per core in every process) oversubscribed the cores with --procs 2 and made Optuna's GP, whose acquisition runs
@@ -353,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ours-rungs", default=None, help="try other rungs for ours, e.g. 1,3")
     ap.add_argument("--ours-eta", type=int, default=None, help="try another eta for ours")
     ap.add_argument("--ours-min-trials", type=int, default=None, help="try another min_trials for ours")
+    ap.add_argument(
+        "--race", nargs="+", default=[], metavar="KEY=VALUE",
+        help="try other replicates settings for ours-race, e.g. budget_share=0.4 settled=0.8 (study-file fields)",
+    )  # fmt: skip
     ap.add_argument("--no-plot", action="store_true", help="skip the HTML/PNG plot (tuning runs)")
     ap.add_argument(
         "--oracle", action="store_true", help="add oracle-<sampler>: ours ranking on the final accuracies (a bound)"
@@ -391,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         ours["min_trials"] = args.ours_min_trials
     rungs = tuple(int(r) for r in args.ours_rungs.split(",")) if args.ours_rungs else OURS_RUNGS
     every = methods(ours=ours if tuned else None, rungs=rungs, oracle=args.oracle,
-                    race_rungs=rungs if args.ours_rungs else RACING_RUNGS)  # fmt: skip
+                    race_rungs=rungs if args.ours_rungs else RACING_RUNGS, racing=_racing(ap, args.race))  # fmt: skip
     unknown = sorted(set(args.methods or ()) - {m.name for m in every})
     if unknown:
         hint = " (oracle-* needs --oracle)" if any(n.startswith("oracle-") for n in unknown) else ""

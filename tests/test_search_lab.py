@@ -126,12 +126,22 @@ def test_the_oracle_bound_ranks_on_final_accuracy_where_ours_ranks_on_the_rung()
         lab_runs.OraclePruner(table, optuna.pruners.NopPruner())
 
 
-def test_an_unknown_method_is_one_line_naming_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--methods", "ours-tpe", "oracle-tpe"], "--methods: no method oracle-tpe (oracle-* needs --oracle)"),
+        (["--race", "budget_share=1.5"], "--race: replicates.budget_share: Input should be less than 1"),
+        (["--race", "max_per_arch=0"], "--race: replicates.max_per_arch: Input should be greater than or equal to 1"),
+        (["--race", "budget"], "--race: 'budget' is not KEY=VALUE"),
+        (["--race", "budget=0.4"], "--race: replicates.budget: Extra inputs are not permitted"),
+    ],
+)
+def test_a_bad_lab_option_is_one_line_naming_it(tmp_path: Path, args: list[str], says: str) -> None:
     table, _ = make_table(tmp_path, _study(tmp_path, "seed"))
     lab = [sys.executable, str(REPO / "benchmarks" / "search_lab.py"), "run", "--table", str(table), "--no-plot"]
     lab += ["--out", str(tmp_path / "lab")]
-    out = subprocess.run([*lab, "--methods", "ours-tpe", "oracle-tpe"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "no method oracle-tpe (oracle-* needs --oracle)" in out.stderr
+    out = subprocess.run([*lab, *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and says in out.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "lab.json").exists()  # nothing ran
 
 

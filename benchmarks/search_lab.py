@@ -448,8 +448,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"(elapsed {time.time() - t0:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
     curves = [done[i] for i in range(len(jobs))]
     summary = summarize(curves)
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps({
+    out = Path(args.out)  # a prefix: "lab_share=0.15" gets .json after it (with_suffix would cut ".15")
+    json_path, html_path, png_path = (out.with_name(out.name + ext) for ext in (".json", ".html", ".png"))
+    json_path.write_text(json.dumps({
         "table": str(Path(args.table).name), "seeds": args.seeds, "workers": args.workers, "budget": budget,
         "true_front": [a.placement for a in lab_runs.true_front(table)],
         "summary": {k: {s: {kk: vv for kk, vv in v.items()} if isinstance(v, dict) else v for s, v in row.items()}
@@ -458,9 +459,10 @@ def main(argv: list[str] | None = None) -> int:
     }, default=str) + "\n")  # fmt: skip
     budget_s = max((p[1] for c in curves for p in c.points), default=1.0)
     if not args.no_plot:
-        plot(curves, budget_s, out.with_suffix(".html"), out.with_suffix(".png"))
+        plot(curves, budget_s, html_path, png_path)
     print(markdown(summary, budget))
-    print(f"\n{len(jobs)} runs in {time.time() - t0:.0f} s; wrote {out}.json/.html/.png")
+    wrote = [json_path] if args.no_plot else [json_path, html_path, png_path]
+    print(f"\n{len(jobs)} runs in {time.time() - t0:.0f} s; wrote {', '.join(map(str, wrote))}")
     return 0
 
 

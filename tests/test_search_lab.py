@@ -21,18 +21,18 @@ def test_a_small_lab_reports_every_kind_of_peer(tmp_path: Path) -> None:
     methods = ["random", "ours-random", "ray-asha", "syne-moasha", "syne-morea"]
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "search_lab.py"), "run", "--table", str(table), "--seeds", "2",
-         "--budget", "60", "--procs", "1", "--out", str(tmp_path / "lab"), "--methods", *methods],
+         "--budget", "60", "--procs", "1", "--out", str(tmp_path / "lab_v0.5"), "--methods", *methods],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "| method | 90 % HV" in out.stdout and "random / ours-random" in out.stdout
-    report = json.loads((tmp_path / "lab.json").read_text())
+    report = json.loads((tmp_path / "lab_v0.5.json").read_text())  # --out is a prefix: its dot is kept
     assert {c["method"] for c in report["curves"]} == set(methods) and report["budget"] == 60
     for c in report["curves"]:
         shares = [p[2] for p in c["points"]]
         assert all(0 <= s <= 1 + 1e-9 for s in shares) and shares == sorted(shares)  # the front only grows
         assert all(p[0] <= 60 for p in c["points"])  # no method trains past the budget
-    assert (tmp_path / "lab.html").stat().st_size > 1000 and (tmp_path / "lab.png").stat().st_size > 1000
+    assert (tmp_path / "lab_v0.5.html").stat().st_size > 1000 and (tmp_path / "lab_v0.5.png").stat().st_size > 1000
 
 
 def test_a_run_ends_where_it_reaches_the_stop_share_and_not_before(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@
     python benchmarks/search_lab.py column --study studies/fmnist_bench_build_s1.yaml   # a seed build -> its column
     python benchmarks/search_lab.py resume --study studies/fmnist_bench_build_s1.yaml   # its column -> a new study
     python benchmarks/search_lab.py seeds      # the table + every finished seed column -> table v2 (_v2.json)
-    python benchmarks/search_lab.py run        # every method x 20 seeds, replayed: report + plot (15 min on 2 CPUs)
+    python benchmarks/search_lab.py run        # every method x 20 seeds, replayed: report + plot (14 min on 2 CPUs)
     python benchmarks/search_lab.py fidelity   # how well an early epoch ranks like the last one
     python benchmarks/search_lab.py run --oracle --methods tpe ours-tpe oracle-tpe   # + ours with a perfect signal
 
@@ -322,6 +322,7 @@ def _racing(ap: argparse.ArgumentParser, pairs: list[str]) -> dict[str, Any]:
     from pydantic import ValidationError
 
     from nas.engine.config import ReplicatesConfig
+    from nas.space import pydantic_line
 
     racing = dict(RACING)
     for pair in pairs:
@@ -332,8 +333,7 @@ def _racing(ap: argparse.ArgumentParser, pairs: list[str]) -> dict[str, Any]:
     try:
         ReplicatesConfig(**racing)
     except ValidationError as e:
-        err = e.errors()[0]
-        ap.error(f"--race: replicates.{'.'.join(map(str, err['loc']))}: {err['msg']}")
+        ap.error(pydantic_line("--race", e).replace("--race: ", "--race: replicates.", 1))
     return racing
 
 

@@ -19,6 +19,7 @@ import argparse
 import itertools
 import json
 import multiprocessing as mp
+import random
 import sys
 import tempfile
 import time
@@ -86,7 +87,11 @@ def build(study_file: Path, out: Path, procs: int, seconds: float, data_root: st
     space, raw = _study(study_file)
     done = {json.loads(x)["arch_id"] for x in out.read_text().splitlines()} if out.is_file() else set()
     jobs = []
-    for i, params in enumerate(_grid(space)):
+    grid = _grid(space)
+    order = list(range(len(grid)))
+    random.Random(0).shuffle(order)  # one fixed order for every seed: partial columns of two seeds share architectures,
+    for i in order:  # and a partial column is a random sample of the space, not its first corner
+        params = grid[i]
         arch = space.sample(lambda name, choices, p=params: p[name], num_classes=10)
         if arch.arch_id not in done:
             jobs.append({"index": i, "params": params, "arch": arch.to_model_args(), "arch_id": arch.arch_id})
@@ -104,7 +109,7 @@ def build(study_file: Path, out: Path, procs: int, seconds: float, data_root: st
     return n
 
 
-def to_column(study_file: Path, lines: Path, device: str) -> Path:
+def to_column(study_file: Path, lines: Path, device: str, table: Path = TABLE) -> Path:
     """Write the seed column of the study from ``lines`` (grid ids as the study's grid sampler numbers them)."""
     from benchmarks.lab_seeds import column_path, write_column
     from nas.engine.samplers import GridSampler
@@ -128,7 +133,7 @@ def to_column(study_file: Path, lines: Path, device: str) -> Path:
                                 "trained_here": len(ok), "failed": len(rows) - len(ok)}],
                   "grid_search_space": grid, "done": len(archs), "of": len(ids),
                   "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
-    out = column_path(TABLE, raw["train"]["seed"])
+    out = column_path(table, raw["train"]["seed"])
     write_column(out, provenance, archs)
     print(f"wrote {out}: {len(archs)} of {len(ids)} ({len(rows) - len(ok)} failed)")
     return out
@@ -147,12 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("to-column")
     c.add_argument("--study", type=Path, required=True)
     c.add_argument("--device", required=True, help="what built it, e.g. 'NVIDIA H200'")
+    c.add_argument("--table", type=Path, default=TABLE, help="the column goes beside it (default: the proxy table)")
     c.add_argument("lines", type=Path)
     a = ap.parse_args(argv)
     if a.cmd == "build":
         build(a.study, a.out, a.procs, a.seconds, a.data_root, a.device)
     else:
-        to_column(a.study, a.lines, a.device)
+        to_column(a.study, a.lines, a.device, a.table)
     return 0
 
 

@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lab_truth
+from lab_truth import DIRECTIONS, Truth
 from syne_speed import faster_syne_sort
 
 from nas.engine.pruners import ParetoPruner
 from nas.engine.replay import Table, TableArch
-from nas.pareto import normalized_hypervolume, pareto_front
+from nas.pareto import pareto_front
 from nas.trial_attrs import TrialAttrs
-
-DIRECTIONS = ["maximize", "maximize"]  # accuracy, throughput
 
 
 @dataclass(frozen=True)
@@ -71,46 +71,45 @@ class Curve:
 
 
 def bounds(table: Table) -> tuple[list[float], list[float]]:
-    accs = [a.mean_final for a in table.archs.values()]
-    tps = [a.throughput["median"] for a in table.archs.values()]
-    return [min(accs), min(tps)], [max(accs), max(tps)]
+    """The hypervolume's bounds at the proxy truth (the table's range of each objective)."""
+    return lab_truth.proxy(table).bounds(table)
 
 
 def final_point(a: TableArch) -> list[float]:
-    """The architecture's true point: its final accuracy averaged over the table's seeds, and its throughput."""
+    """The architecture's proxy-truth point: its final accuracy averaged over the table's seeds, and its throughput."""
     return [a.mean_final, a.throughput["median"]]
 
 
-def true_front(table: Table) -> list[TableArch]:
-    archs = list(table.archs.values())
-    return [archs[i] for i in pareto_front([final_point(a) for a in archs], DIRECTIONS)]
+def true_front(table: Table, truth: Truth | None = None) -> list[TableArch]:
+    """The architectures of the true front (default: at the proxy truth)."""
+    t = truth or lab_truth.proxy(table)
+    return [table.archs[a] for a in t.front(table)]
 
 
 def true_hv(table: Table) -> float:
-    lo, hi = bounds(table)
-    return normalized_hypervolume([final_point(a) for a in table.archs.values()], DIRECTIONS, lo, hi)
+    """The proxy truth's front hypervolume."""
+    return lab_truth.proxy(table).total(table)
 
 
 class ReportedFront:
-    """The lab's score (issue 17): the share of the true front's hypervolume reached by the front the search itself
-    reports — the Pareto front of its own estimates, each architecture's accuracy the mean over the seeds it
-    observed — with every reported architecture placed at its true point (the mean over the table's seeds); the
-    table's range of each objective as the bounds. A search that believes a lucky seed loses what the truly better
-    architecture it leaves off would have given; on a one-seed table it is the share of the architectures found.
-    The curve's y, and where the lab ends a run."""
+    """The lab's score (issue 17; the truth is selectable since issue 28, benchmarks/lab_truth.py): the share of the
+    true front's hypervolume (or of the ceiling's) reached by the front the search itself reports — the Pareto front
+    of its own estimates, each architecture's accuracy the mean over the seeds it observed — with every reported
+    architecture placed at its true point; the truth's range of each objective as the bounds. A search that believes
+    a lucky seed loses what the truly better architecture it leaves off would have given; on a one-seed table at the
+    proxy truth it is the share of the architectures found. The curve's y, and where the lab ends a run."""
 
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, truth: Truth | None = None) -> None:
         self.table, self.seen = table, {}
-        self.lo, self.hi = bounds(table)
-        self.total = true_hv(table)
+        self.truth = truth or lab_truth.proxy(table)
+        self.total = self.truth.total(table)
 
     def add(self, arch_id: str, observed: float, replicate: int = 0) -> float:
         """Record one finished evaluation (a reused copy repeats its source's); returns the share after it."""
         self.seen.setdefault(arch_id, {})[replicate] = observed
         ids = list(self.seen)
         estimates = [[statistics.fmean(self.seen[a].values()), self.table.archs[a].throughput["median"]] for a in ids]
-        reported = [final_point(self.table.archs[ids[i]]) for i in pareto_front(estimates, DIRECTIONS)]
-        return normalized_hypervolume(reported, DIRECTIONS, self.lo, self.hi) / self.total
+        return self.truth.hv(self.table, [ids[i] for i in pareto_front(estimates, DIRECTIONS)]) / self.total
 
 
 def curve_from_events(
@@ -119,11 +118,12 @@ def curve_from_events(
     table: Table,
     epochs: list[tuple[float, str]],
     completed: list[tuple[float, str, float, int]],
+    truth: Truth | None = None,
 ) -> Curve:
     """``epochs``: (time, arch_id) of every epoch trained; ``completed``: (time, arch_id, the accuracy the search
     observed, seed replicate) of every trial that reached full fidelity (a reused copy is not an event). Both in
-    simulated time."""
-    curve, found = Curve(method, seed), ReportedFront(table)
+    simulated time; scored at ``truth`` (default: the proxy's)."""
+    curve, found = Curve(method, seed), ReportedFront(table, truth)
     epochs = sorted(epochs)
     done_e, done_s, i = 0, 0.0, 0
     for t, arch_id, observed, replicate in sorted(completed):
@@ -140,11 +140,11 @@ class OraclePruner(ParetoPruner):
     accuracy it has at that rung: the same rungs, eta and sampler with a perfect early signal. How much compute
     rank-based pruning could save on this table at best; not a method anyone can run."""
 
-    def __init__(self, table: Table, like: Any) -> None:
+    def __init__(self, truth: Truth, like: Any) -> None:
         if not isinstance(like, ParetoPruner):
             raise SystemExit("error: --oracle needs our pareto pruner (the ours-* methods)")
         super().__init__(like.rungs, like.objectives, like.directions, like.eta, like.min_trials)
-        self.final = {a.arch_id: a.mean_final for a in table.archs.values()}
+        self.final = truth.acc
 
     def vector(self, trial: Any, rung: int) -> list[float] | None:
         v = super().vector(trial, rung)
@@ -154,10 +154,18 @@ class OraclePruner(ParetoPruner):
 
 
 def run_engine(
-    table: Table, base: dict[str, Any], m: Method, seed: int, workers: int, budget: int, stop_share: float = 1.0
+    table: Table,
+    base: dict[str, Any],
+    m: Method,
+    seed: int,
+    workers: int,
+    budget: int,
+    stop_share: float = 1.0,
+    truth: Truth | None = None,
 ) -> Curve:
     """One run of our engine through the entry point every study takes (``run_config``), on the replay executor
-    and an in-memory Optuna storage."""
+    and an in-memory Optuna storage; the search replays only the seeds ``truth`` leaves visible (default: the proxy
+    truth, every seed) and is scored at it. Replicates are capped at the visible seeds."""
     import optuna
     from optuna.trial import FrozenTrial, TrialState
     from rich.console import Console
@@ -169,6 +177,11 @@ def run_engine(
     from nas.space import SearchSpace
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    truth = truth or lab_truth.proxy(table)
+    view = truth.search_table(table)
+    replicates = m.replicates
+    if replicates and replicates["max_per_arch"] > view.n_seeds:
+        replicates = {**replicates, "max_per_arch": view.n_seeds}
     cfg = StudyConfig.model_validate(
         {
             **base,
@@ -177,13 +190,13 @@ def run_engine(
             "sampler": {"name": m.sampler, "n_startup_trials": 10},
             "pruner": m.pruner,
             "fidelity": {"rungs": list(m.rungs)},
-            "replicates": m.replicates,
+            "replicates": replicates,
             "budget": {"n_trials": None, "max_concurrent": workers},
             "seed": seed,
             "storage": "sqlite://",
         }
     )
-    found = ReportedFront(table)
+    found = ReportedFront(table, truth)
 
     def reached(t: FrozenTrial) -> bool:
         a = TrialAttrs.of(t)
@@ -200,12 +213,12 @@ def run_engine(
         return s
 
     storage, quiet = optuna.storages.InMemoryStorage(), Progress(Console(quiet=True), quiet=True)
-    executor = ReplayExecutor(table, workers, max_trial_epochs=budget, until=reached)
+    executor = ReplayExecutor(view, workers, max_trial_epochs=budget, until=reached)
     with tempfile.TemporaryDirectory() as tmp:
         run_config(
             cfg, SearchSpace.from_dict(table.space), f"lab {m.name} seed {seed}", Path(tmp), quiet,
             ray_asha if m.ray_asha else None, executor, storage=storage,
-            wrap_pruner=(lambda p: OraclePruner(table, p)) if m.oracle else None,
+            wrap_pruner=(lambda p: OraclePruner(truth, p)) if m.oracle else None,
         )  # fmt: skip
     trials = {t.number: t for t in storage.get_all_trials(storage.get_study_id_from_name(cfg.name), deepcopy=False)}
     log = executor.log
@@ -216,7 +229,7 @@ def run_engine(
         for t, n in log.ends
         if trials[n].state.name == "COMPLETE" and attrs[n].full_fidelity
     ]
-    curve = curve_from_events(m.name, seed, table, epochs, done)
+    curve = curve_from_events(m.name, seed, table, epochs, done, truth)
     curve.trials = len(trials)
     return curve
 
@@ -260,7 +273,10 @@ def _blackbox(table: Table, seed: int) -> tuple[Any, dict[tuple, str]]:
     return bb, by_params
 
 
-def run_syne(table: Table, m: Method, seed: int, workers: int, budget: int, stop_share: float = 1.0) -> Curve:
+def run_syne(
+    table: Table, m: Method, seed: int, workers: int, budget: int, stop_share: float = 1.0, truth: Truth | None = None
+) -> Curve:
+    """One run of a Syne Tune scheduler in its simulator on the seeds ``truth`` leaves visible, scored at it."""
     os.environ.setdefault("SYNETUNE_FOLDER", tempfile.mkdtemp(prefix="syne-tune-"))
     logging.getLogger("syne_tune").setLevel(logging.ERROR)
     from syne_tune import StoppingCriterion, Tuner
@@ -271,7 +287,8 @@ def run_syne(table: Table, m: Method, seed: int, workers: int, budget: int, stop
     from syne_tune.optimizer.schedulers.single_fidelity_scheduler import SingleFidelityScheduler
     from syne_tune.tuner_callback import TunerCallback
 
-    bb, by_params = _blackbox(table, seed)
+    truth = truth or lab_truth.proxy(table)
+    bb, by_params = _blackbox(truth.search_table(table), seed)
     names = list(next(iter(table.archs.values())).params)
     cs = bb.configuration_space_with_max_resource_attr("epochs")
     metrics = ["error", "neg_throughput"]
@@ -286,7 +303,7 @@ def run_syne(table: Table, m: Method, seed: int, workers: int, budget: int, stop
         def __init__(self) -> None:
             self.epochs: list[tuple[float, str]] = []
             self.done: list[tuple[float, str, float, int]] = []
-            self.found, self.reached = ReportedFront(table), False
+            self.found, self.reached = ReportedFront(table, truth), False
 
         def on_trial_result(self, trial: Any, status: str, result: dict, decision: str) -> None:
             arch = by_params[tuple(str(trial.config[n]) for n in names)]
@@ -322,22 +339,32 @@ def run_syne(table: Table, m: Method, seed: int, workers: int, budget: int, stop
         tuner.run()
     epochs = sorted(rec.epochs)[:budget]
     cut = epochs[-1][0] if epochs else 0.0
-    curve = curve_from_events(m.name, seed, table, epochs, [d for d in rec.done if d[0] <= cut])
+    curve = curve_from_events(m.name, seed, table, epochs, [d for d in rec.done if d[0] <= cut], truth)
     curve.trials = len({a for _, a in rec.epochs})
     return curve
 
 
 def run(
-    table_path: str, base: dict[str, Any], m: Method, seed: int, workers: int, budget: int, stop_share: float = 1.0
+    table_path: str,
+    base: dict[str, Any],
+    m: Method,
+    seed: int,
+    workers: int,
+    budget: int,
+    stop_share: float = 1.0,
+    truth: str = "proxy",
+    relative: str | None = None,
 ) -> Curve:
-    """One (method, seed): what a worker process of the lab runs; it ends at ``budget`` trial-epochs or once it has
-    reached ``stop_share`` of the true front's hypervolume. The global random generators are seeded too: Syne Tune
-    draws from them besides its ``random_seed`` (unseeded, two runs of one seed differed)."""
+    """One (method, seed): what a worker process of the lab runs, at the truth named ``truth`` (lab_truth.make);
+    it ends at ``budget`` trial-epochs or once it has reached ``stop_share`` of the true front's (or the ceiling's)
+    hypervolume. The global random generators are seeded too: Syne Tune draws from them besides its
+    ``random_seed`` (unseeded, two runs of one seed differed)."""
     import numpy as np
 
     random.seed(seed)
     np.random.seed(seed)
     table = Table.load(table_path)
+    t = lab_truth.make(truth, table, seed, relative)
     if m.kind == "syne":
-        return run_syne(table, m, seed, workers, budget, stop_share)
-    return run_engine(table, base, m, seed, workers, budget, stop_share)
+        return run_syne(table, m, seed, workers, budget, stop_share, t)
+    return run_engine(table, base, m, seed, workers, budget, stop_share, t)

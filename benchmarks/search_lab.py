@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import lab_runs  # noqa: E402
+import lab_truth  # noqa: E402
 from lab_runs import Curve, Method  # noqa: E402
 
 from nas.engine.config import RACING_ETA  # noqa: E402
@@ -163,7 +164,11 @@ def mean_ci(values: list[float], n_boot: int = 4000, seed: int = 0) -> tuple[flo
     return statistics.fmean(values), boots[int(0.025 * n_boot)], boots[int(0.975 * n_boot) - 1]
 
 
-def summarize(curves: list[Curve]) -> dict[str, Any]:
+def summarize(curves: list[Curve], horizon: float = float("inf")) -> dict[str, Any]:
+    """Per method and share: the seeds that reached it, the mean compute over them (95 % CI), and — so a seed that
+    never reached it counts — the restricted mean (a seed that did not reach the share at the budget is charged the
+    ``horizon``, the worker-seconds of training every architecture once: what the budget allows) and the median
+    with unreached seeds as +inf."""
     by: dict[str, list[Curve]] = {}
     for c in curves:
         by.setdefault(c.method, []).append(c)
@@ -174,19 +179,29 @@ def summarize(curves: list[Curve]) -> dict[str, Any]:
             secs = [c.compute_to(share, 1) for c in cs]
             eps = [c.compute_to(share, 0) for c in cs]
             reached = [s for s in secs if s is not None]
+            censored = [horizon if x is None else min(x, horizon) for x in secs]
+            ordered = sorted(float("inf") if x is None else x for x in secs)
             row[f"{share:.2f}"] = {
                 "reached": len(reached),
                 "seconds": mean_ci(reached),
                 "epochs": mean_ci([e for e in eps if e is not None]),
+                "restricted": mean_ci(censored),
+                "median": statistics.median(ordered) if ordered else float("nan"),
                 "per_seed": secs,
             }
         out[name] = row
     return out
 
 
-def ratio(summary: dict[str, Any], slow: str, fast: str, share: str = "0.95") -> tuple[float, float, float] | None:
-    """slow / fast compute to reach ``share``, over seeds where both reached it (paired), bootstrap 95 % interval."""
+def ratio(
+    summary: dict[str, Any], slow: str, fast: str, share: str = "0.95", horizon: float | None = None
+) -> tuple[float, float, float] | None:
+    """slow / fast compute to reach ``share``, paired by seed, bootstrap 95 % interval: over the seeds where both
+    reached it, or (``horizon`` given) over every seed, one that never reached it charged the horizon (the ratio of
+    restricted means)."""
     a, b = summary[slow][share]["per_seed"], summary[fast][share]["per_seed"]
+    if horizon is not None:
+        a, b = ([horizon if x is None else min(x, horizon) for x in v] for v in (a, b))
     pairs = [(x, y) for x, y in zip(a, b, strict=False) if x is not None and y is not None]
     if not pairs:
         return None
@@ -200,7 +215,7 @@ def ratio(summary: dict[str, Any], slow: str, fast: str, share: str = "0.95") ->
     return est, boots[100], boots[3899]
 
 
-def markdown(summary: dict[str, Any], budget: int) -> str:
+def markdown(summary: dict[str, Any], budget: int, horizon: float = float("inf")) -> str:
     lines = [
         "| method | 90 % HV: worker-s (95 % CI) | reached | 95 % HV: worker-s (95 % CI) | reached | 99 % HV: worker-s "
         "(95 % CI) | reached | 95 %: trial-epochs | architectures completed |",
@@ -234,7 +249,23 @@ def markdown(summary: dict[str, Any], budget: int) -> str:
     for slow, fast in pairs:
         if slow in summary and fast in summary:
             r = ratio(summary, slow, fast)
-            lines.append(f"- {slow} / {fast}: " + (f"**{r[0]:.2f}×** (95 % CI {r[1]:.2f}–{r[2]:.2f})" if r else "—"))
+            c = ratio(summary, slow, fast, horizon=horizon) if horizon < float("inf") else None
+            paired = f"**{r[0]:.2f}×** (95 % CI {r[1]:.2f}–{r[2]:.2f})" if r else "—"
+            every = f"; restricted means, every seed: {c[0]:.2f}× ({c[1]:.2f}–{c[2]:.2f})" if c else ""
+            lines.append(f"- {slow} / {fast}: {paired}{every}")
+    if horizon < float("inf"):
+        lines += ["", f"Counting every seed (a seed that never reached a share is charged {horizon:,.0f} worker-s, "
+                  "the compute of training every architecture once): restricted mean (95 % CI) and median "
+                  "(∞: over half the seeds never reached it):", "",
+                  "| method | 90 %: restricted mean | median | 95 %: restricted mean | median |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for name, row in summary.items():
+            cells = [name]
+            for share in ("0.90", "0.95"):
+                m, lo, hi = row[share]["restricted"]
+                med = row[share]["median"]
+                cells += [f"{m:,.0f} ({lo:,.0f}–{hi:,.0f})", "∞" if med == float("inf") else f"{med:,.0f}"]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -363,6 +394,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--study", default=str(BUILD), help="table: the built study file")
     ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument(
+        "--seed-start", type=int, default=0,
+        help="first search seed (seeds 0-19 choose defaults; 100-119 are the held-out confirmation seeds)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--truth", choices=lab_truth.KINDS, default="proxy",
+        help="what a search is scored on (benchmarks/lab_truth.py): proxy (mean of the seeds it sees, issue 17), "
+        "heldout (a training seed it never sees, rotating) or target (the target-scale columns)",
+    )  # fmt: skip
+    ap.add_argument("--relative", choices=("front", "ceiling"), default=None,
+                    help="score relative to the true front or to the ceiling (default: the truth's own)")  # fmt: skip
     ap.add_argument("--gp-seeds", type=int, default=3, help="seeds of the two GP methods (Optuna's GP: ~2 s/proposal)")
     ap.add_argument("--workers", type=int, default=4, help="simulated workers (max_concurrent) of every method")
     ap.add_argument("--budget", type=int, default=0, help="trial-epochs per run (default: the table's total)")
@@ -432,11 +474,22 @@ def main(argv: list[str] | None = None) -> int:
                  "(build table v2: python benchmarks/search_lab.py seeds)")  # fmt: skip
     chosen = [m for m in chosen if m.name not in seeds_short]  # the default list on a one-seed table: without them
     base = base_config(table)
+    first = args.seed_start
+
+    def n_seeds(m: Method) -> int:
+        return min(args.seeds, args.gp_seeds) if m.sampler == "gp" and m.kind == "engine" else args.seeds
+
     jobs = [
-        (args.table, base, m, s, args.workers, budget, args.stop_at)
+        (args.table, base, m, s, args.workers, budget, args.stop_at, args.truth, args.relative)
         for m in chosen
-        for s in range(min(args.seeds, args.gp_seeds) if m.sampler == "gp" and m.kind == "engine" else args.seeds)
+        for s in range(first, first + n_seeds(m))
     ]
+    truths = [lab_truth.make(args.truth, table, s, args.relative) for s in range(first, first + table.n_seeds)]
+    ceilings = sorted({(t.label, round(t.ceiling(table), 4)) for t in truths})
+    horizon = sum(a.epoch_seconds * table.epochs for a in table.archs.values())
+    print(f"truth: {args.truth}, scored relative to the {truths[0].relative}; ceiling (share of the true "
+          f"front a search that saw everything visible would report): "
+          + "; ".join(f"{label}: {c:.3f}" for label, c in ceilings), file=sys.stderr)  # fmt: skip
     slow_first = sorted(range(len(jobs)), key=lambda i: _SLOW.get(jobs[i][2].name, 0), reverse=True)
     t0 = time.time()
     print(f"{len(jobs)} runs on {args.procs} processes (slowest first); one line each as it ends", file=sys.stderr)
@@ -447,12 +500,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{len(done)}/{len(jobs)}] {curve.method} seed {curve.seed}: {secs:.0f} s "
                   f"(elapsed {time.time() - t0:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
     curves = [done[i] for i in range(len(jobs))]
-    summary = summarize(curves)
+    summary = summarize(curves, horizon)
     out = Path(args.out)  # a prefix: "lab_share=0.15" gets .json after it (with_suffix would cut ".15")
     json_path, html_path, png_path = (out.with_name(out.name + ext) for ext in (".json", ".html", ".png"))
     json_path.write_text(json.dumps({
-        "table": str(Path(args.table).name), "seeds": args.seeds, "workers": args.workers, "budget": budget,
-        "true_front": [a.placement for a in lab_runs.true_front(table)],
+        "table": str(Path(args.table).name), "seeds": args.seeds, "seed_start": first, "workers": args.workers,
+        "budget": budget, "truth": args.truth, "relative": truths[0].relative, "ceilings": ceilings,
+        "horizon_s": horizon,
+        "true_front": [a.placement for a in lab_runs.true_front(table, lab_truth.make(args.truth, table, first))],
         "summary": {k: {s: {kk: vv for kk, vv in v.items()} if isinstance(v, dict) else v for s, v in row.items()}
                     for k, row in summary.items()},
         "curves": [{"method": c.method, "seed": c.seed, "points": c.points} for c in curves],
@@ -460,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     budget_s = max((p[1] for c in curves for p in c.points), default=1.0)
     if not args.no_plot:
         plot(curves, budget_s, html_path, png_path)
-    print(markdown(summary, budget))
+    print(markdown(summary, budget, horizon))
     wrote = [json_path] if args.no_plot else [json_path, html_path, png_path]
     print(f"\n{len(jobs)} runs in {time.time() - t0:.0f} s; wrote {', '.join(map(str, wrote))}")
     return 0

@@ -22,7 +22,7 @@ import itertools
 import json
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +81,7 @@ class TableArch:
     train_loss: list[float]
     seconds: list[float]
     extra_seeds: list[dict[str, Any]] = field(default_factory=list)
+    val_correct: str | None = None  # the first seed's correct images, where the table keeps them
 
     @property
     def epoch_seconds(self) -> float:
@@ -89,7 +90,7 @@ class TableArch:
 
     def curves(self) -> list[SeedCurve]:
         """Every training seed's curves, seed 0 first."""
-        first = SeedCurve(0, self.val_acc, self.val_loss, self.train_loss, self.seconds)
+        first = SeedCurve(0, self.val_acc, self.val_loss, self.train_loss, self.seconds, self.val_correct)
         return [first, *(SeedCurve(**s) for s in self.extra_seeds)]
 
     @property
@@ -144,6 +145,7 @@ class Table:
         """The table as its file stores it (``format`` first)."""
         out = {k: v for k, v in asdict(self).items() if k not in ("archs", "source")}
         archs = [asdict(a) for a in self.archs.values()]
+        archs = [{k: v for k, v in a.items() if k != "val_correct" or v is not None} for a in archs]
         if self.n_seeds == 1:  # format 1, as before seeds existed
             archs = [{k: v for k, v in a.items() if k != "extra_seeds"} for a in archs]
         out["archs"] = archs
@@ -153,6 +155,25 @@ class Table:
     def n_seeds(self) -> int:
         """Training seeds per architecture (1 in a format-1 table)."""
         return 1 + min((len(a.extra_seeds) for a in self.archs.values()), default=0)
+
+    def with_seeds(self, keep: list[int]) -> Table:
+        """The same table holding only the training seeds at positions ``keep`` of each architecture's
+        :meth:`TableArch.curves` (in that order; each seed keeps its correct images): what a search may see when the
+        other seeds are held out as its truth (benchmarks/lab_truth.py). Epoch seconds stay the table's (seed 0's
+        median), so a view costs what the table costs; its ``source`` names the seeds kept.
+
+        Raises:
+            ValueError: ``keep`` is empty, repeats a position or names one the table does not have.
+        """
+        if not keep or len(set(keep)) != len(keep) or not all(0 <= k < self.n_seeds for k in keep):
+            raise ValueError(f"seeds to keep {keep} must be distinct positions among the table's {self.n_seeds}")
+        archs = {}
+        for arch_id, a in self.archs.items():
+            curves = a.curves()
+            first, rest = curves[keep[0]], [asdict(curves[k]) for k in keep[1:]]
+            archs[arch_id] = replace(a, val_acc=first.val_acc, val_loss=first.val_loss, train_loss=first.train_loss,
+                                     val_correct=first.val_correct, extra_seeds=rest)  # fmt: skip
+        return replace(self, archs=archs, source=f"{self.source}#seeds={','.join(map(str, keep))}")
 
     def seed_index(self, run_seed: int, arch_id: str, replicate: int = 0) -> int:
         """Which of an architecture's seeds a replay shows (0-based): drawn from the run's seed and the architecture,

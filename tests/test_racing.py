@@ -145,3 +145,16 @@ def test_racing_trains_an_unsettled_pruned_architecture_to_full_fidelity(tmp_pat
         assert (a.arch_id, 1) in ex.trained and merged[a.arch_id].seeds == len(
             [p for p in promoted if TrialAttrs.of(p).arch_id == a.arch_id]
         )
+
+
+def test_the_replicate_budget_is_a_share_of_the_compute_not_of_the_trials(tmp_path: Path) -> None:
+    """Pruned trials train one epoch of two and a replicate both: the replicates' epochs stay within
+    ``budget_share`` of every epoch the study trained (issue 28: counted in trials, a third of the trials as
+    replicates was well over a third of the compute), and racing still spends that budget on a close call."""
+    ex = PlantedExecutor(lambda i: (0.85, 3000.0), seed_sd=0.005, early_sd=0.03)
+    study = _run(tmp_path, "compute", ex, {"max_per_arch": 2, "budget_share": 0.3}, n_trials=60, pruned=True)
+    trained = [t for t in study.trials if not TrialAttrs.of(t).is_copy and TrialAttrs.of(t).arch_id]
+    epochs = {t.number: len(TrialAttrs.of(t).curve_rows) for t in trained}
+    replicated = sum(epochs[t.number] for t in trained if TrialAttrs.of(t).replicate is not None)
+    assert any(t.state == TrialState.PRUNED for t in trained)
+    assert 0 < replicated <= 0.3 * sum(epochs.values())

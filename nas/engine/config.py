@@ -101,7 +101,10 @@ class ReplicatesConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     max_per_arch: int = Field(default=3, ge=1, description="seeds of one architecture at most (its first included)")
     budget_share: float = Field(
-        default=0.25, gt=0, lt=1, description="replicates are at most this share of the study's trained trials"
+        default=0.25,
+        gt=0,
+        lt=1,
+        description="replicates train at most this share of the study's training epochs (compute, not trials)",
     )
     settled: float = Field(
         default=0.9, gt=0.5, lt=1, description="membership is settled when P(front) >= this or <= 1 - this"

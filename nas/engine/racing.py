@@ -11,9 +11,9 @@ prediction leaves possibly on the front (P(front) above ``1 - settled``: a likel
 it is trained, so it is the most urgent) is trained to full fidelity with another seed, never pruned — the
 pruner's early ranking is noisy, and a front member it stopped is otherwise lost for good (asynchronous successive
 halving promotes paused configurations for the same reason: Li et al., "A System for Massively Parallel
-Hyperparameter Tuning", MLSys 2020). It stops when every architecture is settled, or when
-replicates would exceed ``budget_share`` of the study's trained trials (the replicate budget). The idea is the
-racing of Maron & Moore ("Hoeffding races", NIPS 1993) and of irace (López-Ibáñez et al., 2016): spend more
+Hyperparameter Tuning", MLSys 2020). It stops when every architecture is settled, or when replicates would exceed
+``budget_share`` of the study's training epochs (the replicate budget, in compute). The idea is the racing of Maron &
+Moore ("Hoeffding races", NIPS 1993) and of irace (López-Ibáñez et al., 2016): spend more
 evaluations only on the candidates the evidence cannot yet separate. ``policy: every`` is the costly baseline
 instead: every architecture gets ``max_per_arch`` seeds, the oldest first, within the same budget.
 """
@@ -44,7 +44,7 @@ class Racer:
 
     def __init__(self, cfg: StudyConfig, store: StudyStore) -> None:
         assert cfg.replicates is not None
-        self.rc, self.store = cfg.replicates, store
+        self.rc, self.store, self.epochs = cfg.replicates, store, cfg.train.epochs
         self.last_p: dict[int, float] = {}
         self._looked_at = -1  # finished trials when it last decided: nothing new, nothing to decide
         self._p_of = -1  # full-fidelity evaluations P(front) was last estimated from (pruned ones join at the next)
@@ -64,10 +64,20 @@ class Racer:
         return a
 
     def budget_left(self, trials: list[FrozenTrial]) -> bool:
-        """Whether one more replicate stays within ``budget_share`` of the trained trials (itself included)."""
-        trained = [t for t in trials if _trained(t, self.attrs(t))]
-        replicates = sum(1 for t in trained if self.attrs(t).replicate is not None)
-        return replicates + 1 <= self.rc.budget_share * (len(trained) + 1)
+        """Whether one more replicate keeps the replicates' training epochs within ``budget_share`` of every epoch
+        the study has trained or is training (the new replicate's included). Compute, not trials: a trial pruned
+        after one epoch costs one epoch and a replicate (never pruned) all of them, so counting trials let the
+        replicates take far more of the compute than the share says (issue 28)."""
+        replicates = others = 0
+        for t in trials:
+            a = self.attrs(t)
+            if not _trained(t, a):
+                continue
+            if a.replicate is not None:
+                replicates += self.epochs  # trains to the end: committed once started
+            else:
+                others += a.fidelity or 0
+        return replicates + self.epochs <= self.rc.budget_share * (replicates + others + self.epochs)
 
     def next_replicate(self) -> tuple[FrozenTrial, int] | None:
         """(the first trial of the architecture to replicate, the replicate's seed index k), or None."""

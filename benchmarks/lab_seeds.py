@@ -222,10 +222,10 @@ def seed_fidelity(table_path: Path, resamples: int = 2000) -> str:
     columns too): seed-vs-seed Kendall tau with a 95 % bootstrap interval over architectures (the ceiling of any
     rank agreement on this table), the seed spread against the spread of the means, and each epoch of seed 0
     against seed 0's own last epoch, against the other seeds' mean (an independent truth) and against the ceiling."""
+    import lab_transfer
     import numpy as np
 
     from nas.engine.replay import Table
-    from nas.stats import kendall_tau
 
     table = Table.load(table_path)
     cols = [read_column(p) for p in sorted(table_path.parent.glob(f"{table_path.stem}.seed*.json"))]
@@ -235,13 +235,9 @@ def seed_fidelity(table_path: Path, resamples: int = 2000) -> str:
     seeds = [np.array([table.archs[a].val_acc[-1] for a in ids])]
     seeds += [np.array([c["archs"][a]["val_acc"][-1] for a in ids]) for c in cols]
     labels = [0, *(c["provenance"]["train_seed"] for c in cols)]
-    rng = np.random.default_rng(0)
-    draws = [rng.integers(0, len(ids), len(ids)) for _ in range(resamples)]
 
     def tau_ci(x: np.ndarray, y: np.ndarray) -> str:
-        boot = [kendall_tau(x[d], y[d]) for d in draws]
-        lo, hi = np.nanpercentile(boot, [2.5, 97.5])
-        return f"{kendall_tau(x, y):.2f} ({lo:.2f}–{hi:.2f})"
+        return lab_transfer.tau_ci(x, y, resamples)
 
     per = np.stack(seeds)  # (seeds, archs)
     lines = [f"{len(ids)} architectures with seeds {labels} (of {len(table.archs)}):", "",

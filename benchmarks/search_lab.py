@@ -6,6 +6,7 @@
     python benchmarks/search_lab.py seeds      # the table + every finished seed column -> table v2 (_v2.json)
     python benchmarks/search_lab.py run        # every method x 20 seeds, replayed: report + plot (14 min on 2 CPUs)
     python benchmarks/search_lab.py fidelity   # how well an early epoch ranks like the last one
+    python benchmarks/search_lab.py transfer   # proxy vs the target-scale columns: τ, fronts, per-stage effects
     python benchmarks/search_lab.py run --oracle --methods tpe ours-tpe oracle-tpe   # + ours with a perfect signal
 
 ``run`` replays every method with every seed against table v2, ``benchmarks/tables/fmnist_bench_v2.json`` (three
@@ -388,7 +389,8 @@ def _timed_run(item: tuple[int, tuple]) -> tuple[int, Curve, float]:
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["table", "column", "resume", "seeds", "run", "fidelity"])
+    ap.add_argument("command", choices=["table", "column", "resume", "seeds", "run", "fidelity", "transfer"])
+    ap.add_argument("--target", default=str(lab_truth.TARGET), help="transfer: the target table (columns beside it)")
     ap.add_argument(
         "--table", default=None, help=f"default: {SEED0.name} for table/column/resume/seeds/fidelity, else {TABLE.name}"
     )
@@ -452,6 +454,11 @@ def main(argv: list[str] | None = None) -> int:
         print(fidelity(table))
         print()
         print(lab_seeds.seed_fidelity(Path(args.table)))
+        return 0
+    if args.command == "transfer":
+        import lab_transfer
+
+        print(lab_transfer.transfer(Path(args.table), Path(args.target)))
         return 0
     budget = args.budget or table.epochs * len(table.archs)
     ours = dict(OURS)

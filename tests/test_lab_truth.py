@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -171,3 +172,35 @@ def test_summary_charges_an_unreached_seed_the_horizon() -> None:
     row = search_lab.summarize(c, horizon=1000.0)["m"]["0.95"]
     assert row["reached"] == 1 and row["seconds"][0] == 100.0
     assert row["restricted"][0] == pytest.approx(550.0) and row["median"] == float("inf")
+
+
+def test_the_transfer_report_finds_a_planted_target_effect_and_reads_partial_columns(tmp_path: Path) -> None:
+    """At the target, architectures with one planted choice are 5 points better (2 target seeds, 0.05 pt of seed
+    noise); the proxy knows nothing of it. The report shows the target's own ceiling τ, the planted effect beyond the
+    noise at the target only, and which proxy-front members are on the target front; on a column that has fewer
+    than five architectures so far, it says so instead."""
+    import random
+
+    import lab_transfer
+
+    _, table = make_table(tmp_path, _study(tmp_path, "transfer"), seeds=3)
+    ids = list(table.archs)
+    key = sorted(table.archs[ids[0]].params)[0]
+    value = table.archs[ids[0]].params[key]
+    rng = random.Random(3)
+    base = {a: rng.uniform(0.70, 0.71) for a in ids}
+    where = tmp_path / "tables" / "t.json"
+    where.parent.mkdir()
+    for seed in (10, 11):
+        accs = {a: base[a] + 0.05 * (table.archs[a].params[key] == value) + rng.gauss(0, 0.0005) for a in ids}
+        _column(where.with_name(f"t.seed{seed}.json"), seed, accs, len(ids))
+    report = lab_transfer.transfer(Path(table.source), where, resamples=200)
+    ceiling = next(line for line in report.splitlines() if "(the target's ceiling)" in line)
+    assert ceiling.startswith("| target seed 10 vs target seed 11") and float(ceiling.split(" | ")[1][:4]) > 0.8
+    row = next(line for line in report.splitlines() if line.startswith(f"| {key} = {value} |"))
+    est, lo, _ = (float(x) for x in re.findall(r"[+-]\d+\.\d+", row.split(" | ")[3]))
+    share = sum(table.archs[a].params[key] == value for a in ids) / len(ids)
+    assert est == pytest.approx(5 * (1 - share), abs=0.3) and lo > 0  # with the choice minus all, in points
+    assert "Proxy mean front:" in report and "P(target front)" in report
+    _column(where.with_name("t.seed11.json"), 11, {a: 0.6 for a in ids[:3]}, len(ids))
+    assert "only 3 architectures" in lab_transfer.transfer(Path(table.source), where)

@@ -68,6 +68,12 @@ def validate(
     epochs: int = typer.Option(None, "--epochs", help="validation epochs (default: twice the proxy's)"),
     fraction: float = typer.Option(None, "--fraction", help="validation data fraction (default: twice the proxy's)"),
     seeds: int = typer.Option(2, "--seeds", help="training seeds per retrained architecture (2: the ceiling)"),
+    test_split: bool = typer.Option(
+        False,
+        "--test-split",
+        help="validate on the dataset's own test split, the proxy's held-out images back in training: the target "
+        "you will train at (e.g. --epochs 30 --fraction 1 --test-split)",
+    ),
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
     plain: bool = typer.Option(False, "--plain", help="one line per event (no live view)"),
 ) -> None:
@@ -75,12 +81,13 @@ def validate(
     Resumable.
 
     Example: nas validate fashion_mnist_tiny --top 3 --random 2
+    Example (the target you will train at): nas validate fashion_mnist_tiny --epochs 30 --fraction 1 --test-split
     """
     from nas import trust
     from nas.engine.progress import Progress
     from nas.engine.validate import validate as run_validation
 
-    v = run_validation(study, storage, top, random_m, epochs, fraction, Progress(live=not plain), seeds=seeds)
+    v = run_validation(study, storage, top, random_m, epochs, fraction, Progress(live=not plain), seeds, test_split)
     typer.echo(v.line())
     for p in v.pairs:
         mark = "front" if p["on_proxy_front"] else "     "

@@ -78,7 +78,9 @@ def validation_line(val: dict[str, Any]) -> str:
     ceiling = val.get("ceiling_tau")
     line = (
         f"validation ({val['at'][:16]}): {len(val['pairs'])} architectures retrained at {val['budget']['epochs']} "
-        f"epochs x {val['budget']['train_fraction']:g}" + (f", {seeds} seeds each" if seeds > 1 else "")
+        f"epochs x {val['budget']['train_fraction']:g}"
+        + (" on the test split" if "val_fraction" in val["budget"] and val["budget"]["val_fraction"] is None else "")
+        + (f", {seeds} seeds each" if seeds > 1 else "")
         + f"; Kendall tau proxy vs validated {_tau(val.get('tau'))}"
         + (f" (ceiling: seed vs seed {ceiling:.2f})" if ceiling is not None else "")
         + f"; {kept} proxy-front members stay on the validated front"

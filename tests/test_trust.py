@@ -122,7 +122,7 @@ def test_front_survival_on_a_hand_made_study(tmp_path: Path) -> None:
     assert out.tau == pytest.approx(2 / 3)  # 6 pairs, one discordant (trials 1 and 2): (5 - 1) / 6
     assert out.survivors == [0, 2] and out.lost == [1]
     assert out.validated_front == [0, 2]
-    assert out.budget == {"epochs": 6, "train_fraction": 0.2}
+    assert out.budget == {"epochs": 6, "train_fraction": 0.2, "val_fraction": None}
     assert "2/3 proxy-front members stay" in out.line()
 
 
@@ -164,9 +164,10 @@ def test_validate_refuses_bad_requests_in_one_line(tmp_path: Path, monkeypatch: 
 def test_a_budget_smaller_than_the_proxys_is_refused() -> None:
     cfg = StudyConfig.model_validate({"name": "x", "space": "s.yaml", "train": {"epochs": 4, "train_fraction": 0.2}})
     with pytest.raises(ConfigError, match="not a larger budget than the proxy's"):
-        validation_config(cfg, "sqlite:///x.db", 2, 0.5)
+        validation_config(cfg, "sqlite:///x.db", 2, 0.3)  # fewer epochs, more data, less compute (0.6 < 0.8)
     with pytest.raises(ConfigError, match="not a larger budget"):
         validation_config(cfg, "sqlite:///x.db", 4, 0.2)
+    assert validation_config(cfg, "sqlite:///x.db", 2, 0.5).train.epochs == 2  # fewer epochs, more compute: larger
     assert validation_config(cfg, "sqlite:///x.db", None, None).train.epochs == 8
 
 
@@ -279,3 +280,21 @@ def test_calibration_bar_is_the_ceiling_but_never_below_what_a_noisy_reference_a
     from nas.engine.calibrate import bar_for
 
     assert bar_for(ceiling) == bar
+
+
+def test_a_target_validation_trains_on_every_image_and_validates_on_the_test_split() -> None:
+    """``nas validate --test-split``: the proxy's held-out images go back into training and the dataset's test split
+    validates; the one-line summary says so; without it the proxy's validation images stay."""
+    from nas.trust import validation_line
+
+    cfg = StudyConfig.model_validate({"name": "x", "space": "s.yaml", "dataset": {"val_fraction": 0.05},
+                                      "train": {"epochs": 8, "train_fraction": 0.15}})  # fmt: skip
+    sub = validation_config(cfg, "sqlite:///x.db", 3, 1.0, test_split=True)
+    assert sub.dataset.val_fraction is None and sub.train.train_fraction == 1.0 and sub.train.epochs == 3
+    assert sub.dataset.name == cfg.dataset.name and sub.train.lr == cfg.train.lr
+    assert validation_config(cfg, "sqlite:///x.db", 16, 0.3).dataset.val_fraction == 0.05
+    val = {"at": "2026-12-07T20:00", "pairs": [], "survivors": [], "lost": [], "seeds": 2,
+           "budget": {"epochs": 3, "train_fraction": 1.0, "val_fraction": None}}  # fmt: skip
+    assert "at 3 epochs x 1 on the test split, 2 seeds each" in validation_line(val)
+    older = {**val, "budget": {"epochs": 3, "train_fraction": 1.0}}  # stored before the field existed
+    assert "test split" not in validation_line(older)

@@ -325,15 +325,24 @@ def check_storage_url(url: str | None, where: str) -> None:
 
 
 def retraining_config(
-    cfg: StudyConfig, name: str, storage: str, epochs: int, fraction: float, seed_offset: int = 0
+    cfg: StudyConfig,
+    name: str,
+    storage: str,
+    epochs: int,
+    fraction: float,
+    seed_offset: int = 0,
+    test_split: bool = False,
 ) -> StudyConfig:
     """The configuration of a sub-study that retrains chosen architectures of ``cfg`` at another budget (``nas
     validate``, ``nas calibrate``): same data, space, throughput and resources; every trial trained to the end (no
     rungs, no pruning, no racing), only the planned ones (no budget of its own); ``seed_offset`` shifts the training
-    seed (another seed of the same budget)."""
+    seed (another seed of the same budget). ``test_split``: the images the proxy held out for validation go back
+    into training and the dataset's own test split validates (``dataset.val_fraction: null``): the target a user
+    trains at, measured on images no proxy trial ever saw."""
     raw = cfg.model_dump(mode="json")
     raw.update(
         name=name,
+        dataset={**raw["dataset"], "val_fraction": None} if test_split else raw["dataset"],
         storage=storage,
         train={**raw["train"], "epochs": epochs, "train_fraction": fraction, "seed": cfg.train.seed + seed_offset},
         replicates=None,

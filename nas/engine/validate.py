@@ -59,7 +59,9 @@ class Validation:
 
 
 def _budget(cfg: StudyConfig) -> dict[str, Any]:
-    return {"epochs": cfg.train.epochs, "train_fraction": cfg.train.train_fraction}
+    """A training budget as the validation summary stores it (``val_fraction`` null: the dataset's test split)."""
+    return {"epochs": cfg.train.epochs, "train_fraction": cfg.train.train_fraction,
+            "val_fraction": cfg.dataset.val_fraction}  # fmt: skip
 
 
 def stored_config(study: Any) -> tuple[StudyConfig, SearchSpace]:
@@ -89,19 +91,22 @@ def select(recs: list[results.TrialRecord], objs: list[Any], top: int, random_m:
     return front + others[:random_m]
 
 
-def validation_config(cfg: StudyConfig, url: str, epochs: int | None, fraction: float | None) -> StudyConfig:
+def validation_config(
+    cfg: StudyConfig, url: str, epochs: int | None, fraction: float | None, test_split: bool = False
+) -> StudyConfig:
     """The sub-study configuration that retrains at a larger budget: ``epochs`` and ``fraction`` default to twice
     the proxy's (the data fraction capped at 1); every planned trial trained to the end, in the same storage ``url``
-    (:func:`~nas.engine.config.retraining_config`)."""
-    proxy = _budget(cfg)
+    (:func:`~nas.engine.config.retraining_config`); ``test_split``: on all the training images, validated on the
+    dataset's test split (the target budget a user trains at)."""
+    proxy = {k: v for k, v in _budget(cfg).items() if k != "val_fraction"}
     epochs = epochs or 2 * proxy["epochs"]
     fraction = fraction or min(1.0, 2 * proxy["train_fraction"])
-    if epochs < proxy["epochs"] or fraction < proxy["train_fraction"] or (epochs, fraction) == tuple(proxy.values()):
-        raise ConfigError(
+    if epochs * fraction <= proxy["epochs"] * proxy["train_fraction"] * (1 + 1e-9):  # compute: fewer epochs on
+        raise ConfigError(  # more data is a larger budget (the target of 3 epochs on all of it, vs 8 on 15 %)
             f"validate: --epochs {epochs} --fraction {fraction:g} is not a larger budget than the proxy's "
             f"({proxy['epochs']} epochs x {proxy['train_fraction']:g}); give more epochs and/or more data"
         )
-    return retraining_config(cfg, cfg.name + SUFFIX, url, epochs, fraction)
+    return retraining_config(cfg, cfg.name + SUFFIX, url, epochs, fraction, test_split=test_split)
 
 
 def validate(
@@ -113,9 +118,10 @@ def validate(
     fraction: float | None,
     progress: Progress | None = None,
     seeds: int = 2,
+    test_split: bool = False,
 ) -> Validation:
     """Retrain the chosen architectures with ``seeds`` training seeds each (resuming a validation that was
-    interrupted) and store the summary."""
+    interrupted) and store the summary; ``test_split``: at the target (all training images, the test split)."""
     from nas.engine.lifecycle import enqueue_missing
     from nas.engine.run import run_config
 
@@ -134,7 +140,7 @@ def validate(
     if not results.eligible(recs, objs):
         raise StudyError(f"study '{name}': no COMPLETE full-fidelity trial yet: nothing to validate")
     chosen = select(recs, objs, top, random_m, cfg.seed)
-    sub = validation_config(cfg, url, epochs, fraction)
+    sub = validation_config(cfg, url, epochs, fraction, test_split)
 
     def plan(sub_study: Any) -> int:
         wanted = [(r.arch_id, r.search_params, dict(validates=r.number, replicate=k or None))

@@ -135,6 +135,15 @@ def target(table: Table, relative: str = "front", path: Path = TARGET) -> Truth:
     return Truth("target", acc, tuple(range(table.n_seeds)), relative, label)
 
 
+def default_kind(table: Table, path: Path = TARGET) -> str:
+    """The lab's default truth: the target once its columns are complete for this table, else held-out seeds."""
+    try:
+        acc, _ = target_accuracies(path)
+    except SystemExit:
+        return "heldout" if table.n_seeds > 1 else "proxy"
+    return "target" if set(acc) == set(table.archs) else "heldout"
+
+
 def make(kind: str, table: Table, run_seed: int, relative: str | None = None) -> Truth:
     """The truth ``kind`` (one of :data:`KINDS`) of run ``run_seed``, scored relative to ``relative`` (default: the
     kind's own)."""

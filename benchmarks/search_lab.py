@@ -401,9 +401,10 @@ def main(argv: list[str] | None = None) -> int:
         help="first search seed (seeds 0-19 choose defaults; 100-119 are the held-out confirmation seeds)",
     )  # fmt: skip
     ap.add_argument(
-        "--truth", choices=lab_truth.KINDS, default="proxy",
+        "--truth", choices=lab_truth.KINDS, default=None,
         help="what a search is scored on (benchmarks/lab_truth.py): proxy (mean of the seeds it sees, issue 17), "
-        "heldout (a training seed it never sees, rotating) or target (the target-scale columns)",
+        "heldout (a training seed it never sees, rotating) or target (the target-scale columns); default: target "
+        "once its columns are complete, else heldout",
     )  # fmt: skip
     ap.add_argument("--relative", choices=("front", "ceiling"), default=None,
                     help="score relative to the true front or to the ceiling (default: the truth's own)")  # fmt: skip
@@ -460,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(lab_transfer.transfer(Path(args.table), Path(args.target)))
         return 0
+    if args.truth is None:
+        args.truth = lab_truth.default_kind(table)
     budget = args.budget or table.epochs * len(table.archs)
     ours = dict(OURS)
     tuned = args.ours_eta is not None or args.ours_min_trials is not None  # ours-race takes them too, else its own

@@ -204,3 +204,17 @@ def test_the_transfer_report_finds_a_planted_target_effect_and_reads_partial_col
     assert "Proxy mean front:" in report and "P(target front)" in report
     _column(where.with_name("t.seed11.json"), 11, {a: 0.6 for a in ids[:3]}, len(ids))
     assert "only 3 architectures" in lab_transfer.transfer(Path(table.source), where)
+
+
+def test_the_default_truth_is_the_target_once_complete_else_held_out_seeds(tmp_path: Path) -> None:
+    _, table = make_table(tmp_path, _study(tmp_path, "default"), seeds=3)
+    (tmp_path / "one").mkdir()
+    _, one = make_table(tmp_path / "one", _study(tmp_path, "default1"))
+    where = tmp_path / "tables" / "t.json"
+    where.parent.mkdir()
+    assert lab_truth.default_kind(table, where) == "heldout" and lab_truth.default_kind(one, where) == "proxy"
+    ids = list(table.archs)
+    _column(where.with_name("t.seed10.json"), 10, {a: 0.5 for a in ids[:-1]}, len(ids))
+    assert lab_truth.default_kind(table, where) == "heldout"  # a partial target column is no truth yet
+    _column(where.with_name("t.seed10.json"), 10, {a: 0.5 for a in ids}, len(ids))
+    assert lab_truth.default_kind(table, where) == "target"

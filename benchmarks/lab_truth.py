@@ -158,3 +158,30 @@ def make(kind: str, table: Table, run_seed: int, relative: str | None = None) ->
     if relative is not None and relative != t.relative:
         t = Truth(t.kind, t.acc, t.visible, relative, t.label)
     return t
+
+
+def ceilings(table: Table, draws: int = 200) -> str:
+    """Why replicates can or cannot pay off held out: for each held-out seed, the share of its true front that a
+    search would report if it knew every architecture at the mean of all its visible seeds (the ceiling), against
+    knowing each at one visible seed drawn at random (what a search without replicates sees, mean and 95 % range
+    over ``draws`` draws). Replicates can only pay where the first exceeds the second."""
+    import numpy as np
+
+    ids = list(table.archs)
+    tp = [table.archs[a].throughput["median"] for a in ids]
+    finals = np.array([[c.val_acc[-1] for c in table.archs[a].curves()] for a in ids]).T  # (seeds, archs)
+    lines = ["| held-out seed position | ceiling: every architecture at its visible mean | one visible seed each "
+             "(mean, 95 % range) |", "|---|---|---|"]  # fmt: skip
+    rng = np.random.default_rng(0)
+    for k in range(table.n_seeds):
+        t = heldout(table, k, relative="front")
+        whole = t.hv(table, ids)
+
+        def share(est: np.ndarray, t: Truth = t, whole: float = whole) -> float:
+            front = pareto_front(np.column_stack([est, tp]), DIRECTIONS)
+            return t.hv(table, [ids[i] for i in front]) / whole
+
+        one = [share(finals[rng.choice(t.visible, len(ids)), np.arange(len(ids))]) for _ in range(draws)]
+        lo, hi = np.percentile(one, [2.5, 97.5])
+        lines.append(f"| {k} | {share(finals[list(t.visible)].mean(0)):.3f} | {np.mean(one):.3f} ({lo:.3f}–{hi:.3f}) |")
+    return "\n".join(lines)

@@ -455,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
         print(fidelity(table))
         print()
         print(lab_seeds.seed_fidelity(Path(args.table)))
+        several = table if table.n_seeds > 1 else Table.load(TABLE) if TABLE.is_file() else None
+        if several is not None:  # the held-out ceilings (benchmarks/lab_truth.py) of table v2
+            print()
+            print(lab_truth.ceilings(several))
         return 0
     if args.command == "transfer":
         import lab_transfer

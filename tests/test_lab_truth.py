@@ -218,3 +218,17 @@ def test_the_default_truth_is_the_target_once_complete_else_held_out_seeds(tmp_p
     assert lab_truth.default_kind(table, where) == "heldout"  # a partial target column is no truth yet
     _column(where.with_name("t.seed10.json"), 10, {a: 0.5 for a in ids}, len(ids))
     assert lab_truth.default_kind(table, where) == "target"
+
+
+def test_ceilings_compare_the_visible_mean_with_one_visible_seed(tmp_path: Path) -> None:
+    """Identical seeds: knowing one visible seed or their mean gives the whole held-out front (1.000 both); with
+    seed 2 shifted so it reorders the front, one visible seed per architecture (mixing seeds) loses some of it."""
+    _, marked = _marked(tmp_path)
+    row0 = lab_truth.ceilings(marked, draws=20).splitlines()[2].split(" | ")
+    assert row0[1] == "1.000" and float(row0[2].split()[0]) < 0.999  # the mean of 1 and 2 is seed 0 + a constant
+    table = marked
+    same = {a: dataclasses.replace(t, extra_seeds=[{**s, "val_acc": t.val_acc} for s in t.extra_seeds])
+            for a, t in table.archs.items()}  # fmt: skip
+    table = dataclasses.replace(table, archs=same)
+    rows = [r for r in lab_truth.ceilings(table, draws=5).splitlines() if r[:4] in ("| 0 ", "| 1 ", "| 2 ")]
+    assert len(rows) == 3 and all(r.split(" | ")[1:] == ["1.000", "1.000 (1.000–1.000) |"] for r in rows)

@@ -301,3 +301,21 @@ def test_replicates_need_a_table_of_as_many_seeds(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"replicates\.max_per_arch is 2 but table .* holds 1 training seed"):
         _replay(tmp_path, "v1", path, replicates={"max_per_arch": 2})
     assert not (tmp_path / "studies" / "v1").exists()
+
+
+def test_a_wall_time_budget_stops_the_replay_in_simulated_seconds(tmp_path: Path) -> None:
+    """``budget.wall_time_s`` is simulated time in a replay (it used to be ignored: 562 s and 855 trials for a 5 s
+    limit): nothing ends after it, the clock stops at it, and the trials still running are failed to be retried."""
+    study = _study(tmp_path, "wall", budget={"n_trials": None, "max_concurrent": 2, "wall_time_s": 40})
+    _, table = make_table(tmp_path, study)
+    cfg, space = read_study_file(study)
+    store = StudyStore(cfg, space, make_sampler(cfg, 0), make_pruner(cfg), tmp_path / "studies")
+    driver = Driver(cfg, space, store, store.study.pruner, 10, None)
+    (executor := ReplayExecutor(table)).run(driver)
+    log = executor.log
+    left = driver.finish()
+    store.close()
+    assert log.stopped_by_time and not log.stopped_by_budget and log.seconds == 40
+    assert log.ends and max(t for t, _ in log.ends) <= 40 and max(t for t, *_ in log.epochs) <= 40
+    assert len(log.epochs) < 40 / 1 * 2  # two workers, epochs of at least 1 s each
+    assert left  # the two trials running at the limit

@@ -248,6 +248,7 @@ class ReplayLog:
     ends: list[tuple[float, int]] = field(default_factory=list)
     seconds: float = 0.0
     stopped_by_budget: bool = False
+    stopped_by_time: bool = False  # ``budget.wall_time_s`` reached, in simulated seconds
 
 
 class ReplayExecutor:
@@ -288,7 +289,9 @@ class ReplayExecutor:
         return self.now
 
     def run(self, driver: Driver, scheduler: Any = None) -> None:
-        """Replay trials until the driver's budget is spent (or ``max_trial_epochs``, or ``until``).
+        """Replay trials until the driver's budget is spent (or ``max_trial_epochs``, or ``until``, or the study's
+        ``budget.wall_time_s`` in simulated seconds: as Ray Tune's time budget does in wall time, the run ends there
+        and the trials still running stop where they are, so the driver fails them to be retried).
 
         Raises:
             ConfigError: the sampler proposed an architecture the table does not hold.
@@ -297,6 +300,7 @@ class ReplayExecutor:
         log, heap, seq, ids = self.log, [], itertools.count(), itertools.count()
         runs: dict[str, tuple[ExecTrial, TableArch, SeedCurve]] = {}
         epochs, done, budget = driver.cfg.train.epochs, False, self.max_trial_epochs
+        limit = driver.cfg.budget.wall_time_s
 
         def fill() -> None:
             nonlocal done
@@ -319,6 +323,10 @@ class ReplayExecutor:
         fill()
         while heap:
             t, _, tid, e = heapq.heappop(heap)
+            if limit is not None and t > limit:
+                self.now, log.stopped_by_time = limit, True
+                heap.clear()
+                break
             self.now = t
             trial, a, curve = runs[tid]
             p = trial.payload

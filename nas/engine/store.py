@@ -116,6 +116,32 @@ def single_driver(url: str, study: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _what_differs(attrs: dict[str, Any], cfg: StudyConfig, space: SearchSpace) -> str | None:
+    """What of the study file differs from the study stored under its name, in words (None: nothing that matters):
+    the space (its hash), or the training (what changes a curve: the resume fingerprint of ``train``, the dataset
+    but where it lives). Budget, resources, sampler and pruner may change from one run of a study to the next."""
+    stored_hash = attrs.get("space_hash")
+    if stored_hash and stored_hash != space.space_hash():
+        before = (attrs.get("space") or {}).get("name", "?")
+        return f"space ('{before}', hash {stored_hash}; the study file's '{space.name}' has hash {space.space_hash()})"
+    if "config" not in attrs:
+        return None
+    try:
+        old = StudyConfig.model_validate(attrs["config"])
+    except ValueError:
+        return None  # written by another version of the engine: nothing to compare field by field
+    place = {"root", "download"}  # where the data lives may differ between machines; the images are checked apart
+    for part, mine, theirs in (
+        ("train", cfg.train.resume_fingerprint(), old.train.resume_fingerprint()),
+        ("dataset", cfg.dataset.model_dump(exclude=place), old.dataset.model_dump(exclude=place)),
+    ):
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if diff:
+            more = f" (+{len(diff) - 1} more)" if len(diff) > 1 else ""
+            return f"training: {part}.{diff[0]} is {theirs.get(diff[0])!r} there and {mine.get(diff[0])!r} here{more}"
+    return None
+
+
 class StudyStore:
     """Driver-side handle on one study: create/load, heartbeat and live recovery, the trials' lifecycle
     (``self.life``), the throughput cache.
@@ -178,6 +204,13 @@ class StudyStore:
             raise StudyError(
                 f"study '{self.cfg.name}' already exists in {layout.safe_url(self.url)} with directions {existing}, "
                 f"but the study file asks for {self.cfg.directions}; give the study a new name"
+            )
+        differs = _what_differs(self.storage.get_study_user_attrs(study_id), self.cfg, self.space)
+        if differs:
+            raise StudyError(
+                f"study '{self.cfg.name}' already exists in {layout.safe_url(self.url)} with another {differs}; its "
+                f"trials were sampled and trained under the stored one: restore it, or give the study a new name "
+                f"(name: {self.cfg.name}-2)"
             )
 
     # ------------------------------------------------------------------------------------------ heartbeat

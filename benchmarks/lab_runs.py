@@ -10,9 +10,10 @@ Compute is counted the same way for all: every epoch a method trains costs one t
 epoch seconds (the table's median); a reused result costs nothing (only our engine reuses). The curve is the
 normalised hypervolume (nas.pareto.normalized_hypervolume, bounds = the table's range of each objective) of the
 front the search reports at that moment — the Pareto front of its own estimates (mean over the seeds it observed) —
-placed at the architectures' true points (mean over the table's seeds), divided by the true front's
-(:class:`ReportedFront`); it steps when a trial completes. In a table of several seeds every trial sees one seed's
-curve (``Table.seed_index``), Syne Tune's blackbox the same one.
+placed at the architectures' true points, divided by the true front's or the ceiling's (:class:`ReportedFront`); it
+steps when a trial completes. What is true, and which training seeds a search may see, is the run's *truth*
+(benchmarks/lab_truth.py: proxy, held-out seed, or target scale). In a table of several seeds every trial sees one
+visible seed's curve (``Table.seed_index`` on the visible seeds), Syne Tune's blackbox the same one.
 """
 
 from __future__ import annotations

@@ -81,11 +81,25 @@ def _worker(
               f"{line['wall_time_s']:.1f} s {failed or ''}", flush=True)  # fmt: skip
 
 
-def build(study_file: Path, out: Path, procs: int, seconds: float, data_root: str | None, device: str = "cuda") -> int:
-    """Train every architecture of the study's grid not yet in ``out``, ``procs`` processes at once, starting none
-    after ``seconds``; returns how many lines ``out`` has."""
+def build(
+    study_file: Path,
+    out: Path,
+    procs: int,
+    seconds: float,
+    data_root: str | None,
+    device: str = "cuda",
+    table: Path = TABLE,
+) -> int:
+    """Train every architecture of the study's grid neither in ``out`` nor in the seed's committed column beside
+    ``table`` (so a build goes on from git on another machine), ``procs`` processes at once, starting none after
+    ``seconds``; returns how many lines ``out`` has."""
+    from benchmarks.lab_seeds import column_path, read_column
+
     space, raw = _study(study_file)
     done = {json.loads(x)["arch_id"] for x in out.read_text().splitlines()} if out.is_file() else set()
+    committed = column_path(table, raw["train"]["seed"])
+    if committed.is_file():
+        done |= set(read_column(committed)["archs"])
     jobs = []
     grid = _grid(space)
     order = list(range(len(grid)))
@@ -111,7 +125,7 @@ def build(study_file: Path, out: Path, procs: int, seconds: float, data_root: st
 
 def to_column(study_file: Path, lines: Path, device: str, table: Path = TABLE) -> Path:
     """Write the seed column of the study from ``lines`` (grid ids as the study's grid sampler numbers them)."""
-    from benchmarks.lab_seeds import column_path, write_column
+    from benchmarks.lab_seeds import column_path, read_column, write_column
     from nas.engine.samplers import GridSampler
 
     space, raw = _study(study_file)
@@ -130,10 +144,22 @@ def to_column(study_file: Path, lines: Path, device: str, table: Path = TABLE) -
                   "val_set": {"images": images, "fingerprint": sets.pop()}, "devices": [device],
                   "machine": f"{device}; built by benchmarks/gpu_column.py in float32 (autocast and TF32 off)",
                   "sessions": [{"built": time.strftime("%Y-%m-%d", time.gmtime(lines.stat().st_mtime)),
-                                "trained_here": len(ok), "failed": len(rows) - len(ok)}],
+                                "device": device, "trained_here": len(ok), "failed": len(rows) - len(ok)}],
                   "grid_search_space": grid, "done": len(archs), "of": len(ids),
                   "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
     out = column_path(table, raw["train"]["seed"])
+    if out.is_file():  # the column so far (other machines, earlier sessions) stays; these lines join it
+        before = read_column(out)
+        archs = {**before["archs"], **archs}
+        now = provenance["sessions"][0]
+        same = [
+            x
+            for x in before["provenance"].get("sessions", [])
+            if (x.get("built"), x.get("device")) == (now["built"], device)
+        ]
+        provenance["sessions"] = [*(x for x in before["provenance"].get("sessions", []) if x not in same), now]
+        provenance["devices"] = sorted({*before["provenance"].get("devices", []), device})
+        provenance["done"] = len(archs)
     write_column(out, provenance, archs)
     print(f"wrote {out}: {len(archs)} of {len(ids)} ({len(rows) - len(ok)} failed)")
     return out
@@ -149,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--seconds", type=float, default=480)
     b.add_argument("--data-root")
     b.add_argument("--device", default="cuda")
+    b.add_argument("--table", type=Path, default=TABLE, help="skip what the seed's column beside it already has")
     c = sub.add_parser("to-column")
     c.add_argument("--study", type=Path, required=True)
     c.add_argument("--device", required=True, help="what built it, e.g. 'NVIDIA H200'")
@@ -156,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("lines", type=Path)
     a = ap.parse_args(argv)
     if a.cmd == "build":
-        build(a.study, a.out, a.procs, a.seconds, a.data_root, a.device)
+        build(a.study, a.out, a.procs, a.seconds, a.data_root, a.device, a.table)
     else:
         to_column(a.study, a.lines, a.device, a.table)
     return 0

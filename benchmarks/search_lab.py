@@ -40,7 +40,6 @@ import lab_runs  # noqa: E402
 import lab_truth  # noqa: E402
 from lab_runs import Curve, Method  # noqa: E402
 
-from nas.engine.config import RACING_ETA  # noqa: E402
 from nas.engine.replay import Table, TableArch, training_of  # noqa: E402
 
 SEED0 = ROOT / "benchmarks" / "tables" / "fmnist_bench.json"  # the built table: seed 0 (format 1); columns beside it
@@ -54,10 +53,10 @@ OURS_RUNGS = (2, 4)
 # Racing (issue 17): ours with the product's default ``replicates:`` block; against it the naive way to beat seed
 # noise, every architecture trained with three seeds (TPE, no pruning, as NAS-Bench-101/201 tabulate)
 RACING = {"max_per_arch": 3, "budget_share": 0.25}
-# ... and its pruner: what a study with replicates gets by default (nas.engine.config.default_rungs): one rung at
-# 1/8 of the epochs, keep the top quarter (the lab chose it on table v2: RESULTS.md "Racing toward the targets")
-RACING_RUNGS = (1,)
-RACING_PRUNER = {**OURS, "eta": RACING_ETA}
+# ... and its pruner: ours (a study with replicates gets the same default rungs since issue 28; racing's own default,
+# one rung at 1/8 keeping the top quarter, was chosen on the proxy truth and lost held out: RESULTS.md)
+RACING_RUNGS = OURS_RUNGS
+RACING_PRUNER = OURS
 THREE_SEEDS = {"policy": "every", "max_per_arch": 3, "budget_share": 0.7}
 # seconds one run takes on one CPU (2026-11-30), so the pool starts the long runs first and ends together
 _SLOW = {"gp": 300, "syne-moasha": 40, "ours-gp": 30, "ours-race": 70, "tpe-3seeds": 40}

@@ -469,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         print(fidelity(table))
         print()
         print(lab_seeds.seed_fidelity(Path(args.table)))
-        several = table if table.n_seeds > 1 else Table.load(TABLE) if TABLE.is_file() else None
+        v2 = Path(args.table).resolve() == SEED0 and TABLE.is_file()  # the default: seed 0, table v2 beside it
+        several = table if table.n_seeds > 1 else Table.load(TABLE) if v2 else None
         if several is not None:  # the held-out ceilings (benchmarks/lab_truth.py) of table v2
             print()
             print(lab_truth.ceilings(several))

@@ -94,9 +94,8 @@ def test_fidelity_table_has_one_row_per_epoch(tmp_path: Path) -> None:
 def test_the_oracle_bound_ranks_on_final_accuracy_where_ours_ranks_on_the_rung() -> None:
     """lab_runs.OraclePruner: the same MO-ASHA decision as ours, on the table's final accuracy. Eight trials at rung
     1 with equal throughput; the early leader ends last and the early last ends first."""
-    from types import SimpleNamespace
-
     import lab_runs
+    import lab_truth
     import optuna
     from optuna.trial import TrialState, create_trial
 
@@ -104,23 +103,18 @@ def test_the_oracle_bound_ranks_on_final_accuracy_where_ours_ranks_on_the_rung()
 
     finals = [0.90 - 0.01 * i for i in range(8)]  # arch 0 ends best ...
     rung1 = [0.10 + 0.01 * i for i in range(8)]  # ... and is the worst at rung 1
-    table = SimpleNamespace(
-        archs={  # the oracle ranks on the truth: the final accuracy's mean over the table's seeds
-            f"a{i}": SimpleNamespace(arch_id=f"a{i}", val_acc=[rung1[i], finals[i]], mean_final=finals[i])
-            for i in range(8)
-        }
-    )
+    truth = lab_truth.Truth("proxy", {f"a{i}": finals[i] for i in range(8)}, (0,))  # the oracle ranks on the truth
     study = optuna.create_study(directions=["maximize", "maximize"])
     for i in range(8):
         attrs = {"arch_id": f"a{i}", "curve": [{"epoch": 1, "val_acc": rung1[i]}], "throughput": {"median": 100.0}}
         study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs=attrs))
     ours = ParetoPruner([1], ["accuracy", "throughput"], ["maximize", "maximize"], eta=2, min_trials=8)
-    oracle = lab_runs.OraclePruner(table, ours)
+    oracle = lab_runs.OraclePruner(truth, ours)
     pruned = {name: [p.prune(study, t) for t in study.trials] for name, p in (("ours", ours), ("oracle", oracle))}
     assert pruned["ours"] == [True] * 4 + [False] * 4  # the better half at rung 1: a4..a7
     assert pruned["oracle"] == [False] * 4 + [True] * 4  # the better half at the end: a0..a3
     with pytest.raises(SystemExit, match="pareto pruner"):
-        lab_runs.OraclePruner(table, optuna.pruners.NopPruner())
+        lab_runs.OraclePruner(truth, optuna.pruners.NopPruner())
 
 
 @pytest.mark.parametrize(

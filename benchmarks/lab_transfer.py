@@ -126,6 +126,9 @@ def _effects(ids: list[str], table: Table, p_mean: np.ndarray, t_mean: np.ndarra
             has = np.array([p[key] == value for p in params])
             if has.all() or not has.any():
                 continue
+            if min(has.sum(), (~has).sum()) < 3:  # a bootstrap over one or two architectures is no interval
+                out.append(f"| {key} = {value} | {int(has.sum())} | too few architectures | — | — |")
+                continue
             cells = []
             signs = []
             for acc in (p_mean, t_mean):

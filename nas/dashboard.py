@@ -341,9 +341,11 @@ def validation_figure(study: Any) -> go.Figure | None:
         go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="identity", line={"dash": "dot", "color": "#888"})
     )
     tau = "—" if val.get("tau") is None else f"{val['tau']:.2f}"
+    budget = val["budget"]
+    where = ", on the test split" if "val_fraction" in budget and budget["val_fraction"] is None else ""
     fig.update_layout(
-        title=f"Proxy vs validated accuracy (Kendall τ {tau}; validated at {val['budget']['epochs']} epochs x "
-        f"{val['budget']['train_fraction']:g} of the data)",
+        title=f"Proxy vs validated accuracy (Kendall τ {tau}; validated at {budget['epochs']} epochs x "
+        f"{budget['train_fraction']:g} of the data{where})",
         xaxis_title="proxy accuracy",
         yaxis_title="validated accuracy",
         template="plotly_white",

@@ -298,3 +298,16 @@ def test_a_target_validation_trains_on_every_image_and_validates_on_the_test_spl
     assert "at 3 epochs x 1 on the test split, 2 seeds each" in validation_line(val)
     older = {**val, "budget": {"epochs": 3, "train_fraction": 1.0}}  # stored before the field existed
     assert "test split" not in validation_line(older)
+
+
+def test_the_validation_figure_says_where_it_validated() -> None:
+    from types import SimpleNamespace
+
+    from nas.dashboard import validation_figure
+
+    pair = {"trial": 0, "placement": "p", "proxy_acc": 0.8, "validated_acc": 0.85, "on_proxy_front": True}
+    val = {"pairs": [pair], "tau": None, "budget": {"epochs": 3, "train_fraction": 1.0, "val_fraction": None}}
+    title = validation_figure(SimpleNamespace(user_attrs={"validation": val})).layout.title.text
+    assert "validated at 3 epochs x 1 of the data, on the test split" in title
+    held = {**val, "budget": {"epochs": 3, "train_fraction": 1.0, "val_fraction": 0.05}}
+    assert "test split" not in validation_figure(SimpleNamespace(user_attrs={"validation": held})).layout.title.text

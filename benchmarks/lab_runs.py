@@ -103,14 +103,15 @@ class ReportedFront:
     def __init__(self, table: Table, truth: Truth | None = None) -> None:
         self.table, self.seen = table, {}
         self.truth = truth or lab_truth.proxy(table)
-        self.total = self.truth.total(table)
+        self.total, self.bounds = self.truth.total(table), self.truth.bounds(table)  # once: add() runs per trial
 
     def add(self, arch_id: str, observed: float, replicate: int = 0) -> float:
         """Record one finished evaluation (a reused copy repeats its source's); returns the share after it."""
         self.seen.setdefault(arch_id, {})[replicate] = observed
         ids = list(self.seen)
         estimates = [[statistics.fmean(self.seen[a].values()), self.table.archs[a].throughput["median"]] for a in ids]
-        return self.truth.hv(self.table, [ids[i] for i in pareto_front(estimates, DIRECTIONS)]) / self.total
+        front = [ids[i] for i in pareto_front(estimates, DIRECTIONS)]
+        return self.truth.hv(self.table, front, self.bounds) / self.total
 
 
 def curve_from_events(

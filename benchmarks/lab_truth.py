@@ -56,9 +56,10 @@ class Truth:
         accs, tps = list(self.acc.values()), [a.throughput["median"] for a in table.archs.values()]
         return [min(accs), min(tps)], [max(accs), max(tps)]
 
-    def hv(self, table: Table, ids: list[str]) -> float:
-        """Normalised hypervolume of the front of ``ids`` placed at their true points."""
-        lo, hi = self.bounds(table)
+    def hv(self, table: Table, ids: list[str], bounds: tuple[list[float], list[float]] | None = None) -> float:
+        """Normalised hypervolume of the front of ``ids`` placed at their true points (``bounds``: this truth's
+        :meth:`bounds` of ``table``, when the caller has them already)."""
+        lo, hi = bounds or self.bounds(table)
         return normalized_hypervolume([self.point(table, a) for a in ids], DIRECTIONS, lo, hi)
 
     def front(self, table: Table) -> list[str]:

@@ -133,3 +133,29 @@ def test_an_interrupted_trial_continues_from_its_last_epoch_and_ends_as_if_never
     assert retry.values[0] == pytest.approx(whole.trials[0].values[0], abs=1e-6)
     # the final epoch came from training after the cut: its correct images are the uncut run's
     assert TrialAttrs.of(retry).val_correct == TrialAttrs.of(whole.trials[0]).val_correct
+
+
+def test_ctrl_c_while_the_driver_samples_leaves_no_trial_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 30: Ctrl-C that lands between a trial's birth and a worker (the driver sampling or describing it) left
+    that trial RUNNING until the next start. It is failed and queued again like any interrupted trial."""
+    from nas.space import SearchSpace
+
+    real, calls = SearchSpace.sample, []
+
+    def sample(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # SIGINT while the second trial is sampled
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SearchSpace, "sample", sample)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "sigint", InlineExecutor(), budget={"n_trials": 3, "max_concurrent": 1})
+    study = optuna.load_study(study_name="sigint", storage=f"sqlite:///{tmp_path / 'studies' / 'sigint' / 'study.db'}")
+    states = [t.state for t in study.trials]
+    assert TrialState.RUNNING not in states and states[0] in (TrialState.COMPLETE, TrialState.PRUNED)
+    cut = study.trials[1]
+    assert cut.state == TrialState.FAIL and TrialAttrs.of(cut).failure.startswith(INTERRUPTED)
+    assert [TrialAttrs.of(t).retry_of for t in study.trials if t.state == TrialState.WAITING] == [1]

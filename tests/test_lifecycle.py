@@ -211,6 +211,32 @@ def test_interrupt_and_reject_and_reuse(two) -> None:
     assert [TrialAttrs.of(w).retry_of for w in a.study.get_trials(states=(TrialState.WAITING,))] == [ended.number]
 
 
+def test_three_drivers_deciding_on_the_same_replicate_at_once_queue_it_once(tmp_path: Path) -> None:
+    """Issue 30: racing drivers that pick the same replicate at the same moment each queued a copy (7-8 % of a
+    3-driver run's trials); the unique claim row lets exactly one queue it, and another replicate index is free."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    lives = [_driver(url, f"host:{i}:d") for i in range(3)]
+    source = lives[0].start()
+    lives[0].describe(source.number, DESC)
+    lives[0].finish(source.number, TrialState.COMPLETE, [0.5], dict(full_fidelity=True, fidelity=2))
+    frozen = lives[0].frozen(source.number)
+    barrier, queued = threading.Barrier(3), []
+
+    def decide(life: Lifecycle) -> None:
+        barrier.wait()
+        queued.append(life.enqueue_replicate(frozen, 1))
+
+    threads = [threading.Thread(target=decide, args=(life,)) for life in lives]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(queued) == [False, False, True]
+    waiting = lives[1].study.get_trials(states=(TrialState.WAITING,))
+    assert [(TrialAttrs.of(t).planned_arch, TrialAttrs.of(t).replicate) for t in waiting] == [("arch-x", 1)]
+    assert lives[2].enqueue_replicate(frozen, 2) is True  # the next seed is another replicate
+
+
 def test_enqueue_missing_plans_only_what_is_neither_done_nor_queued(two) -> None:
     a, _ = two
     wanted = [("arch-a", {}, {}), ("arch-b", {}, dict(validates=3))]

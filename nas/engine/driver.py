@@ -118,37 +118,58 @@ class Driver:
                     self._stop("every architecture of the grid has been proposed")
                     break
             trial = self.store.life.start()
-            replicate = TrialAttrs.from_mapping(trial.user_attrs).replicate or 0
             try:
-                arch = self.space.sample(trial.suggest_categorical, self.num_classes)
-                reasons = self.space.check_constraints(arch)
-            except ConfigError as e:
-                arch, reasons = None, [str(e)]
-            if reasons:
-                self._reject(trial.number, "; ".join(reasons))
-                continue
-            self.rejects_in_a_row = 0
-            args = arch.to_model_args()
-            cost = arch_cost(args)
-            desc = TrialAttrs(
-                arch=args,
-                arch_id=arch.arch_id,
-                placement=arch.placement(),
-                train_key=self.cfg.train_key(replicate),
-                params=cost.params,
-                flops=cost.flops,
-            )
-            self.added += 1
-            if self._reuse_or_wait(trial.number, desc):
-                continue
-            self.reuses_in_a_row = 0
-            self.running[tune_id] = RunningTrial(
-                trial.number, tune_id, arch.arch_id, started=self.clock(), train_key=desc.train_key, replicate=replicate
-            )
-            self.log("start", {"number": trial.number, "placement": desc.placement, "params": cost.params,
-                               "replicate": replicate or None})  # fmt: skip
-            return self._payload(trial.number, desc, replicate).to_config()
+                config = self._propose(trial, tune_id)
+            except BaseException:  # Ctrl-C or an error between its birth and a worker: never left RUNNING
+                self._abandon(trial.number, tune_id)
+                raise
+            if config is not None:
+                return config
         return FINISHED
+
+    def _abandon(self, number: int, tune_id: str) -> None:
+        """A trial this driver created is left behind by an exception before a worker got it (the run ends): fail
+        it and queue its one retry, unless it is already handled (rejected, reused, waiting, or handed out — then
+        ``finish`` interrupts it)."""
+        if tune_id in self.running and self.running[tune_id].number == number:
+            return
+        t = self.store.frozen(number)
+        if t.state == TrialState.RUNNING and TrialAttrs.of(t).waiting_for is None:  # a waiter is finish()'s
+            self.store.life.interrupt(number, "the run ended before this trial reached a worker; it is queued again")
+
+    def _propose(self, trial: optuna.Trial, tune_id: str) -> dict[str, Any] | None:
+        """Describe a started trial: its payload config when it must be trained, None when it was rejected,
+        reused or left waiting for another trial of its architecture."""
+        replicate = TrialAttrs.from_mapping(trial.user_attrs).replicate or 0
+        try:
+            arch = self.space.sample(trial.suggest_categorical, self.num_classes)
+            reasons = self.space.check_constraints(arch)
+        except ConfigError as e:
+            arch, reasons = None, [str(e)]
+        if reasons:
+            self._reject(trial.number, "; ".join(reasons))
+            return None
+        self.rejects_in_a_row = 0
+        args = arch.to_model_args()
+        cost = arch_cost(args)
+        desc = TrialAttrs(
+            arch=args,
+            arch_id=arch.arch_id,
+            placement=arch.placement(),
+            train_key=self.cfg.train_key(replicate),
+            params=cost.params,
+            flops=cost.flops,
+        )
+        self.added += 1
+        if self._reuse_or_wait(trial.number, desc):
+            return None
+        self.reuses_in_a_row = 0
+        self.running[tune_id] = RunningTrial(
+            trial.number, tune_id, arch.arch_id, started=self.clock(), train_key=desc.train_key, replicate=replicate
+        )
+        self.log("start", {"number": trial.number, "placement": desc.placement, "params": cost.params,
+                           "replicate": replicate or None})  # fmt: skip
+        return self._payload(trial.number, desc, replicate).to_config()
 
     def _racing(self) -> bool:
         """Whether a seed replicate is due (racing, ``replicates:``): if so it is queued, and the next trial Optuna
@@ -161,7 +182,9 @@ class Driver:
         if due is None:
             return False
         source, k = due
-        self.store.life.enqueue_replicate(source, k)
+        if not self.store.life.enqueue_replicate(source, k):  # another driver queued it: it is next for someone
+            self.racer.queued_elsewhere(source, k)
+            return False
         p = self.racer.last_p.get(source.number)
         self.log("replicate", {"number": source.number, "replicate": k, "p_front": p})
         return True

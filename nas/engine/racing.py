@@ -52,6 +52,7 @@ class Racer:
         self._at_rung: dict[int, list[float] | None] = {}  # a pruned trial's objectives at its rung, read once
         self._records: dict[int, results.TrialRecord] = {}  # finished trials' records, decoded once
         self._attrs: dict[int, TrialAttrs] = {}  # finished trials' attributes, decoded once
+        self._elsewhere: set[tuple[str | None, int]] = set()  # (arch, k): replicates another driver queued first
 
     def attrs(self, t: FrozenTrial) -> TrialAttrs:
         """The trial's attributes; a finished trial's are decoded once (Optuna refuses to change a finished trial):
@@ -78,6 +79,12 @@ class Racer:
             else:
                 others += a.fidelity or 0
         return replicates + self.epochs <= self.rc.budget_share * (replicates + others + self.epochs)
+
+    def queued_elsewhere(self, source: FrozenTrial, k: int) -> None:
+        """Another driver queued replicate ``k`` of ``source``'s architecture first: never decide on it again (its
+        trial, once it ends, lets the decisions move on; if it fails, its retry is the lifecycle's)."""
+        self._elsewhere.add((self.attrs(source).arch_id, k))
+        self._looked_at = -1  # decide again now: the next most urgent architecture may be free
 
     def next_replicate(self) -> tuple[FrozenTrial, int] | None:
         """(the first trial of the architecture to replicate, the replicate's seed index k), or None."""
@@ -118,7 +125,10 @@ class Racer:
         open_ = [
             a
             for a in (archs if every else [*archs, *self._promotable])
-            if (every or unsettled(a)) and a.seeds < self.rc.max_per_arch and a.arch_id not in pending
+            if (every or unsettled(a))
+            and a.seeds < self.rc.max_per_arch
+            and a.arch_id not in pending
+            and (a.arch_id, self._next_k(a, by_number)) not in self._elsewhere
         ]
         if not open_:
             return None
@@ -126,8 +136,12 @@ class Racer:
             pick = min(open_, key=lambda a: a.number)
         else:
             pick = max(open_, key=lambda a: (urgency(a), -a.seeds))
-        k = 1 + max((by_number[n].replicate or 0 for n in pick.seed_trials), default=0)
-        return self.store.frozen(pick.number), k
+        return self.store.frozen(pick.number), self._next_k(pick, by_number)
+
+    @staticmethod
+    def _next_k(a: results.TrialRecord, by_number: dict[int, results.TrialRecord]) -> int:
+        """The seed index of an architecture's next replicate: one past the highest it has."""
+        return 1 + max((by_number[n].replicate or 0 for n in a.seed_trials), default=0)
 
     def promotable(
         self,

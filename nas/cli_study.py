@@ -83,7 +83,7 @@ def status(
 
     Example: nas status fmnist_placement
     """
-    from nas import results, trust
+    from nas import results, trust, worktime
 
     st = results.open_study(study, storage)
     s = results.summarize(st)
@@ -98,7 +98,7 @@ def status(
         f"objectives {', '.join(f'{o.name} ({o.direction})' for o in s.objectives)}; hypervolume {hv} "
         "(normalised: objectives min-max scaled over the complete trials)"
     )
-    for line in trust.trust_lines(st):
+    for line in [*trust.trust_lines(st), *worktime.lines(worktime.of_study(st))]:
         typer.echo(line)
     _print_front(results.front_rows(s.front, s.objectives, s.p_front), "Pareto front")
 

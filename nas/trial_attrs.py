@@ -19,8 +19,10 @@ Which attributes a trial carries in which state (the lifecycle's transitions are
   ``resumed_epochs`` when the first epochs came from the checkpoint of an interrupted run of the architecture;
 * at full fidelity: ``val_correct`` (which validation examples it got right, :mod:`trainers.bitmap` text) and
   ``val_set`` (the validation set's fingerprint: bitmaps compare paired only under the same one);
-* finished: ``full_fidelity``, ``wall_time_s``; PRUNED: ``pruned_at``; COMPLETE: ``checkpoint`` (weights' URI);
-  FAIL: ``failure`` (the reason) and, for a sample rejected before training, ``infeasible``;
+* finished: ``full_fidelity``, ``wall_time_s``, and where a worker reported them ``phases`` (where its worker time
+  went: :data:`nas.engine.messages.PHASES`; a copy has none, it cost nothing); PRUNED: ``pruned_at``; COMPLETE:
+  ``checkpoint`` (weights' URI); FAIL: ``failure`` (the reason) and, for a sample rejected before training,
+  ``infeasible``;
 * a copy of another trial's result (no training): ``reused_from``.
 """
 
@@ -62,6 +64,7 @@ class TrialAttrs:
     resumed_epochs: int | None = None
     checkpoint: str | None = None
     wall_time_s: float | None = None
+    phases: dict[str, float] | None = None
     val_correct: str | None = None
     val_set: str | None = None
     failure: str | None = None

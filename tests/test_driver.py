@@ -468,10 +468,13 @@ def test_epoch_report_reads_back_from_tunes_flat_and_nested_forms() -> None:
     from ray.tune.utils import flatten_dict
 
     tp = {"key": "k", "median": 12.5, "values": [12.0, 13.0], "resolution": [28, 28], "cached": False}
-    sent = EpochReport(epoch=2, val_acc=0.5, val_loss=1.0, train_loss=1.1, seconds=2.0, images_per_s=9.0, throughput=tp)
+    ph = {"start_s": 1.5, "measure_s": 0.25, "epochs_s": 4.0, "worker_trial": 2}
+    sent = EpochReport(epoch=2, val_acc=0.5, val_loss=1.0, train_loss=1.1, seconds=2.0, images_per_s=9.0, throughput=tp,
+                       phases=ph)  # fmt: skip
     wire = sent.to_result()
     assert all(not isinstance(v, dict) for v in wire.values())  # nothing for Tune to flatten
-    nested = {k: v for k, v in wire.items() if not k.startswith("throughput/")} | {"throughput": tp}
+    nested = {k: v for k, v in wire.items() if not k.startswith(("throughput/", "phases/"))}
+    nested |= {"throughput": tp, "phases": ph}
     for form in (wire, flatten_dict(dict(wire)), nested, {**wire, "done": True, "time_this_iter_s": 0.1}):
         assert EpochReport.from_result(form) == sent
     assert EpochReport.from_result({"done": True, "time_this_iter_s": 0.1}) is None

@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from nas import results
+from nas import results, worktime
 from nas.engine.config import read_study_file
 from nas.engine.executor import ExecTrial, Prepared, TrialFeed, prepare_dataset
 from nas.engine.lifecycle import INTERRUPTED
@@ -74,6 +74,20 @@ def test_a_third_executor_runs_a_real_study_end_to_end(tmp_path: Path) -> None:
         assert len(a.curve_rows) == a.fidelity == (2 if t.state == TrialState.COMPLETE else a.pruned_at)
         assert [r["epoch"] for r in a.curve_rows] == list(range(1, a.fidelity + 1))
     assert study.user_attrs["data_stats"]["mean"]  # the executor's study attributes were recorded
+    for t in trained:  # issue 30: where each trial's worker time went, and the parts add up to no more than it
+        ph = TrialAttrs.of(t).phases
+        assert ph["epochs_s"] == pytest.approx(sum(r["seconds"] for r in TrialAttrs.of(t).curve_rows), rel=1e-6)
+        parts = sum(ph[k] for k in ("start_s", "measure_s", "data_s", "build_s", "epochs_s", "weights_s"))
+        assert 0 < parts <= ph["wall_s"] + 1e-6 and ph["wall_s"] == pytest.approx(TrialAttrs.of(t).wall_time_s)
+        assert ph["exclusive_s"] > 0 and ph["exclusive_s"] <= ph["measure_s"]  # measured with the device held
+        assert (ph["weights_s"] > 0) == (t.state == TrialState.COMPLETE)  # only a finished model's weights
+    ranks = [TrialAttrs.of(t).phases["worker_trial"] for t in trained]  # one worker (this process), in order
+    assert ranks == list(range(ranks[0], ranks[0] + len(trained)))
+    w = worktime.of_study(study)
+    assert w.trials == len(trained) and w.epochs_s < w.wall_s and w.without == 0
+    assert w.wall_s == pytest.approx(w.epochs_s + sum(w.phases.values()), rel=1e-9)  # nothing unaccounted
+    block = worktime.lines(w)
+    assert block[0].startswith(f"worker time {w.wall_s:.1f} s over {len(trained)} trials") and "measure" in block[1]
     front = results.front(results.records(study), results.objectives_of(study))
     assert front and [f["number"] for f in summary.front] == [r.number for r in front]
     for row, r in zip(summary.front, front, strict=True):  # what `nas search` prints at the end

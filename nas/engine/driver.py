@@ -63,6 +63,8 @@ class RunningTrial:
     checkpoint: str | None = None  # URI of the weights Tune persisted (full fidelity)
     measured: bool = False  # throughput recorded
     waiters: dict[int, TrialAttrs] = field(default_factory=dict)  # later trials of this arch -> their description
+    phases: dict[str, float] = field(default_factory=dict)  # the worker's phase times, last reported
+    storage_s: float = 0.0  # this driver's time writing the trial
 
 
 class Driver:
@@ -280,6 +282,7 @@ class Driver:
             lock_dir=self.lock_dir,
             resume=self._resume_file(desc.arch_id, desc.train_key),
             cached_throughput=self.store.cached_throughput(desc.arch_id),
+            sent_at=time.time(),
         )
 
     def _resume_file(self, arch_id: str, train_key: str) -> str | None:
@@ -300,6 +303,16 @@ class Driver:
             return
         if run.curve and run.curve[-1]["epoch"] == report.epoch:
             return  # already recorded (scheduler, searcher and callback all see each result)
+        t0 = time.perf_counter()
+        try:
+            self._record(run, report)
+        finally:
+            run.storage_s += time.perf_counter() - t0
+
+    def _record(self, run: RunningTrial, report: EpochReport) -> None:
+        """Store one new epoch of a running trial (:meth:`on_result`)."""
+        if report.phases:
+            run.phases = dict(report.phases)
         if not run.measured and report.throughput:
             tp = dict(report.throughput)
             where = {"node": report.node, "device_lock": report.device_lock, "visible_gpus": report.visible_gpus}
@@ -351,7 +364,10 @@ class Driver:
             return
         fidelity = run.curve[-1]["epoch"] if run.curve else 0
         full = fidelity >= self.cfg.train.epochs
-        attrs: dict[str, Any] = dict(fidelity=fidelity, full_fidelity=full, wall_time_s=self.clock() - run.started)
+        wall = self.clock() - run.started
+        attrs: dict[str, Any] = dict(fidelity=fidelity, full_fidelity=full, wall_time_s=wall)
+        if run.phases:  # a worker that reports them; the driver's writes before this last one, and its wall time
+            attrs.update(phases={**run.phases, "storage_s": round(run.storage_s, 4), "wall_s": wall})
         if error or run.failure is not None:
             reason = run.failure or run.error or "worker process died (killed or crashed); see Ray logs"
             self._tell(run.number, TrialState.FAIL, None, dict(attrs, failure=reason))

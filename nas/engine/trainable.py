@@ -15,6 +15,7 @@ machine without GPUs — the ``module:attribute`` that ``$NAS_DEVICE_LAYER`` nam
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import socket
@@ -28,6 +29,7 @@ from typing import Any
 from nas.engine.messages import EpochReport, TrialPayload
 
 _DATA_CACHE: dict[str, Any] = {}  # dataset JSON -> decoded splits (CPU), reused while the worker lives
+_TRIALS_HERE = [0]  # trials this worker process has started: its first pays the start and the data
 DEVICE_LAYER_ENV = "NAS_DEVICE_LAYER"
 WEIGHTS_FILE = "model.safetensors"
 Weights = dict[str, Any]  # a CPU state dict
@@ -105,9 +107,26 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}"[:480] + loc
 
 
-def measure(p: TrialPayload, device: Any, lock: Any, threads: int, train_batch: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def _timed_hold(hold: Any, phases: dict[str, float]) -> Iterator[None]:
+    """Enter ``hold`` (the device lock held exclusively) and note how long it took to get (``lock_wait_s``) and how
+    long it was held (``exclusive_s``): while a trial measures, every other trial on the device stands still."""
+    t0 = time.perf_counter()
+    with hold:
+        t1 = time.perf_counter()
+        phases["lock_wait_s"] = t1 - t0
+        try:
+            yield
+        finally:
+            phases["exclusive_s"] = time.perf_counter() - t1
+
+
+def measure(
+    p: TrialPayload, device: Any, lock: Any, threads: int, train_batch: int, phases: dict[str, float] | None = None
+) -> dict[str, Any]:
     """The trial's throughput: the cached measurement for this (arch, device, settings), else measured now with
-    the device to itself. Returns ``ThroughputResult.to_dict()`` plus ``cached``."""
+    the device to itself (the wait for it and the hold go in ``phases``). Returns ``ThroughputResult.to_dict()``
+    plus ``cached``."""
     import timm
     import torch
 
@@ -139,7 +158,7 @@ def measure(p: TrialPayload, device: Any, lock: Any, threads: int, train_batch: 
             warmup=tp["warmup"],
             steps=tp["steps"],
             repeats=tp["repeats"],
-            exclusive=lock.exclusive(),
+            exclusive=_timed_hold(lock.exclusive(), phases if phases is not None else {}),
             train_batch_size=train_batch,
             arch_id=p.arch_id,
         )
@@ -149,10 +168,17 @@ def measure(p: TrialPayload, device: Any, lock: Any, threads: int, train_batch: 
 
 
 def train(
-    p: TrialPayload, device: Any, lock: Any, throughput: dict[str, Any], where: dict[str, Any]
+    p: TrialPayload,
+    device: Any,
+    lock: Any,
+    throughput: dict[str, Any],
+    where: dict[str, Any],
+    phases: dict[str, float] | None = None,
 ) -> Iterator[tuple[EpochReport, Weights | None]]:
     """Proxy-train the architecture (data decoded once per worker process), one report per epoch; the last epoch
-    of a trial that reaches full fidelity carries its weights (a CPU state dict)."""
+    of a trial that reaches full fidelity carries its weights (a CPU state dict). ``phases`` (seconds by phase,
+    :data:`nas.engine.messages.PHASES`) gains the data, build, epochs and weights times and rides on every report."""
+    phases = phases if phases is not None else {}
     import timm
     import torch
 
@@ -164,13 +190,16 @@ def train(
     train_cfg = TrainConfig.model_validate(p.train)
     data_cfg = DataConfig.model_validate(p.dataset)
     dkey = data_cfg.model_dump_json()
+    t0 = time.perf_counter()
     if dkey not in _DATA_CACHE:
         _DATA_CACHE.clear()
         _DATA_CACHE[dkey] = load_dataset(data_cfg)
     splits = _DATA_CACHE[dkey]
     data = to_device_data(splits, device)
+    t1 = time.perf_counter()
     torch.manual_seed(train_cfg.seed)
     model = timm.create_model("mixerformer", **p.arch)
+    phases.update(data_s=t1 - t0, build_s=time.perf_counter() - t1, epochs_s=0.0, weights_s=0.0)
     ckpt = resume_file(p)
     restored = restored_epochs(ckpt, train_cfg.epochs)
     started = time.time() - sum(ep.seconds for ep, _ in restored)
@@ -179,9 +208,12 @@ def train(
         yield _report(ep, time.time() - started, throughput, where, restored=True), weights
     for ep in iter_fit(model, train_cfg, data, checkpoint=ckpt, step_guard=lock.shared):
         weights = None
+        phases["epochs_s"] += ep.seconds
         if ep.epoch == train_cfg.epochs:  # full fidelity: keep the weights for export
+            t0 = time.perf_counter()
             weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        yield _report(ep, time.time() - started, throughput, where), weights
+            phases["weights_s"] = time.perf_counter() - t0
+        yield _report(ep, time.time() - started, throughput, where, phases=dict(phases)), weights
 
 
 def _report(ep: Any, wall_s: float, throughput: dict[str, Any], where: dict[str, Any], **extra: Any) -> EpochReport:
@@ -228,11 +260,15 @@ def restored_epochs(path: Path | None, epochs: int) -> list[tuple[Any, Weights |
 
 
 def trial_reports(p: TrialPayload) -> Iterator[tuple[EpochReport, Weights | None]]:
-    """Measure, then train: the whole trial as a stream of (epoch report, weights of the final epoch or None)."""
+    """Measure, then train: the whole trial as a stream of (epoch report, weights of the final epoch or None).
+    Every report carries the trial's phase times so far (:data:`nas.engine.messages.PHASES`)."""
     import torch
 
     from trainers.config import TrainConfig
 
+    _TRIALS_HERE[0] += 1
+    phases = {"start_s": max(0.0, time.time() - p.sent_at) if p.sent_at else 0.0,  # handed out -> running here
+              "worker_trial": _TRIALS_HERE[0]}  # fmt: skip
     threads = max(1, int(p.cpus))
     torch.set_num_threads(threads)
     train_cfg = TrainConfig.model_validate(p.train)
@@ -240,5 +276,7 @@ def trial_reports(p: TrialPayload) -> Iterator[tuple[EpochReport, Weights | None
     device = layer.resolve(train_cfg.device)
     lock = layer.lock(device, p.lock_dir)
     where = {"pid": os.getpid(), "node": _node_id(), "device_lock": lock.device_name, "visible_gpus": layer.visible()}
-    throughput = measure(p, device, lock, threads, train_cfg.batch_size)
-    yield from train(p, device, lock, throughput, where)
+    t0 = time.perf_counter()
+    throughput = measure(p, device, lock, threads, train_cfg.batch_size, phases)
+    phases["measure_s"] = time.perf_counter() - t0
+    yield from train(p, device, lock, throughput, where, phases)

@@ -7,7 +7,10 @@
   ``SimulatorCallback``) on a blackbox built from the same table, the same epoch seconds.
 
 Compute is counted the same way for all: every epoch a method trains costs one trial-epoch and the architecture's
-epoch seconds (the table's median); a reused result costs nothing (only our engine reuses). The curve is the
+epoch seconds (the table's median), and every trial it starts the table's fixed cost (``Table.fixed_costs``,
+measured by benchmarks/lab_costs.py: a trial's start and build, and the throughput measurement of an architecture
+not measured before — our engine caches it by architecture, Syne Tune measures in every trial); a reused result
+costs nothing (only our engine reuses). The curve is the
 normalised hypervolume (nas.pareto.normalized_hypervolume, bounds = the table's range of each objective) of the
 front the search reports at that moment — the Pareto front of its own estimates (mean over the seeds it observed) —
 placed at the architectures' true points, divided by the true front's or the ceiling's (:class:`ReportedFront`); it
@@ -101,15 +104,19 @@ class ReportedFront:
     proxy truth it is the share of the architectures found. The curve's y, and where the lab ends a run."""
 
     def __init__(self, table: Table, truth: Truth | None = None) -> None:
-        self.table, self.seen = table, {}
+        self.table, self.seen, self.tp = table, {}, {}
         self.truth = truth or lab_truth.proxy(table)
         self.total, self.bounds = self.truth.total(table), self.truth.bounds(table)  # once: add() runs per trial
 
-    def add(self, arch_id: str, observed: float, replicate: int = 0) -> float:
-        """Record one finished evaluation (a reused copy repeats its source's); returns the share after it."""
+    def add(self, arch_id: str, observed: float, replicate: int = 0, throughput: float | None = None) -> float:
+        """Record one finished evaluation (a reused copy repeats its source's) with the throughput the search
+        observed (default: the table's median); returns the share after it."""
         self.seen.setdefault(arch_id, {})[replicate] = observed
+        if throughput is not None:
+            self.tp[arch_id] = throughput
         ids = list(self.seen)
-        estimates = [[statistics.fmean(self.seen[a].values()), self.table.archs[a].throughput["median"]] for a in ids]
+        estimates = [[statistics.fmean(self.seen[a].values()), self.tp.get(a, self.table.archs[a].throughput["median"])]
+                     for a in ids]  # fmt: skip
         front = [ids[i] for i in pareto_front(estimates, DIRECTIONS)]
         return self.truth.hv(self.table, front, self.bounds) / self.total
 
@@ -118,20 +125,22 @@ def curve_from_events(
     method: str,
     seed: int,
     table: Table,
-    epochs: list[tuple[float, str]],
-    completed: list[tuple[float, str, float, int]],
+    epochs: list[tuple[float, float]],
+    completed: list[tuple[float, str, float, int, float | None]],
     truth: Truth | None = None,
+    fixed: list[tuple[float, float]] = (),
 ) -> Curve:
-    """``epochs``: (time, arch_id) of every epoch trained; ``completed``: (time, arch_id, the accuracy the search
-    observed, seed replicate) of every trial that reached full fidelity (a reused copy is not an event). Both in
-    simulated time; scored at ``truth`` (default: the proxy's)."""
+    """``epochs``: (time, seconds) of every epoch trained; ``fixed``: (time, seconds) of every fixed cost paid (a
+    trial's start); ``completed``: (time, arch_id, the accuracy the search observed, seed replicate, the throughput
+    it observed or None for the table's median) of every trial that reached full fidelity (a reused copy is not an
+    event). All in simulated time; scored at ``truth`` (default: the proxy's)."""
     curve, found = Curve(method, seed), ReportedFront(table, truth)
-    epochs = sorted(epochs)
+    costs = sorted([(t, s, 1) for t, s in epochs] + [(t, s, 0) for t, s in fixed])
     done_e, done_s, i = 0, 0.0, 0
-    for t, arch_id, observed, replicate in sorted(completed):
-        while i < len(epochs) and epochs[i][0] <= t + 1e-9:
-            done_e, done_s, i = done_e + 1, done_s + table.archs[epochs[i][1]].epoch_seconds, i + 1
-        curve.points.append((done_e, done_s, found.add(arch_id, observed, replicate)))
+    for t, arch_id, observed, replicate, tp in sorted(completed, key=lambda c: c[:4]):
+        while i < len(costs) and costs[i][0] <= t + 1e-9:
+            done_e, done_s, i = done_e + costs[i][2], done_s + costs[i][1], i + 1
+        curve.points.append((done_e, done_s, found.add(arch_id, observed, replicate, tp)))
     curve.unique_archs = len({c[1] for c in completed})
     return curve
 
@@ -164,10 +173,13 @@ def run_engine(
     budget: int,
     stop_share: float = 1.0,
     truth: Truth | None = None,
+    fixed_costs: bool = True,
+    throughput_noise: bool = True,
 ) -> Curve:
     """One run of our engine through the entry point every study takes (``run_config``), on the replay executor
     and an in-memory Optuna storage; the search replays only the seeds ``truth`` leaves visible (default: the proxy
-    truth, every seed) and is scored at it. Replicates are capped at the visible seeds."""
+    truth, every seed) and is scored at it. Replicates are capped at the visible seeds. ``fixed_costs``: charge the
+    table's (if it has them)."""
     import optuna
     from optuna.trial import FrozenTrial, TrialState
     from rich.console import Console
@@ -204,7 +216,7 @@ def run_engine(
         a = TrialAttrs.of(t)
         if t.state != TrialState.COMPLETE or not a.full_fidelity:
             return False
-        return found.add(a.arch_id, t.values[0], a.replicate or 0) >= stop_share - 1e-12
+        return found.add(a.arch_id, t.values[0], a.replicate or 0, t.values[1]) >= stop_share - 1e-12
 
     def ray_asha(driver: Any) -> Any:
         from ray.tune.schedulers import ASHAScheduler
@@ -215,7 +227,8 @@ def run_engine(
         return s
 
     storage, quiet = optuna.storages.InMemoryStorage(), Progress(Console(quiet=True), quiet=True)
-    executor = ReplayExecutor(view, workers, max_trial_epochs=budget, until=reached)
+    executor = ReplayExecutor(view, workers, max_trial_epochs=budget, until=reached, fixed_costs=fixed_costs,
+                              throughput_noise=throughput_noise)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         run_config(
             cfg, SearchSpace.from_dict(table.space), f"lab {m.name} seed {seed}", Path(tmp), quiet,
@@ -225,13 +238,13 @@ def run_engine(
     trials = {t.number: t for t in storage.get_all_trials(storage.get_study_id_from_name(cfg.name), deepcopy=False)}
     log = executor.log
     attrs = {n: TrialAttrs.of(t) for n, t in trials.items()}
-    epochs = [(t, attrs[n].arch_id) for t, n, _, _ in log.epochs]
+    epochs = [(t, secs) for t, _, _, secs in log.epochs]
     done = [
-        (t, attrs[n].arch_id, trials[n].values[0], attrs[n].replicate or 0)
+        (t, attrs[n].arch_id, trials[n].values[0], attrs[n].replicate or 0, trials[n].values[1])
         for t, n in log.ends
         if trials[n].state.name == "COMPLETE" and attrs[n].full_fidelity
     ]
-    curve = curve_from_events(m.name, seed, table, epochs, done, truth)
+    curve = curve_from_events(m.name, seed, table, epochs, done, truth, [(t, secs) for t, _, secs in log.fixed])
     curve.trials = len(trials)
     return curve
 
@@ -240,11 +253,14 @@ def run_engine(
 _BLACKBOX: dict[str, Any] = {}
 
 
-def _blackbox(table: Table, seed: int) -> tuple[Any, dict[tuple, str]]:
+def _blackbox(
+    table: Table, seed: int, fixed_s: float = 0.0, throughput_noise: bool = True
+) -> tuple[Any, dict[tuple, str]]:
     """The table as a Syne Tune ``BlackboxTabular``: objectives error and -throughput (minimised), cumulative
-    elapsed time from the same epoch seconds our replay uses; each architecture's curve is the training seed our
-    replay draws for run ``seed`` (Table.seed_index), so both see the same single-seed noise."""
-    key = (table.source, seed if table.n_seeds > 1 else 0)
+    elapsed time from the same epoch seconds our replay uses after ``fixed_s`` (a trial's fixed cost); each
+    architecture's curve is the training seed our replay draws for run ``seed`` (Table.seed_index) and its
+    throughput the one our replay draws (Table.throughput_draw), so both see the same noise."""
+    key = (table.source, seed if table.n_seeds > 1 or throughput_noise else 0, fixed_s, throughput_noise)
     if key in _BLACKBOX:
         return _BLACKBOX[key]
     import numpy as np
@@ -260,8 +276,9 @@ def _blackbox(table: Table, seed: int) -> tuple[Any, dict[tuple, str]]:
     ev = np.zeros((len(archs), 1, n_ep, 3))
     for i, a in enumerate(archs):
         acc = a.curves()[table.seed_index(seed, a.arch_id)].val_acc
+        tp = table.throughput_draw(seed, a.arch_id) if throughput_noise else a.throughput["median"]
         for e in range(n_ep):
-            ev[i, 0, e] = [1 - acc[e], -a.throughput["median"], (e + 1) * a.epoch_seconds]
+            ev[i, 0, e] = [1 - acc[e], -tp, fixed_s + (e + 1) * a.epoch_seconds]
     bb = BlackboxTabular(
         hyperparameters=hp,
         configuration_space=cs,
@@ -276,9 +293,19 @@ def _blackbox(table: Table, seed: int) -> tuple[Any, dict[tuple, str]]:
 
 
 def run_syne(
-    table: Table, m: Method, seed: int, workers: int, budget: int, stop_share: float = 1.0, truth: Truth | None = None
+    table: Table,
+    m: Method,
+    seed: int,
+    workers: int,
+    budget: int,
+    stop_share: float = 1.0,
+    truth: Truth | None = None,
+    fixed_costs: bool = True,
+    throughput_noise: bool = True,
 ) -> Curve:
-    """One run of a Syne Tune scheduler in its simulator on the seeds ``truth`` leaves visible, scored at it."""
+    """One run of a Syne Tune scheduler in its simulator on the seeds ``truth`` leaves visible, scored at it. With
+    ``fixed_costs`` every trial pays the table's fixed cost and a throughput measurement (Syne Tune keeps no cache
+    of measurements between trials)."""
     os.environ.setdefault("SYNETUNE_FOLDER", tempfile.mkdtemp(prefix="syne-tune-"))
     logging.getLogger("syne_tune").setLevel(logging.ERROR)
     from syne_tune import StoppingCriterion, Tuner
@@ -290,7 +317,8 @@ def run_syne(
     from syne_tune.tuner_callback import TunerCallback
 
     truth = truth or lab_truth.proxy(table)
-    bb, by_params = _blackbox(truth.search_table(table), seed)
+    fixed_s = table.fixed_seconds(measured=False) if fixed_costs else 0.0
+    bb, by_params = _blackbox(truth.search_table(table), seed, fixed_s, throughput_noise)
     names = list(next(iter(table.archs.values())).params)
     cs = bb.configuration_space_with_max_resource_attr("epochs")
     metrics = ["error", "neg_throughput"]
@@ -303,18 +331,23 @@ def run_syne(
 
     class Recorder(TunerCallback):
         def __init__(self) -> None:
-            self.epochs: list[tuple[float, str]] = []
-            self.done: list[tuple[float, str, float, int]] = []
+            self.epochs: list[tuple[float, float]] = []
+            self.fixed: list[tuple[float, float]] = []
+            self.archs: set[str] = set()
+            self.done: list[tuple[float, str, float, int, float]] = []
             self.found, self.reached = ReportedFront(table, truth), False
 
         def on_trial_result(self, trial: Any, status: str, result: dict, decision: str) -> None:
             arch = by_params[tuple(str(trial.config[n]) for n in names)]
             t = float(result["st_tuner_time"])
-            self.epochs.append((t, arch))
+            self.epochs.append((t, table.archs[arch].epoch_seconds))
+            self.archs.add(arch)
+            if int(result["epoch"]) == 1 and fixed_s > 0:  # paid before the first epoch, counted with it
+                self.fixed.append((t, fixed_s))
             if int(result["epoch"]) >= table.epochs:
-                observed = 1.0 - float(result["error"])
-                self.done.append((t, arch, observed, 0))
-                self.reached = self.reached or self.found.add(arch, observed) >= stop_share - 1e-12
+                observed, tp = 1.0 - float(result["error"]), -float(result["neg_throughput"])
+                self.done.append((t, arch, observed, 0, tp))
+                self.reached = self.reached or self.found.add(arch, observed, 0, tp) >= stop_share - 1e-12
 
     class TableTimeBackend(UserBlackboxBackend):
         """Syne Tune's simulator whose clock advances by simulated time only: the table's epoch seconds, its fixed
@@ -341,8 +374,9 @@ def run_syne(
         tuner.run()
     epochs = sorted(rec.epochs)[:budget]
     cut = epochs[-1][0] if epochs else 0.0
-    curve = curve_from_events(m.name, seed, table, epochs, [d for d in rec.done if d[0] <= cut], truth)
-    curve.trials = len({a for _, a in rec.epochs})
+    fixed = [f for f in rec.fixed if f[0] <= cut]
+    curve = curve_from_events(m.name, seed, table, epochs, [d for d in rec.done if d[0] <= cut], truth, fixed)
+    curve.trials = len(rec.archs)
     return curve
 
 
@@ -356,6 +390,8 @@ def run(
     stop_share: float = 1.0,
     truth: str = "proxy",
     relative: str | None = None,
+    fixed_costs: bool = True,
+    throughput_noise: bool = True,
 ) -> Curve:
     """One (method, seed): what a worker process of the lab runs, at the truth named ``truth`` (lab_truth.make);
     it ends at ``budget`` trial-epochs or once it has reached ``stop_share`` of the true front's (or the ceiling's)
@@ -368,5 +404,5 @@ def run(
     table = Table.load(table_path)
     t = lab_truth.make(truth, table, seed, relative)
     if m.kind == "syne":
-        return run_syne(table, m, seed, workers, budget, stop_share, t)
-    return run_engine(table, base, m, seed, workers, budget, stop_share, t)
+        return run_syne(table, m, seed, workers, budget, stop_share, t, fixed_costs, throughput_noise)
+    return run_engine(table, base, m, seed, workers, budget, stop_share, t, fixed_costs, throughput_noise)

@@ -441,6 +441,16 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     ap.add_argument("--no-plot", action="store_true", help="skip the HTML/PNG plot (tuning runs)")
     ap.add_argument(
+        "--no-fixed-costs",
+        action="store_true",
+        help="charge epochs only, not the table's fixed per-trial costs (the lab before issue 30)",
+    )
+    ap.add_argument(
+        "--exact-throughput",
+        action="store_true",
+        help="searches see each throughput's median, not a draw within its spread (the lab before issue 30)",
+    )
+    ap.add_argument(
         "--oracle", action="store_true", help="add oracle-<sampler>: ours ranking on the final accuracies (a bound)"
     )
     args = ap.parse_args(argv)
@@ -504,18 +514,35 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [m for m in chosen if m.name not in seeds_short]  # the default list on a one-seed table: without them
     base = base_config(table)
     first = args.seed_start
+    charge = not args.no_fixed_costs and bool(table.fixed_costs)
+    fixed = table.fixed_seconds(measured=False) if charge else 0.0
+    fc = table.fixed_costs
+    paid = f"every trial {fc.get('trial_s')} s, a measurement {fc.get('measure_s')} s" if charge else "not charged"
+    print(f"fixed costs: {paid}", file=sys.stderr)
 
     def n_seeds(m: Method) -> int:
         return min(args.seeds, args.gp_seeds) if m.sampler == "gp" and m.kind == "engine" else args.seeds
 
     jobs = [
-        (args.table, base, m, s, args.workers, budget, args.stop_at, args.truth, args.relative)
+        (
+            args.table,
+            base,
+            m,
+            s,
+            args.workers,
+            budget,
+            args.stop_at,
+            args.truth,
+            args.relative,
+            charge,
+            not args.exact_throughput,
+        )
         for m in chosen
         for s in range(first, first + n_seeds(m))
     ]
     truths = [lab_truth.make(args.truth, table, s, args.relative) for s in range(first, first + table.n_seeds)]
     ceilings = sorted({(t.label, round(t.ceiling(table), 4)) for t in truths})
-    horizon = sum(a.epoch_seconds * table.epochs for a in table.archs.values())
+    horizon = sum(a.epoch_seconds * table.epochs + fixed for a in table.archs.values())  # every arch, trained whole
     print(f"truth: {args.truth}, scored relative to the {truths[0].relative}; ceiling (share of the true "
           f"front a search that saw everything visible would report): "
           + "; ".join(f"{label}: {c:.3f}" for label, c in ceilings), file=sys.stderr)  # fmt: skip
@@ -535,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps({
         "table": str(Path(args.table).name), "seeds": args.seeds, "seed_start": first, "workers": args.workers,
         "budget": budget, "truth": args.truth, "relative": truths[0].relative, "ceilings": ceilings,
+        "fixed_costs": {k: v for k, v in table.fixed_costs.items() if k != "provenance"} if charge else None,
+        "throughput_noise": not args.exact_throughput,
         "horizon_s": horizon,
         "true_front": [a.placement for a in lab_runs.true_front(table, lab_truth.make(args.truth, table, first))],
         "summary": {k: {s: {kk: vv for kk, vv in v.items()} if isinstance(v, dict) else v for s, v in row.items()}

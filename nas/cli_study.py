@@ -235,7 +235,35 @@ def _settled_only(st: Any, recs: list[Any], objs: list[Any]) -> tuple[list[Any],
     )
 
 
-COMMANDS = (studies, status, pareto, dashboard, export)
+def settle(
+    study: str = typer.Argument(..., help="study name"),
+    device: str = typer.Option("auto", "--device", help="where to re-measure: auto, cpu, cuda[:N] (this machine)"),
+    rounds: int = typer.Option(15, "--rounds", help="at most this many interleaved rounds"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+) -> None:
+    """Settle the throughput order of the front: re-measure its members interleaved (A B C C B A ...), paired by
+    round so the device's drifting load divides out, until each neighbour pair is resolved or --rounds is reached.
+
+    Example: nas settle fmnist_placement --device cuda
+    """
+    from nas import results
+    from nas.settle import settle_study
+
+    if rounds < 3:
+        raise ConfigError(f"--rounds: {rounds} is too few for an interval; use 3 or more")
+    st = results.open_study(study, storage)
+    try:
+        front, out = settle_study(st, device, max_rounds=rounds)
+    except ValueError as e:
+        raise StudyError(str(e)) from None
+    typer.echo(f"{out.rounds} rounds on {device}; order {'resolved' if out.resolved else 'NOT resolved'}:")
+    for p in out.pairs:
+        verdict = "resolved" if p.resolved else "a tie at this many rounds"
+        typer.echo(f"  trial {front[p.faster].number} faster than trial {front[p.slower].number} by {p.ratio:.3f}x "
+                   f"(95 % CI {p.low:.3f}–{p.high:.3f}): {verdict}")  # fmt: skip
+
+
+COMMANDS = (studies, status, pareto, dashboard, export, settle)
 
 
 def register(app: typer.Typer) -> None:

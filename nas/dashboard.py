@@ -22,7 +22,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from nas import report, results, trust
+from nas import report, results, trust, worktime
 from nas.errors import StudyError
 from nas.fmt import si
 from nas.results import Objective, TrialRecord
@@ -82,6 +82,8 @@ def pareto_figure(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) 
             return
         if yo.name == "accuracy" and name != "pruned (last rung accuracy)":
             kw.setdefault("error_y", _interval_bars([(p[1], p[2]) for p in pts], marker.get("color")))
+        if xo is not None and xo.name == "throughput":  # horizontal: one measurement's spread on its device
+            kw.setdefault("error_x", _interval_bars([(p[0], p[2]) for p in pts], marker.get("color"), "throughput"))
         fig.add_trace(
             go.Scatter(
                 x=[p[0] for p in pts],
@@ -124,6 +126,8 @@ def pareto_figure(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) 
     note = f"; {len(pruned)} pruned, {len(failed)} failed" + (f" ({unplotted} not plotted)" if unplotted else "")
     if yo.name == "accuracy" and any(r.accuracy_interval for r in full):
         note += "; bars: 95 % interval over the validation images"
+    if xo is not None and xo.name == "throughput" and any(r.throughput_interval for r in full):
+        note += ", and the range of one throughput measurement"
     fig.update_layout(
         title=f"Pareto front: {yo.name} vs {xo.name if xo else 'trial'} "
         f"({len(fr)} on the front of {len(full)} complete full-fidelity trials{note})",
@@ -353,12 +357,15 @@ def validation_figure(study: Any) -> go.Figure | None:
     return fig
 
 
-def _interval_bars(points: list[tuple[float, TrialRecord]], color: str | None) -> dict[str, Any] | None:
+def _interval_bars(
+    points: list[tuple[float, TrialRecord]], color: str | None, what: str = "accuracy"
+) -> dict[str, Any] | None:
     """Plotly error bars: each full-fidelity accuracy's 95 % interval (nas.evaluation; none for a trial evaluated
-    before its correct images were kept), or None when no point has one."""
+    before its correct images were kept), or each throughput's (``what="throughput"``: its measurement's spread);
+    None when no point has one."""
     up, down = [], []
     for y, r in points:
-        iv = r.accuracy_interval
+        iv = r.accuracy_interval if what == "accuracy" else r.throughput_interval
         up.append(iv[1] - y if iv else 0.0)
         down.append(y - iv[0] if iv else 0.0)
     if not any(up) and not any(down):
@@ -399,6 +406,9 @@ def render_html(study, refresh_s: int | None = None) -> str:
     validation = validation_figure(study)
     if validation is not None:
         figs["validation"] = validation
+    spent = worktime.figure(worktime.of_study(study))
+    if spent is not None:  # where the worker time went (issue 30): only when the trials carry phase times
+        figs["worktime"] = spent
     for i, (key, fig) in enumerate(figs.items()):
         parts.append(
             f"<section id='{key}'>"

@@ -10,14 +10,16 @@ One training run's accuracy is one draw: on the lab's table a second seed of the
 * :func:`front_probability` — P(front) of each architecture: the share of ``draws`` resampled worlds in which it is
   on the Pareto front. Each draw resamples the two noises an accuracy carries, separately:
 
-  - the **validation images**: one bootstrap resample of the images, shared by every architecture (they were all
-    evaluated on the same images: the comparison stays paired), applied to each seed's correctness bitmap; an
+  - the **validation images**: one (Poisson) bootstrap resample of the images, shared by every architecture (they
+    were all evaluated on the same images: the comparison stays paired), applied to each seed's correctness bitmap; an
     evaluation without a bitmap gets an independent normal draw of its binomial error instead;
   - the **training seed**: a normal draw of SD ``s / sqrt(k)`` for an architecture with ``k`` seeds, ``s`` the
     pooled within-architecture seed SD (:func:`pooled_seed_sd`: measured from the replicates, shrunk towards a
     prior SD while few exist).
 
-  Only accuracy is resampled: throughput, parameters and FLOPs do not depend on the seed.
+  Throughput is resampled too (issue 30), log-normal within its measurement's spread (:func:`throughput_log_sd`):
+  under load one measurement spreads by a third, and an order decided by the load is not the architectures'.
+  Parameters and FLOPs are exact.
 
 Racing (nas.engine.racing) retrains the architectures whose P(front) is neither near 1 nor near 0. numpy only.
 """
@@ -123,45 +125,52 @@ def front_membership(
     seed: int = 0,
     predicted_sd: Sequence[float | None] | None = None,
 ) -> np.ndarray:
-    """(draws, archs) booleans: whether each architecture is on the front in each resampled world."""
+    """(draws, archs) booleans: whether each architecture is on the front in each resampled world (accuracy and,
+    where its measurement has a spread, throughput resampled; every other objective fixed)."""
     names = [o.name for o in objectives]
     sign = np.array([1.0 if o.direction == "maximize" else -1.0 for o in objectives])
     base = np.array([[r.values[n] for n in names] for r in archs], dtype=float) * sign
-    if "accuracy" not in names:
-        draws = 1
-    acc = None
+    noisy: dict[int, np.ndarray] = {}  # objective index -> (draws, archs) drawn values, signed
     if "accuracy" in names:
-        acc = _accuracy_draws(archs, prior_seed_sd, draws, np.random.default_rng(seed), predicted_sd)
+        j = names.index("accuracy")
+        noisy[j] = _accuracy_draws(archs, prior_seed_sd, draws, np.random.default_rng(seed), predicted_sd) * sign[j]
+    if "throughput" in names:
+        k = names.index("throughput")
+        tp = _throughput_draws(archs, base[:, k] * sign[k], draws, np.random.default_rng([seed, 1]))
+        if tp is not None:
+            noisy[k] = tp * sign[k]
+    if not noisy:
+        draws = 1
     out = np.zeros((draws, len(archs)), dtype=bool)
-    j = names.index("accuracy") if acc is not None else 0
-    live = np.arange(len(archs))
-    if acc is not None:  # only architectures not dominated in every draw can be on the front (exact, see below)
-        live = _possible(base, acc * sign[j], j)
-    fixed = base[live]  # the objectives no draw changes (all but accuracy), compared once: (live, live)
-    others = [k for k in range(base.shape[1]) if acc is None or k != j]
+    live = _possible(base, noisy) if noisy else np.arange(len(archs))  # exact, see _possible
+    fixed = base[live]  # the objectives no draw changes, compared once: (live, live)
     ge0 = np.ones((len(live), len(live)), dtype=bool)  # [c, a]: c at least as good as a in every fixed objective
     gt0 = np.zeros((len(live), len(live)), dtype=bool)  # [c, a]: c better than a in some fixed objective
-    for k in others:
-        ge0 &= fixed[:, None, k] >= fixed[None, :, k]
-        gt0 |= fixed[:, None, k] > fixed[None, :, k]
-    if acc is None:
+    for k in range(base.shape[1]):
+        if k not in noisy:
+            ge0 &= fixed[:, None, k] >= fixed[None, :, k]
+            gt0 |= fixed[:, None, k] > fixed[None, :, k]
+    if not noisy:
         out[:, live] = ~(ge0 & gt0).any(0)
         return out
-    for start in range(0, draws, 64):  # the drawn accuracy in blocks: (block, live, live) booleans
-        a = acc[start : start + 64][:, live] * sign[j]
-        ge = ge0 & (a[:, :, None] >= a[:, None, :])  # [b, c, a]: c at least as good as a everywhere
-        gt = gt0 | (a[:, :, None] > a[:, None, :])
+    for start in range(0, draws, 64):  # the drawn objectives in blocks: (block, live, live) booleans
+        ge, gt = ge0, gt0
+        for d in noisy.values():
+            a = d[start : start + 64][:, live]
+            ge = ge & (a[:, :, None] >= a[:, None, :])  # [b, c, a]: c at least as good as a everywhere
+            gt = gt | (a[:, :, None] > a[:, None, :])
         out[start : start + len(a), live] = ~(ge & gt).any(1)
     return out
 
 
-def _possible(base: np.ndarray, acc: np.ndarray, j: int) -> np.ndarray:
+def _possible(base: np.ndarray, noisy: dict[int, np.ndarray]) -> np.ndarray:
     """Indices of the architectures that some draw may put on the front: ``a`` is left out when another ``c`` with
-    its *lowest* drawn accuracy still dominates ``a`` with its *highest* (then ``c`` dominates ``a`` in every draw).
+    its *worst* drawn values still dominates ``a`` with its *best* (then ``c`` dominates ``a`` in every draw).
     Leaving them out changes no one's membership: whatever such an ``a`` dominates in a draw, the ``c`` that
     dominates it there dominates too (dominance is transitive)."""
     hi, lo = base.copy(), base.copy()
-    hi[:, j], lo[:, j] = acc.max(0), acc.min(0)
+    for k, d in noisy.items():
+        hi[:, k], lo[:, k] = d.max(0), d.min(0)
     keep = []
     for a in range(len(base)):  # one row at a time: no (archs, archs) matrix for a large study
         ge = (lo >= hi[a]).all(1)
@@ -169,6 +178,32 @@ def _possible(base: np.ndarray, acc: np.ndarray, j: int) -> np.ndarray:
         if not (ge & gt).any():
             keep.append(a)
     return np.array(keep, dtype=int)
+
+
+def throughput_log_sd(tp: dict[str, Any]) -> float:
+    """The spread of one throughput measurement as an SD of log throughput: the SD of the logs of its repeats, else
+    its CV (a tabulated measurement keeps median, IQR and CV only), else IQR / 1.349 / median; 0 without any.
+    One measurement's spread, not its median's standard error: the load that moves its repeats moves the whole
+    measurement too, and the trials of a study were measured minutes apart (see nas.settle)."""
+    values = [float(v) for v in (tp.get("values") or []) if v and v > 0]
+    if len(values) >= 2:
+        return float(np.std(np.log(values), ddof=1))
+    if tp.get("cv"):
+        return float(tp["cv"])
+    if tp.get("iqr") and tp.get("median"):
+        return float(tp["iqr"]) / 1.349 / float(tp["median"])
+    return 0.0
+
+
+def _throughput_draws(
+    archs: Sequence[TrialRecord], measured: np.ndarray, draws: int, rng: np.random.Generator
+) -> np.ndarray | None:
+    """(draws, archs) resampled throughputs, log-normal around each measured value with its measurement's spread
+    (:func:`throughput_log_sd`); None when no measurement has a spread (an exact device: nothing to resample)."""
+    sd = np.array([throughput_log_sd(r.throughput) for r in archs])
+    if not (sd > 0).any():
+        return None
+    return measured[None, :] * np.exp(rng.normal(0.0, 1.0, (draws, len(archs))) * sd[None, :])
 
 
 def _accuracy_draws(
@@ -188,7 +223,9 @@ def _accuracy_draws(
     out = np.zeros((draws, len(archs)))
     lengths = {bitmap.unpack(b).size for r in measured for b in (r.seed_bits or [r.val_correct]) if b}
     n_img = lengths.pop() if len(lengths) == 1 else None  # one validation set: resample it, paired
-    weights = rng.multinomial(n_img, np.full(n_img, 1.0 / n_img), size=draws) / n_img if n_img else None
+    # Poisson bootstrap (each image's count ~ Poisson(1): the multinomial's limit for many images, Hanley &
+    # MacGibbon 2006); numpy's multinomial draws n binomials per resample: 1.8 s of `nas status` for 1,000 draws
+    weights = rng.poisson(1.0, size=(draws, n_img)) / n_img if n_img else None
     for i, (accs, bs) in enumerate(zip(seeds, bits, strict=True)):
         if predicted[i] is not None:
             out[:, i] = archs[i].values["accuracy"] + rng.normal(0.0, predicted[i], draws)

@@ -70,6 +70,17 @@ class TrialRecord:
         return float(accs[-1]) if accs else None
 
     @property
+    def throughput_interval(self) -> tuple[float, float] | None:
+        """The range (95 %, log-normal) one measurement of this throughput spreads over on its device
+        (nas.replicates.throughput_log_sd); None without a spread."""
+        from nas.replicates import throughput_log_sd
+
+        sd, med = throughput_log_sd(self.throughput), self.throughput_median
+        if not sd or not med:
+            return None
+        return med * math.exp(-1.959963984540054 * sd), med * math.exp(1.959963984540054 * sd)
+
+    @property
     def accuracy_interval(self) -> tuple[float, float] | None:
         """The 95 % Wilson interval of the full-fidelity accuracy (nas.evaluation), from the images it got right;
         None for a trial evaluated before they were kept."""
@@ -446,6 +457,8 @@ def front_rows(
             if o.name == "accuracy":
                 lo, hi = r.accuracy_interval or (None, None)
                 row["accuracy_lo"], row["accuracy_hi"], row["seeds"] = lo, hi, r.seeds
+            elif o.name == "throughput":
+                row["throughput_lo"], row["throughput_hi"] = r.throughput_interval or (None, None)
         if p_front:
             row["p_front"] = p_front.get(r.number)
         row["throughput_iqr"] = r.throughput.get("iqr")

@@ -1,5 +1,6 @@
 """How far to trust the proxy: the lines ``nas status``, ``nas report`` and the dashboard show after ``nas calibrate``
-and ``nas validate``, always beside their **ceiling**.
+and ``nas validate``, always beside their **ceiling** — and how far to trust the throughputs (a loaded device, a
+settled order: nas.settle).
 
 A rank agreement between a proxy and a longer training is bounded by how well the longer training agrees with
 *itself*: two training seeds of the same architectures at the same budget rank them alike only so far (on the lab's
@@ -33,7 +34,9 @@ def trust_lines(study: Any) -> list[str]:
         warning = trust_warning(val.get("tau"), val.get("ceiling_tau"))
         if warning:
             out.append(warning)
-    return out
+    from nas import settle  # the throughput side: a loaded device, a settled order
+
+    return out + [line for line in (settle.load_line(study), settle.settled_line(study)) if line]
 
 
 def calibration_line(cal: dict[str, Any]) -> str:

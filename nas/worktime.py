@@ -118,3 +118,22 @@ def fixed_cost_model(rows: Sequence[dict[str, Any]], workers_per_device: int) ->
             (statistics.median([float(r["measure_s"]) for r in measured]) if measured else 0.0) + stall, 3
         ),
     }
+
+
+def figure(w: WorkTime) -> Any:
+    """The dashboard's panel: the study's worker time by phase (one horizontal bar each), or None without phase
+    times."""
+    if not w.trials or w.wall_s <= 0:
+        return None
+    import plotly.graph_objects as go
+
+    parts = {"epochs": w.epochs_s, **{LABELS[k]: v for k, v in w.phases.items()}}
+    names = sorted(parts, key=lambda k: parts[k])
+    text = [f"{100 * parts[k] / w.wall_s:.1f} %" for k in names]
+    fig = go.Figure(go.Bar(x=[parts[k] for k in names], y=names, orientation="h", text=text, textposition="outside"))
+    fig.update_layout(
+        title=f"Where the worker time went: {w.wall_s:.0f} s over {w.trials} trials, fixed cost "
+        f"{100 * (w.fixed_share or 0):.1f} % (device held exclusively {w.exclusive_s:.0f} s, inside 'measure')",
+        xaxis_title="worker-seconds", template="plotly_white", height=320,
+    )  # fmt: skip
+    return fig

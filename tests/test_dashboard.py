@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from nas import dashboard, results
+from nas import dashboard, results, worktime
 from nas.errors import StudyError
 
 pytest.register_assert_rewrite("tests.conftest_study")  # before the import below
@@ -121,7 +121,8 @@ document.querySelectorAll('.plotly-graph-div').forEach(function(gd){
    var d=el.__data__;return d&&d[0]&&d[0].trace&&d[0].trace.index===i;})[0];
   return {name:t.name,type:t.type,n:(t.x||t.dimensions||[]).length,
           drawn:g?g.querySelectorAll('path.point').length:null,
-          bars:g?g.querySelectorAll('path.yerror').length:null};});});
+          bars:g?g.querySelectorAll('path.yerror').length:null,
+          xbars:g?g.querySelectorAll('path.xerror').length:null};});});
 var pre=document.createElement('pre');pre.id='probe';pre.textContent=JSON.stringify(out);
 document.body.appendChild(pre);},300);});</script>"""
 
@@ -155,11 +156,15 @@ def test_dashboard_renders_in_headless_chromium(loaded, tmp_path: Path) -> None:
     assert m, f"probe missing; rc={proc.returncode} stderr tail: {proc.stderr[-800:]}"
     probe = json.loads(htmlmod.unescape(m.group(1)))
     assert probe["errors"] == [] and probe["plotly"] == "object"
-    assert set(probe["figs"]) == {f"fig-{k}" for k in ("pareto", "hypervolume", "placement", "curves", "parcoords")}
+    panels = ("pareto", "hypervolume", "placement", "curves", "parcoords")
+    spent = worktime.of_study(st).trials > 0  # trials that carry their phase times get the worker-time panel
+    assert set(probe["figs"]) == {f"fig-{k}" for k in panels + (("worktime",) if spent else ())}
     front = [t for t in probe["figs"]["fig-pareto"] if t["name"] == dashboard.FRONT_NAME]
-    n_front = len(results.front(recs, objs))
+    fr = results.front(recs, objs)
+    n_front = len(fr)
     assert len(front) == 1 and front[0]["n"] == n_front and front[0]["drawn"] == n_front
     assert front[0]["bars"] == n_front  # every front member's accuracy interval is drawn
+    assert front[0]["xbars"] == sum(1 for r in fr if r.throughput_interval)  # and its throughput's spread
     head = re.search(r"<table class=\"front\"><thead><tr>(.*?)</tr>", proc.stdout, re.S)
     assert head and all(f"<th>{c}</th>" in head.group(1) for c in ("accuracy_lo", "accuracy_hi", "seeds", "p_front"))
     assert probe["figs"]["fig-parcoords"][0]["type"] == "parcoords"

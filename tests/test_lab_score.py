@@ -61,9 +61,15 @@ def test_on_a_one_seed_table_the_score_is_the_share_of_the_architectures_found(t
 
 
 def test_curve_from_events_counts_compute_up_to_each_completion(table: Table) -> None:
-    epochs = [(1.0, "a"), (2.0, "b"), (3.0, "c"), (4.0, "c")]
-    done = [(1.0, "a", 0.80, 0), (2.0, "b", 0.70, 0), (3.0, "c", 0.69, 0), (4.0, "c", 0.79, 1)]
+    epochs = [(1.0, 10.0), (2.0, 20.0), (3.0, 30.0), (4.0, 30.0)]
+    done = [(1.0, "a", 0.80, 0, None), (2.0, "b", 0.70, 0, None), (3.0, "c", 0.69, 0, None), (4.0, "c", 0.79, 1, None)]
     curve = lab_runs.curve_from_events("m", 0, table, epochs, done)
     assert [p[0] for p in curve.points] == [1, 2, 3, 4] and curve.unique_archs == 3
+    assert [p[1] for p in curve.points] == [10.0, 30.0, 60.0, 90.0]
     assert curve.points[-1][2] == pytest.approx(1.0) and curve.points[-2][2] < 0.99
     assert curve.compute_to(1.0, axis=0) == 4
+    # a trial's fixed cost (issue 30) adds worker-seconds, not trial-epochs, from the moment it is paid
+    fixed = [(0.5, 2.0), (1.5, 2.0), (2.5, 2.0)]
+    paid = lab_runs.curve_from_events("m", 0, table, epochs, done, fixed=fixed)
+    assert [p[0] for p in paid.points] == [1, 2, 3, 4]
+    assert [p[1] for p in paid.points] == [12.0, 34.0, 66.0, 96.0]

@@ -3,7 +3,9 @@ known; determinism, compute accounting, PRUNED never on the front, Ray's ASHA as
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import random
 from pathlib import Path
 
@@ -107,10 +109,14 @@ def test_replay_is_a_real_study_with_the_tables_values(tmp_path: Path) -> None:
     study = _replay(tmp_path, "r1", table_path)
     states = {t.state for t in study.trials}
     assert TrialState.COMPLETE in states and TrialState.PRUNED in states  # the MO-ASHA pruner did decide
+    run_seed = study.user_attrs["config"]["seed"]
     for t in study.trials:
         if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs:
             a = table.archs[t.user_attrs["arch_id"]]
-            assert t.values == [a.val_acc[-1], a.throughput["median"]]
+            # the throughput observed is one draw within the table's spread (issue 30), the same for the run
+            observed = table.throughput_draw(run_seed, a.arch_id)
+            assert t.values == [a.val_acc[-1], observed] and observed != a.throughput["median"]
+            assert abs(math.log(observed / a.throughput["median"])) < 4 * a.throughput["cv"]
             assert [r["val_acc"] for r in t.user_attrs["curve"]] == a.val_acc
             assert t.user_attrs["wall_time_s"] == pytest.approx(EPOCHS * a.epoch_seconds)
         if t.state == TrialState.PRUNED:
@@ -199,6 +205,26 @@ def test_simulated_compute_accounting(tmp_path: Path) -> None:
     for _, number, _, seconds in log.epochs:
         assert seconds == table.archs[by_number[number].user_attrs["arch_id"]].epoch_seconds
     assert [n for _, n in log.ends] == sorted(by_number)  # one worker: trials end in order
+
+
+def test_a_tables_fixed_costs_are_charged_per_trial_and_a_measurement_once_per_architecture(tmp_path: Path) -> None:
+    """Issue 30: a real trial pays more than its epochs. With ``fixed_costs`` one worker's clock is the epochs plus
+    ``trial_s`` for every trial started plus ``measure_s`` for the first trial of each architecture (the engine's
+    throughput cache spares the later ones); without them, the epochs alone."""
+    driver, store, table = _replay_driver(tmp_path, "fixed", n_trials=25, workers=1)
+    table = dataclasses.replace(table, fixed_costs={"trial_s": 0.5, "measure_s": 2.0})
+    (executor := ReplayExecutor(table, workers=1)).run(driver)
+    log = executor.log
+    store.close()
+    trained = [t for t in store.study.trials if "reused_from" not in t.user_attrs and t.state != TrialState.FAIL]
+    archs = {t.user_attrs["arch_id"] for t in trained}
+    assert len(log.fixed) == len(trained) and table.fixed_seconds(measured=True) == 0.5
+    assert sum(s for *_, s in log.fixed) == pytest.approx(0.5 * len(trained) + 2.0 * len(archs))
+    assert log.seconds == pytest.approx(sum(s for *_, s in log.epochs) + sum(s for *_, s in log.fixed))
+    driver, store, _ = _replay_driver(tmp_path, "unpaid", n_trials=25, workers=1)
+    (executor := ReplayExecutor(table, workers=1, fixed_costs=False)).run(driver)
+    store.close()
+    assert executor.log.fixed == [] and executor.log.seconds == pytest.approx(sum(s for *_, s in executor.log.epochs))
 
 
 def test_a_compute_budget_stops_the_replay(tmp_path: Path) -> None:

@@ -209,3 +209,29 @@ def _pruned(r: TrialRecord) -> TrialRecord:
     import dataclasses
 
     return dataclasses.replace(r, state="PRUNED", full_fidelity=False)
+
+
+def _tp(median: float, spread: float) -> dict:
+    """A measurement of ``median`` images/s whose 5 repeats spread log-normally by ``spread`` (an SD of logs)."""
+    z = np.array([-1.2649, -0.6325, 0.0, 0.6325, 1.2649])  # SD 1 with ddof=1, median 0
+    return {"median": median, "values": list(median * np.exp(spread * z))}
+
+
+def test_throughput_noise_a_clear_case_stays_clear_and_a_coin_flip_becomes_one() -> None:
+    """Issue 30: P(front) resamples throughput within its measurement's spread. A clear front (2x apart, 1 %
+    spread) and a clearly dominated point keep P 1 and 0; b, 10 points less accurate than a and 0.1 % faster, is on
+    the front only because of that 0.1 %: exactly so when throughput is exact, a coin flip when one measurement
+    spreads by 20 % (a loaded device)."""
+    assert replicates.throughput_log_sd(_tp(1000.0, 0.2)) == pytest.approx(0.2, rel=1e-3)
+    assert replicates.throughput_log_sd({"median": 1000.0, "cv": 0.05}) == 0.05  # a tabulated one
+    assert replicates.throughput_log_sd({"median": 1000.0}) == 0.0
+    clear = [_rec(0, "a", 0.90, 1000.0, throughput=_tp(1000.0, 0.01)),
+             _rec(1, "c", 0.80, 2000.0, throughput=_tp(2000.0, 0.01)),
+             _rec(2, "d", 0.70, 900.0, throughput=_tp(900.0, 0.01))]  # fmt: skip
+    assert front_probability(clear, OBJS, 0.005) == {0: 1.0, 1: 1.0, 2: 0.0}
+    exact = [_rec(0, "a", 0.90, 1000.0), _rec(1, "b", 0.80, 1001.0)]
+    assert front_probability(exact, OBJS, 0.005) == {0: 1.0, 1: 1.0}
+    loaded = [_rec(0, "a", 0.90, 1000.0, throughput=_tp(1000.0, 0.2)),
+              _rec(1, "b", 0.80, 1001.0, throughput=_tp(1001.0, 0.2))]  # fmt: skip
+    p = front_probability(loaded, OBJS, 0.005, draws=4000)
+    assert p[0] == 1.0 and 0.45 < p[1] < 0.55  # a coin flip: Φ(0.1 % / (20 % · √2)) ≈ 0.50

@@ -97,6 +97,8 @@ class Progress:
         )
         if summary.stop_reason:
             self.console.print(f"[yellow]stopped before the budget was spent[/]: {summary.stop_reason}")
+        for line in summary.warnings:
+            self.console.print(f"[yellow]warning[/]: {line}")
         if not summary.front:
             self.console.print("no COMPLETE trial at full fidelity yet: no Pareto front")
             return

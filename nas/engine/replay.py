@@ -20,6 +20,7 @@ import hashlib
 import heapq
 import itertools
 import json
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -112,6 +113,16 @@ class Table:
     archs: dict[str, TableArch]
     provenance: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    # What a real trial pays besides its epochs, measured on a named device (benchmarks/lab_costs.py): ``trial_s``
+    # every trial, ``measure_s`` a trial whose architecture's throughput is not measured yet (the measurement and the
+    # other workers' stall while it holds the device), with their provenance; empty: epochs only.
+    fixed_costs: dict[str, Any] = field(default_factory=dict)
+
+    def fixed_seconds(self, measured: bool) -> float:
+        """What one trial pays besides its epochs (0 without ``fixed_costs``); ``measured``: its architecture's
+        throughput is already measured (the engine's cache: no measurement)."""
+        fc = self.fixed_costs
+        return float(fc.get("trial_s", 0.0)) + (0.0 if measured else float(fc.get("measure_s", 0.0)))
 
     @classmethod
     def load(cls, path: str | Path) -> Table:
@@ -139,11 +150,14 @@ class Table:
         if len({len(a.extra_seeds) for a in archs.values()}) > 1:
             raise ConfigError(f"{path}: its architectures have different numbers of training seeds")
         fields = {k: raw[k] for k in ("name", "space", "space_hash", "training", "num_classes", "epochs")}
-        return cls(**fields, archs=archs, provenance=raw.get("provenance", {}), source=str(path))
+        return cls(**fields, archs=archs, provenance=raw.get("provenance", {}), source=str(path),
+                   fixed_costs=raw.get("fixed_costs", {}))  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         """The table as its file stores it (``format`` first)."""
         out = {k: v for k, v in asdict(self).items() if k not in ("archs", "source")}
+        if not self.fixed_costs:
+            del out["fixed_costs"]
         archs = [asdict(a) for a in self.archs.values()]
         archs = [{k: v for k, v in a.items() if k != "val_correct" or v is not None} for a in archs]
         if self.n_seeds == 1:  # format 1, as before seeds existed
@@ -208,11 +222,30 @@ class Table:
                 f"table of at least {rc.max_per_arch} seeds (python benchmarks/search_lab.py table) or lower it"
             )
 
+    def throughput_draw(self, run_seed: int, arch_id: str) -> float:
+        """The throughput run ``run_seed`` observes for an architecture: log-normal around the table's median with
+        the table's CV (one measurement's spread, as nas.replicates.throughput_log_sd reads it), drawn from (run
+        seed, architecture) so a run sees one draw per architecture, as a real study's cache gives it."""
+        tp = self.archs[arch_id].throughput
+        cv = float(tp.get("cv") or 0.0)
+        if cv <= 0:
+            return float(tp["median"])
+        digest = hashlib.sha256(f"throughput:{run_seed}:{arch_id}".encode()).digest()
+        u = (int.from_bytes(digest[:8], "little") + 0.5) / 2**64
+        return float(tp["median"]) * math.exp(cv * statistics.NormalDist().inv_cdf(u))
+
     def report(
-        self, a: TableArch, epoch: int, cfg: StudyConfig, img_size: Any, curve: SeedCurve | None = None
+        self,
+        a: TableArch,
+        epoch: int,
+        cfg: StudyConfig,
+        img_size: Any,
+        curve: SeedCurve | None = None,
+        throughput: float | None = None,
     ) -> EpochReport:
         """Epoch ``epoch`` (from 1) of architecture ``a`` as a worker would report it, from one seed's ``curve``
-        (default seed 0); the last epoch carries the seed's correct images where the table has them."""
+        (default seed 0) and the ``throughput`` observed (default: exactly the table's median); the last epoch
+        carries the seed's correct images where the table has them."""
         c = curve or a.curves()[0]
         last = epoch == len(c.val_acc) and c.val_correct is not None
         return EpochReport(
@@ -225,27 +258,37 @@ class Table:
             seconds=a.epoch_seconds,
             images_per_s=0.0,
             wall_time_s=epoch * a.epoch_seconds,
-            throughput=self.throughput_report(a, cfg, img_size),
+            throughput=self.throughput_report(a, cfg, img_size, throughput),
             pid=0,
             node="replay",
         )
 
-    def throughput_report(self, a: TableArch, cfg: StudyConfig, img_size: Any) -> dict[str, Any]:
-        """The throughput a worker would report (ThroughputResult.to_dict() form), from the table."""
+    def throughput_report(
+        self, a: TableArch, cfg: StudyConfig, img_size: Any, observed: float | None = None
+    ) -> dict[str, Any]:
+        """The throughput a worker would report (ThroughputResult.to_dict() form), from the table: its spread and
+        the value ``observed``, or (None) exactly its median, without a spread."""
         h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
         device = f"replay:{self.name}"
         tp = cfg.throughput
         key = str(ThroughputKey(a.arch_id, device, tp.batch_size, (h, w), tp.precision, tp.compile or "eager"))
-        return {**a.throughput, "key": key, "device": device, "params": a.n_params, "flops": a.flops, "cached": True}
+        out = {**a.throughput, "key": key, "device": device, "params": a.n_params, "flops": a.flops, "cached": True}
+        if observed is not None:
+            out["median"] = observed
+        else:  # exact: the median, without a spread for P(front) to resample (the lab before issue 30)
+            out.update(iqr=0.0, cv=0.0)
+        return out
 
 
 @dataclass
 class ReplayLog:
-    """What the simulation did: every epoch trained (simulated end time, trial number, epoch, seconds) and every
-    trial's end (time, number); ``seconds`` is the simulated wall time of the whole run."""
+    """What the simulation did: every epoch trained (simulated end time, trial number, epoch, seconds), every
+    trial's end (time, number) and fixed cost (when it was paid, number, seconds: the table's ``fixed_costs``);
+    ``seconds`` is the simulated wall time of the whole run."""
 
     epochs: list[tuple[float, int, int, float]] = field(default_factory=list)
     ends: list[tuple[float, int]] = field(default_factory=list)
+    fixed: list[tuple[float, int, float]] = field(default_factory=list)  # (time, trial, seconds) of each start
     seconds: float = 0.0
     stopped_by_budget: bool = False
     stopped_by_time: bool = False  # ``budget.wall_time_s`` reached, in simulated seconds
@@ -263,6 +306,10 @@ class ReplayExecutor:
         until: called with every trial that ends (as stored); when it returns True the run stops there as if its
             budget were spent (the search lab ends a run once it has reached the share of the true front it
             measures).
+        fixed_costs: charge the table's ``fixed_costs`` (:meth:`Table.fixed_seconds`): a trial's slot is busy that
+            long before its first epoch, as a real worker is while it starts, measures and builds (issue 30).
+        throughput_noise: a run observes each architecture's throughput drawn within the table's spread
+            (:meth:`Table.throughput_draw`), as a real measurement is; False: the median, exactly.
 
     After :meth:`run`, ``log`` is the :class:`ReplayLog` of the simulation.
     """
@@ -273,8 +320,11 @@ class ReplayExecutor:
         workers: int | None = None,
         max_trial_epochs: int | None = None,
         until: Callable[[FrozenTrial], bool] | None = None,
+        fixed_costs: bool = True,
+        throughput_noise: bool = True,
     ) -> None:
         self.table, self.workers, self.max_trial_epochs, self.until = table, workers, max_trial_epochs, until
+        self.fixed_costs, self.throughput_noise = fixed_costs, throughput_noise
         self.now = 0.0
         self.log = ReplayLog()
 
@@ -298,7 +348,8 @@ class ReplayExecutor:
         """
         feed, workers = TrialFeed(driver, scheduler), self.workers or driver.cfg.budget.max_concurrent
         log, heap, seq, ids = self.log, [], itertools.count(), itertools.count()
-        runs: dict[str, tuple[ExecTrial, TableArch, SeedCurve]] = {}
+        runs: dict[str, tuple[ExecTrial, TableArch, SeedCurve, float | None]] = {}
+        measured: set[str] = set()  # architectures whose throughput this run measured (cached for the next trial)
         epochs, done, budget = driver.cfg.train.epochs, False, self.max_trial_epochs
         limit = driver.cfg.budget.wall_time_s
 
@@ -317,8 +368,13 @@ class ReplayExecutor:
                     )
                 replicate = int(trial.payload.train["seed"]) - driver.cfg.train.seed  # k-th seed replicate: k
                 seed = self.table.seed_index(driver.cfg.seed, a.arch_id, replicate)
-                runs[trial.trial_id] = (trial, a, a.curves()[seed])
-                heapq.heappush(heap, (self.now + a.epoch_seconds, next(seq), trial.trial_id, 1))
+                tp = self.table.throughput_draw(driver.cfg.seed, a.arch_id) if self.throughput_noise else None
+                runs[trial.trial_id] = (trial, a, a.curves()[seed], tp)
+                fixed = self.table.fixed_seconds(a.arch_id in measured) if self.fixed_costs else 0.0
+                measured.add(a.arch_id)
+                if fixed > 0:
+                    log.fixed.append((self.now + fixed, trial.payload.number, fixed))
+                heapq.heappush(heap, (self.now + fixed + a.epoch_seconds, next(seq), trial.trial_id, 1))
 
         fill()
         while heap:
@@ -328,9 +384,9 @@ class ReplayExecutor:
                 heap.clear()
                 break
             self.now = t
-            trial, a, curve = runs[tid]
+            trial, a, curve, tp = runs[tid]
             p = trial.payload
-            stop = feed.report(trial, self.table.report(a, e, driver.cfg, p.arch["img_size"], curve))
+            stop = feed.report(trial, self.table.report(a, e, driver.cfg, p.arch["img_size"], curve, tp))
             log.epochs.append((t, p.number, e, a.epoch_seconds))
             if stop or e >= epochs:
                 ended = feed.end(trial)

@@ -42,6 +42,7 @@ class RunSummary:
     recovered: list[int] = field(default_factory=list)
     interrupted: list[int] = field(default_factory=list)
     stop_reason: str | None = None
+    warnings: list[str] = field(default_factory=list)  # what the user must know about the results (one line each)
 
 
 def run_study(
@@ -170,6 +171,7 @@ def _drive(
     plan: Callable[[optuna.Study], int] | None,
 ) -> RunSummary:
     """Run the study's trials on the executor as one of its drivers, report."""
+    from nas import settle
     from nas.engine.driver import Driver
 
     recovered = store.recover_stale()
@@ -191,6 +193,9 @@ def _drive(
         ended = True
     finally:
         interrupted = driver.finish(wait_for_others=ended)
+        load = settle.device_load(store.study)
+        if load is not None:  # recorded with the study: how loaded its device was while it measured
+            store.study.set_user_attr("device_load", load)
         store.close()
     summary = run_summary(store, cfg, driver.added, time.time() - t0, recovered, interrupted, driver.stop_reason)
     progress.end(summary)
@@ -241,7 +246,7 @@ def run_summary(
 ) -> RunSummary:
     """What this run did, and the study's front as nas.results reads it (one architecture, one point; accuracy
     with its 95 % interval, the seeds it averages and its P(front))."""
-    from nas import results
+    from nas import results, settle
     from nas.replicates import study_front_probability
 
     recs = results.records(store.study)
@@ -255,4 +260,6 @@ def run_summary(
         if p_front:
             noise.update(seeds=r.seeds, p_front=p_front[r.number])
         front.append({"number": r.number, "placement": r.placement, **r.values, **noise, "params": r.params})
-    return RunSummary(cfg.name, store.url, added, counts, front, seconds, recovered, interrupted, stop_reason)
+    load = settle.load_line(store.study)
+    return RunSummary(cfg.name, store.url, added, counts, front, seconds, recovered, interrupted, stop_reason,
+                      [load] if load else [])  # fmt: skip

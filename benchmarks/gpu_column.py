@@ -50,7 +50,7 @@ def _worker(
     import torch
 
     from nas.engine.messages import TrialPayload
-    from nas.engine.trainable import _reason, trial_reports
+    from nas.engine.trainable import guarded_reports
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -63,11 +63,10 @@ def _worker(
             return
         payload = TrialPayload(number=job["index"], arch=job["arch"], arch_id=job["arch_id"], train=train,
                                dataset=dataset, throughput=tp, cpus=1, lock_dir=lock_dir)  # fmt: skip
-        rows, started, failed = [], time.time(), None
-        try:
-            rows = [r for r, _ in trial_reports(payload)]
-        except Exception as e:  # the trial's failure is its result, as in the engine
-            failed = _reason(e)
+        started = time.time()
+        reports = [r for r, _ in guarded_reports(payload)]  # the trial's failure is its result, as in the engine
+        rows = [r for r in reports if not r.failed]
+        failed = next((r.failed for r in reports if r.failed), None)
         last = rows[-1] if rows else None
         line = {"arch_id": job["arch_id"], "params": job["params"], "failed": failed,
                 "val_acc": [r.val_acc for r in rows], "val_loss": [r.val_loss for r in rows],

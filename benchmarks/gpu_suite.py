@@ -285,18 +285,18 @@ def run_one(arch: dict[str, Any], train: dict, dataset: dict, tp: dict, lock_dir
     """One trial through the engine's worker code (nas.engine.trainable.trial_reports), Ray-free, like run_trial:
     any exception becomes the trial's failure reason."""
     from nas.engine.messages import TrialPayload
-    from nas.engine.trainable import _reason, trial_reports
+    from nas.engine.trainable import guarded_reports
 
     payload = TrialPayload(
         number=0, arch=arch["arch"], arch_id=arch["arch_id"], train=train, dataset=dataset, throughput=tp,
         cpus=cpus, lock_dir=lock_dir,
     )  # fmt: skip
     t0, last, failed = time.time(), None, None
-    try:
-        for report, _weights in trial_reports(payload):
+    for report, _weights in guarded_reports(payload):
+        if report.failed:
+            failed = report.failed
+        else:
             last = report
-    except Exception as e:
-        failed = _reason(e)
     return {
         "arch_id": arch["arch_id"],
         "placement": arch["placement"],

@@ -17,7 +17,7 @@ from nas.engine.executor import ExecTrial, Prepared, TrialFeed, prepare_dataset
 from nas.engine.lifecycle import INTERRUPTED
 from nas.engine.progress import Progress
 from nas.engine.run import run_config
-from nas.engine.trainable import trial_reports
+from nas.engine.trainable import guarded_reports
 from nas.trial_attrs import TrialAttrs
 from tests.engine_fixtures import write_study
 from trainers import bitmap
@@ -46,7 +46,7 @@ class InlineExecutor:
             if trial.payload.number == self.die_on:
                 feed.end(trial, error="worker lost (node preempted)")
                 continue
-            for report, _weights in trial_reports(trial.payload):
+            for report, _weights in guarded_reports(trial.payload):
                 if feed.report(trial, report):
                     break
                 if report.epoch == self.cut_at:
@@ -173,3 +173,17 @@ def test_ctrl_c_while_the_driver_samples_leaves_no_trial_running(
     cut = study.trials[1]
     assert cut.state == TrialState.FAIL and TrialAttrs.of(cut).failure.startswith(INTERRUPTED)
     assert [TrialAttrs.of(t).retry_of for t in study.trials if t.state == TrialState.WAITING] == [1]
+
+
+def test_guarded_reports_turn_what_a_trial_raises_into_its_failed_last_report() -> None:
+    """Issue 29: the conversion every executor needs (Ray's run_trial used to own it); and the engine's public
+    names include the executor seam."""
+    import nas.engine
+    from nas.engine.messages import TrialPayload
+
+    bad = TrialPayload(number=0, arch={}, arch_id="x", train={}, dataset={}, throughput={}, cpus=1.0)
+    (report, weights), *rest = list(guarded_reports(bad))
+    assert rest == [] and weights is None and report.epoch == 0 and report.failed
+    assert report.failed.startswith(("KeyError", "ValidationError")) and " at " in report.failed
+    for name in ("Executor", "TrialFeed", "Lifecycle", "ReplayExecutor", "Racer", "guarded_reports"):
+        assert name in nas.engine.__all__ and getattr(nas.engine, name) is not None

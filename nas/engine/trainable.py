@@ -84,21 +84,30 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray import tune
     from safetensors.torch import save_file
 
+    for report, weights in guarded_reports(TrialPayload.from_config(config)):
+        if weights is None:
+            tune.report(report.to_result())
+            continue
+        with tempfile.TemporaryDirectory() as tmp:  # Tune copies it into its storage before report returns
+            save_file(weights, os.path.join(tmp, WEIGHTS_FILE))
+            tune.report(report.to_result(), checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def guarded_reports(p: TrialPayload) -> Iterator[tuple[EpochReport, Weights | None]]:
+    """:func:`trial_reports`, with anything the trial raises turned into its last report, ``failed`` with the
+    reason (:func:`failure_reason`): a trial's failure is its result and never kills the study. What every executor
+    runs (Ray's ``run_trial``, a process pool, the GPU suite), so none rewrites the conversion."""
     last_epoch = 0
     try:
-        for report, weights in trial_reports(TrialPayload.from_config(config)):
+        for report, weights in trial_reports(p):
             last_epoch = report.epoch
-            if weights is None:
-                tune.report(report.to_result())
-                continue
-            with tempfile.TemporaryDirectory() as tmp:  # Tune copies it into its storage before report returns
-                save_file(weights, os.path.join(tmp, WEIGHTS_FILE))
-                tune.report(report.to_result(), checkpoint=tune.Checkpoint.from_directory(tmp))
-    except Exception as e:  # everything a trial can raise ends as FAIL with its reason, never kills the study
-        tune.report(EpochReport(epoch=last_epoch, failed=_reason(e)).to_result())
+            yield report, weights
+    except Exception as e:
+        yield EpochReport(epoch=last_epoch, failed=failure_reason(e)), None
 
 
-def _reason(e: BaseException) -> str:
+def failure_reason(e: BaseException) -> str:
+    """One line for a trial's failure: our own errors' message; anyone else's type, message and where it arose."""
     msg = " ".join(str(e).split()) or type(e).__name__
     if type(e).__module__.startswith(("nas", "trainers")):
         return msg[:500]

@@ -158,3 +158,37 @@ def test_the_replicate_budget_is_a_share_of_the_compute_not_of_the_trials(tmp_pa
     replicated = sum(epochs[t.number] for t in trained if TrialAttrs.of(t).replicate is not None)
     assert any(t.state == TrialState.PRUNED for t in trained)
     assert 0 < replicated <= 0.3 * sum(epochs.values())
+
+
+class InvertedRung:
+    """A toy predictor (issue 29's seam, nas.engine.predictors): the lower a pruned trial's accuracy at its rung,
+    the more accurate it predicts it would end — the opposite of the default line."""
+
+    calls = 0
+
+    def fit(self, finished) -> None:
+        self.ready = len(finished) >= 2
+
+    def predict(self, curve, rung):
+        InvertedRung.calls += 1
+        acc = next((r["val_acc"] for r in curve if r["epoch"] == rung), None)
+        return (1.5 - acc, 0.001) if self.ready and acc is not None else None
+
+
+def test_a_toy_predictor_plugs_into_racing_and_changes_which_pruned_trial_is_promoted(tmp_path: Path) -> None:
+    ex = lambda: PlantedExecutor(lambda i: (0.60 + 0.005 * i, 3000.0 - 10.0 * i), seed_sd=0.005, early_sd=0.03)  # noqa: E731
+    promoted = {}
+    for predictor in ("rung_line", "tests.test_racing:InvertedRung"):
+        rc = {"max_per_arch": 2, "budget_share": 0.5, "promote_pruned": True, "predictor": predictor}
+        study = _run(tmp_path, predictor.replace(":", "-").replace(".", "-"), ex(), rc, n_trials=80, pruned=True)
+        by_number = {t.number: t for t in study.trials}
+        sources = [TrialAttrs.of(t).replicate_of for t in _replicates(study)]
+        promoted[predictor] = [n for n in sources if by_number[n].state == TrialState.PRUNED]
+    assert InvertedRung.calls > 0 and promoted["rung_line"] and promoted["tests.test_racing:InvertedRung"]
+    assert promoted["rung_line"] != promoted["tests.test_racing:InvertedRung"]
+
+
+def test_a_predictor_that_cannot_be_loaded_is_refused_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"replicates\.predictor: cannot load 'tests.test_racing:Nope'"):
+        _run(tmp_path, "nope", PlantedExecutor(lambda i: (0.8, 1000.0), seed_sd=0.005),
+             {"max_per_arch": 2, "predictor": "tests.test_racing:Nope"}, n_trials=2)  # fmt: skip

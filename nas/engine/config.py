@@ -113,6 +113,12 @@ class ReplicatesConfig(BaseModel):
         description="race the pruned architectures too: one whose final accuracy, predicted from the rung it was "
         "pruned at, leaves its membership of the front unsettled is trained to full fidelity with another seed",
     )
+    predictor: str = Field(
+        default="rung_line",
+        pattern=r"^(rung_line|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
+        description="what predicts a pruned trial's final accuracy for promote_pruned: rung_line, or module:attribute "
+        "of a class implementing nas.engine.predictors.Predictor",
+    )
     policy: Literal["race", "every"] = Field(
         default="race",
         description='"race": replicate only the architectures whose membership of the front is unsettled; "every": '

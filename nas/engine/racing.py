@@ -5,8 +5,9 @@ another training seed before sampling a new one. It estimates each evaluated arc
 the front (:func:`nas.replicates.front_probability`: resampling the validation images and the seed noise) and picks
 the least settled one — P(front) nearest 1/2, not within ``settled`` of 0 or 1 — that has fewer than
 ``max_per_arch`` seeds and none queued or training. With ``promote_pruned`` the pruned architectures race too:
-a pruned architecture's final accuracy is predicted from the rung it was pruned at
-(:func:`nas.replicates.rung_extrapolation`, fitted on the architectures trained to full fidelity), and one that
+a pruned architecture's final accuracy is predicted by the study's predictor (``replicates.predictor``;
+nas.engine.predictors documents the seam: by default a line from the rung it was pruned at, fitted on the
+architectures trained to full fidelity), and one that
 prediction leaves possibly on the front (P(front) above ``1 - settled``: a likely member cannot be reported before
 it is trained, so it is the most urgent) is trained to full fidelity with another seed, never pruned — the
 pruner's early ranking is noisy, and a front member it stopped is otherwise lost for good (asynchronous successive
@@ -28,8 +29,9 @@ from optuna.trial import FrozenTrial, TrialState
 from nas import results
 from nas.engine.config import StudyConfig
 from nas.engine.objectives import objective_vector
+from nas.engine.predictors import make_predictor
 from nas.engine.store import StudyStore
-from nas.replicates import front_probability, rung_extrapolation, settled
+from nas.replicates import front_probability, settled
 from nas.trial_attrs import TrialAttrs
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ class Racer:
     def __init__(self, cfg: StudyConfig, store: StudyStore) -> None:
         assert cfg.replicates is not None
         self.rc, self.store, self.epochs = cfg.replicates, store, cfg.train.epochs
+        self.predictor = make_predictor(self.rc.predictor)  # a pruned trial's final accuracy (nas.engine.predictors)
         self.last_p: dict[int, float] = {}
         self._looked_at = -1  # finished trials when it last decided: nothing new, nothing to decide
         self._p_of = -1  # full-fidelity evaluations P(front) was last estimated from (pruned ones join at the next)
@@ -151,42 +154,34 @@ class Racer:
         objectives: list[Objective],
     ) -> tuple[list[results.TrialRecord], list[float]]:
         """The pruned architectures that race (``promote_pruned``), each as its pruned trial's record with the
-        objectives at its rung and the accuracy its predicted final one, and the SDs of those predictions. None
-        before enough architectures are trained to full fidelity to fit a rung's prediction."""
+        objectives at its rung and the accuracy its predicted final one (the study's predictor, fitted on the
+        architectures trained to full fidelity), and the SDs of those predictions; none the predictor cannot
+        predict (too few finished architectures)."""
         names = [o.name for o in objectives]
         if not self.rc.promote_pruned or "accuracy" not in names:
             return [], []
         done = {a.arch_id for a in archs}
         firsts = [r for r in recs if r.state == "COMPLETE" and r.full_fidelity and r.reused_from is None]
         firsts = [r for r in firsts if r.replicate is None and "accuracy" in r.values]
-        fits, out, sds = {}, [], []
+        out, sds = [], []
         by_number = {r.number: r for r in recs}
+        self.predictor.fit(firsts)
         for t in trials:
             a = self.attrs(t)
             if t.state != TrialState.PRUNED or a.is_copy or a.replicate is not None or a.arch_id in done:
                 continue
-            rung = a.pruned_at
-            if rung not in fits:
-                pairs = [(acc, r.values["accuracy"]) for r in firsts if (acc := _acc_at(r, rung)) is not None]
-                fits[rung] = rung_extrapolation(pairs)
-            if fits[rung] is None:
-                continue
             if t.number not in self._at_rung:
-                self._at_rung[t.number] = objective_vector(t, names, rung)
+                self._at_rung[t.number] = objective_vector(t, names, a.pruned_at)
             v = self._at_rung[t.number]
-            if v is None:
+            guess = None if v is None else self.predictor.predict(by_number[t.number].curve, a.pruned_at)
+            if guess is None:
                 continue
-            mean, sd = fits[rung](v[names.index("accuracy")])
+            mean, sd = guess
             values = {n: (mean if n == "accuracy" else x) for n, x in zip(names, v, strict=True)}
             out.append(dataclasses.replace(by_number[t.number], values=values))
             sds.append(sd)
             done.add(a.arch_id)
         return out, sds
-
-
-def _acc_at(r: results.TrialRecord, epoch: int | None) -> float | None:
-    """A record's validation accuracy at ``epoch`` of its curve, or None."""
-    return next((float(row["val_acc"]) for row in r.curve if row.get("epoch") == epoch), None)
 
 
 def _trained(t: FrozenTrial, a: TrialAttrs) -> bool:

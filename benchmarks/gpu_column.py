@@ -130,10 +130,10 @@ def to_column(study_file: Path, lines: Path, device: str, table: Path = TABLE) -
     space, raw = _study(study_file)
     grid = space.param_grid()
     sampler = GridSampler(grid, seed=raw.get("seed", 0))
-    ids = {tuple(g): i for i, g in enumerate(sampler._all_grids)}
+    ids = {tuple(g): i for i, g in enumerate(sampler.grid_points)}
     rows = [json.loads(x) for x in lines.read_text().splitlines()]
     ok = [r for r in rows if not r["failed"] and len(r["val_acc"]) == raw["train"]["epochs"]]
-    archs = {r["arch_id"]: {"params": r["params"], "grid_id": ids[tuple(r["params"][k] for k in sampler._param_names)],
+    archs = {r["arch_id"]: {"params": r["params"], "grid_id": ids[tuple(r["params"][k] for k in sampler.param_names)],
                             **{k: r[k] for k in ("val_acc", "val_loss", "train_loss", "seconds", "val_correct",
                                                  "throughput", "device", "wall_time_s")}} for r in ok}  # fmt: skip
     sets = {r["val_set"] for r in ok}

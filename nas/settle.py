@@ -182,8 +182,10 @@ def settle_study(study: Any, device: str = "auto", max_rounds: int = 15) -> tupl
     front = results.front(results.records(study), objs)
     if len(front) < 2:
         raise ValueError(f"study '{study.study_name}': {len(front)} front member(s); nothing to order")
-    tp = ((study.user_attrs.get("config") or {}).get("throughput")) or {}
-    torch.set_num_threads(int(tp.get("threads") or torch.get_num_threads()))
+    cfg = study.user_attrs.get("config") or {}
+    tp = cfg.get("throughput") or {}
+    cpus = int((cfg.get("resources") or {}).get("cpus_per_trial") or torch.get_num_threads())
+    torch.set_num_threads(int(tp.get("threads") or max(1, cpus)))  # the threads a trial measured with
     models = [timm.create_model("mixerformer", **r.arch) for r in front]
 
     def measure(i: int) -> float:

@@ -24,6 +24,7 @@ from nas.engine.run import run_study
 from nas.engine.samplers import make_sampler
 from nas.engine.store import StudyStore
 from nas.errors import ConfigError
+from nas.space import SearchSpace
 
 SPACE = {
     "name": "replay4",
@@ -139,6 +140,25 @@ def test_a_grid_study_tabulates_every_architecture_once_and_ends_cleanly(tmp_pat
     assert sorted(set(done)) == sorted(table.archs)  # every architecture, none missing
     assert len(study.trials) < 4 * len(table.archs)  # stopped by the exhausted grid, not by n_trials
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
+
+
+def test_our_grid_numbering_is_the_one_optunas_grid_sampler_records(tmp_path: Path) -> None:
+    """Issue 29: the lab numbers grid points by nas.engine.samplers.grid_numbering, never by the sampler's private
+    state; Optuna must number them the same (its ``_all_grids`` here, in a test, is what pins that dependency)."""
+    from nas.engine.samplers import GridSampler, grid_numbering
+
+    study_file = _study(tmp_path, "numbering")
+    _, table = make_table(tmp_path, study_file)
+    grid = SearchSpace.from_dict(table.space).param_grid()
+    for seed in (0, 3, 11):
+        names, points = grid_numbering(grid, seed)
+        optuna_grid = optuna.samplers.GridSampler(grid, seed=seed)
+        assert points == optuna_grid._all_grids and names == optuna_grid._param_names
+    study = _replay(tmp_path, "g-num", make_table(tmp_path, study_file)[0], sampler={"name": "grid"},
+                    pruner={"name": "none"}, fidelity={"rungs": []})  # fmt: skip
+    sampler = GridSampler(grid, seed=study.user_attrs["config"]["seed"])
+    for t in study.trials:  # every recorded grid id names the point the trial trained
+        assert sampler.grid_points[t.system_attrs["grid_id"]] == tuple(t.params[k] for k in sampler.param_names)
 
 
 def test_a_resumed_grid_study_trains_each_remaining_architecture_once(tmp_path: Path) -> None:

@@ -235,3 +235,22 @@ def test_throughput_noise_a_clear_case_stays_clear_and_a_coin_flip_becomes_one()
               _rec(1, "b", 0.80, 1001.0, throughput=_tp(1001.0, 0.2))]  # fmt: skip
     p = front_probability(loaded, OBJS, 0.005, draws=4000)
     assert p[0] == 1.0 and 0.45 < p[1] < 0.55  # a coin flip: Φ(0.1 % / (20 % · √2)) ≈ 0.50
+
+
+def test_the_image_bootstrap_by_pattern_has_the_per_image_bootstraps_moments() -> None:
+    """Resampling the images by right/wrong pattern is the per-image multinomial bootstrap summed by pattern: each
+    accuracy's resampled deviation has mean 0 and variance p(1-p)/n, and two bitmaps covary by
+    (mean(v1 v2) - p1 p2)/n — the pairing that makes P(front) compare architectures on the same images."""
+    rng = np.random.default_rng(5)
+    n = 2000
+    v1 = rng.random(n) < 0.8
+    v2 = np.where(rng.random(n) < 0.7, v1, rng.random(n) < 0.8)  # correlated with v1
+    b1, b2 = bitmap.pack(v1), bitmap.pack(v2)
+    dev = replicates._image_bootstrap([b1, b2, b1], n, 20000, np.random.default_rng(0))
+    assert set(dev) == {b1, b2}
+    for v, b in ((v1, b1), (v2, b2)):
+        p = v.mean()
+        assert abs(dev[b].mean()) < 4 * math.sqrt(p * (1 - p) / n / 20000)
+        assert dev[b].var() == pytest.approx(p * (1 - p) / n, rel=0.05)
+    cov = ((v1 & v2).mean() - v1.mean() * v2.mean()) / n
+    assert np.cov(dev[b1], dev[b2])[0, 1] == pytest.approx(cov, rel=0.08)

@@ -89,3 +89,30 @@ def test_nas_settle_re_measures_a_real_studys_front_and_stores_the_order(tmp_pat
     assert sorted(s["trials"]) == sorted(r.number for r in front) and s["rounds"] == 3
     assert len(s["pairs"]) == len(front) - 1 and out.output.count(" faster than trial ") == len(front) - 1
     assert all(m > 0 for m in s["medians"])
+
+
+def _study_measured(cvs: list[float], cached: int = 0):
+    """A real (in-memory) Optuna study whose trials carry throughput measurements of spread ``cvs``, and ``cached``
+    more trials whose throughput came from the cache (not a measurement of their own)."""
+    import optuna
+
+    study = optuna.create_study(study_name="load", directions=["maximize", "maximize"])
+    for i, cv in enumerate(cvs + [0.9] * cached):
+        tp = {"median": 1000.0, "cv": cv, "device": "cpu", "cached": i >= len(cvs)}
+        study.add_trial(
+            optuna.trial.create_trial(values=[0.8, 1000.0], user_attrs={"arch_id": f"a{i}", "throughput": tp})
+        )
+    return study
+
+
+def test_a_loaded_device_is_said_in_one_line_and_an_idle_one_is_not() -> None:
+    from nas import settle, trust
+
+    idle = _study_measured([0.04, 0.06, 0.07, 0.05], cached=3)  # cached copies of a loaded time do not count
+    assert settle.device_load(idle) == {"median_cv": 0.055, "measurements": 4, "loaded": False, "threshold": 0.10}
+    assert settle.load_line(idle) is None and trust.trust_lines(idle) == []
+    loaded = _study_measured([0.18, 0.25, 0.06, 0.21])
+    line = settle.load_line(loaded)
+    assert line and line.startswith("throughput measured on a loaded device: median spread (CV) 20 % over 4")
+    assert "nas settle load" in line and line in trust.trust_lines(loaded)
+    assert settle.device_load(_study_measured([])) is None

@@ -314,18 +314,21 @@ def plot(curves: list[Curve], budget_seconds: float, html: Path, png: Path, trut
     browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if _which(b)), None)
     if browser:
         subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={png}",
-                        "--window-size=1140,680", "--hide-scrollbars", full.as_uri()], capture_output=True,
+                        "--window-size=1140,680", "--hide-scrollbars", full.resolve().as_uri()], capture_output=True,
                        timeout=120)  # fmt: skip
     full.unlink(missing_ok=True)
 
 
 def replot(out: Path) -> int:
-    """Draw the HTML/PNG of a finished ``run`` again from its JSON (``out`` is the run's --out prefix)."""
+    """Draw the HTML/PNG of a finished ``run`` again from its JSON (``out`` is the run's --out prefix) and print
+    its tables."""
     raw = json.loads(out.with_name(out.name + ".json").read_text())
-    curves = [Curve(c["method"], c["seed"], [tuple(p) for p in c["points"]]) for c in raw["curves"]]
+    curves = [Curve(c["method"], c["seed"], [tuple(p) for p in c["points"]], c.get("trials", 0),
+                    c.get("unique_archs", 0)) for c in raw["curves"]]  # fmt: skip
     budget_s = max((p[1] for c in curves for p in c.points), default=1.0)
     html, png = (out.with_name(out.name + ext) for ext in (".html", ".png"))
     plot(curves, budget_s, html, png, raw.get("truth", "proxy"), raw.get("relative", "front"))
+    print(markdown(raw["summary"], raw["budget"], raw.get("horizon_s", float("inf"))))  # the run's tables again
     print(f"wrote {html}, {png}")
     return 0
 
@@ -568,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         "true_front": [a.placement for a in lab_runs.true_front(table, lab_truth.make(args.truth, table, first))],
         "summary": {k: {s: {kk: vv for kk, vv in v.items()} if isinstance(v, dict) else v for s, v in row.items()}
                     for k, row in summary.items()},
-        "curves": [{"method": c.method, "seed": c.seed, "points": c.points} for c in curves],
+        "curves": [{"method": c.method, "seed": c.seed, "points": c.points, "trials": c.trials,
+                    "unique_archs": c.unique_archs} for c in curves],
     }, default=str) + "\n")  # fmt: skip
     budget_s = max((p[1] for c in curves for p in c.points), default=1.0)
     if not args.no_plot:

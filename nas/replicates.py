@@ -254,7 +254,10 @@ def _image_bootstrap(bitmaps: Sequence[str], n_img: int, draws: int, rng: np.ran
     if not uniq:
         return {}
     m = np.stack([bitmap.unpack(b).astype(bool) for b in uniq], axis=1)  # (n_img, bitmaps)
-    patterns, counts = np.unique(m, axis=0, return_counts=True)  # (G, bitmaps), images per pattern
+    packed = np.ascontiguousarray(np.packbits(m, axis=1))  # each image's pattern as bytes: one sortable key
+    keys = packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
+    _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    patterns = m[first]  # (G, bitmaps), with ``counts`` images each
     w = rng.multinomial(n_img, counts / n_img, size=draws) / n_img  # (draws, G)
     dev = w @ patterns - (counts @ patterns) / n_img  # (draws, bitmaps)
     return {b: dev[:, j] for j, b in enumerate(uniq)}

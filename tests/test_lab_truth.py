@@ -42,8 +42,8 @@ def _seen(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, float]]:
     seen: list[tuple[str, int, float]] = []
     original = Table.report
 
-    def report(self: Table, a, epoch, cfg, img_size, curve=None):
-        r = original(self, a, epoch, cfg, img_size, curve)
+    def report(self: Table, a, epoch, cfg, img_size, curve=None, throughput=None):
+        r = original(self, a, epoch, cfg, img_size, curve, throughput)
         seen.append((a.arch_id, epoch, r.val_acc))
         return r
 

@@ -36,11 +36,12 @@ STUDY = "fmnist_bench_costs"
 def cost_model(study: Any, table: Any) -> dict[str, Any]:
     """The table's ``fixed_costs`` from the study's trials (see the module docstring)."""
     from nas import worktime
-    from nas.trial_attrs import TrialAttrs
+    from nas.study_record import StudyRecord
+    from nas.trial_record import TrialRecord
 
     rows, ratios, devices = [], [], set()
     for t in study.get_trials(deepcopy=False):
-        a = TrialAttrs.of(t)
+        a = TrialRecord.of(t)
         if a.is_copy or not a.phases or "wall_s" not in a.phases or a.arch_id not in table.archs:
             continue
         rows.append(a.phases)
@@ -50,7 +51,7 @@ def cost_model(study: Any, table: Any) -> dict[str, Any]:
     if len(rows) < 4:
         raise SystemExit(f"error: study '{study.study_name}' has {len(rows)} trials with phase times (need 4+); run "
                          "nas search studies/fmnist_bench_costs.yaml first")  # fmt: skip
-    workers = int(((study.user_attrs.get("config") or {}).get("budget") or {}).get("max_concurrent") or 1)
+    workers = int(StudyRecord.of(study).section("budget").get("max_concurrent") or 1)
     raw = worktime.fixed_cost_model(rows, workers_per_device=workers)
     scale = statistics.median(ratios)
     q = statistics.quantiles(ratios, n=4) if len(ratios) >= 4 else [scale, scale, scale]

@@ -39,7 +39,7 @@ from syne_speed import faster_syne_sort
 from nas.engine.pruners import ParetoPruner
 from nas.engine.replay import Table, TableArch
 from nas.pareto import pareto_front
-from nas.trial_attrs import TrialAttrs
+from nas.trial_record import TrialRecord
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ class OraclePruner(ParetoPruner):
     def vector(self, trial: Any, rung: int) -> list[float] | None:
         v = super().vector(trial, rung)
         if v is not None:
-            v[self.objectives.index("accuracy")] = self.final[TrialAttrs.of(trial).arch_id]
+            v[self.objectives.index("accuracy")] = self.final[TrialRecord.of(trial).arch_id]
         return v
 
 
@@ -213,7 +213,7 @@ def run_engine(
     found = ReportedFront(table, truth)
 
     def reached(t: FrozenTrial) -> bool:
-        a = TrialAttrs.of(t)
+        a = TrialRecord.of(t)
         if t.state != TrialState.COMPLETE or not a.full_fidelity:
             return False
         return found.add(a.arch_id, t.values[0], a.replicate or 0, t.values[1]) >= stop_share - 1e-12
@@ -237,7 +237,7 @@ def run_engine(
         )  # fmt: skip
     trials = {t.number: t for t in storage.get_all_trials(storage.get_study_id_from_name(cfg.name), deepcopy=False)}
     log = executor.log
-    attrs = {n: TrialAttrs.of(t) for n, t in trials.items()}
+    attrs = {n: TrialRecord.of(t) for n, t in trials.items()}
     epochs = [(t, secs) for t, _, _, secs in log.epochs]
     done = [
         (t, attrs[n].arch_id, trials[n].values[0], attrs[n].replicate or 0, trials[n].values[1])

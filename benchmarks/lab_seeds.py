@@ -38,14 +38,15 @@ def export_column(study_file: Path, table: Path) -> Path:
 
     from nas import layout
     from nas.engine.config import read_study_file
-    from nas.trial_attrs import TrialAttrs
+    from nas.study_record import StudyRecord
+    from nas.trial_record import TrialRecord
 
     cfg, space = read_study_file(study_file)
     study = optuna.load_study(study_name=cfg.name, storage=layout.open_storage(cfg.storage_url()))
-    done = [t for t in study.trials if t.state.name == "COMPLETE" and TrialAttrs.of(t).full_fidelity]
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and TrialRecord.of(t).full_fidelity]
     archs: dict[str, Any] = {}
     for t in done:
-        a = TrialAttrs.of(t)
+        a = TrialRecord.of(t)
         if a.arch_id in archs:
             continue
         rows = a.curve_rows
@@ -64,7 +65,7 @@ def export_column(study_file: Path, table: Path) -> Path:
     expected = 1
     for values in space.param_grid().values():
         expected *= len(values)
-    own = [t for t in done if not TrialAttrs.of(t).is_copy and IMPORTED not in t.system_attrs]  # trained here
+    own = [t for t in done if not TrialRecord.of(t).is_copy and IMPORTED not in t.system_attrs]  # trained here
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     out = column_path(table, cfg.train.seed)
     previous = _provenance_of(out)
@@ -73,10 +74,10 @@ def export_column(study_file: Path, table: Path) -> Path:
     provenance = {
         "study_file": study_file.name,
         "train_seed": cfg.train.seed,
-        "val_set": study.user_attrs.get("val_set") or _val_set_of(done),
+        "val_set": StudyRecord.of(study).val_set or _val_set_of(done),
         "devices": sorted({str(v["device"]) for v in archs.values()}),
         "machine": "2-core shared CPU; trials trained one or two at a time, one thread each",
-        "versions": study.user_attrs.get("versions"),
+        "versions": StudyRecord.of(study).versions,
         "sessions": [*(s for s in previous.get("sessions", []) if s.get("started") != started), {
             "started": started,
             "built": f"{started[:16]} to {max(t.datetime_complete for t in own):%Y-%m-%dT%H:%M} UTC" if own else "none",
@@ -104,10 +105,10 @@ def _provenance_of(path: Path) -> dict[str, Any]:
 
 
 def _val_set_of(trials: list[Any]) -> dict[str, Any] | None:
-    from nas.trial_attrs import TrialAttrs
+    from nas.trial_record import TrialRecord
 
     for t in trials:
-        a = TrialAttrs.of(t)
+        a = TrialRecord.of(t)
         if a.val_set and a.val_correct:
             return {"images": int(a.val_correct.split(":", 1)[0]), "fingerprint": a.val_set}
     return None
@@ -139,7 +140,8 @@ def import_column(study_file: Path, table: Path) -> int:
     from nas import layout
     from nas.cost import arch_cost
     from nas.engine.config import read_study_file
-    from nas.trial_attrs import encode
+    from nas.study_record import write
+    from nas.trial_record import encode
 
     cfg, space = read_study_file(study_file)
     col = read_column(column_path(table, cfg.train.seed))
@@ -150,7 +152,7 @@ def import_column(study_file: Path, table: Path) -> int:
     grid = space.param_grid()
     train_key = cfg.train_key()
     val_set = col["provenance"].get("val_set") or {}
-    study.set_user_attr("val_set", val_set)
+    write(study, val_set=val_set)
     for arch_id, a in col["archs"].items():
         arch = space.sample(FixedTrial(a["params"]).suggest_categorical, 10)
         assert arch.arch_id == arch_id, f"column {arch_id} rebuilt as {arch.arch_id}: the space changed"

@@ -249,7 +249,7 @@ def load_trials(
     import optuna
     from optuna.trial import TrialState
 
-    from nas.trial_attrs import TrialAttrs
+    from nas.trial_record import TrialRecord
 
     study = optuna.load_study(study_name=f"effbench_{variant}", storage=storage)
     res = VariantResult(variant, 0.0)
@@ -258,7 +258,7 @@ def load_trials(
         res.counts[t.state.name] = res.counts.get(t.state.name, 0) + 1
         if t.datetime_complete is None:
             continue
-        a = TrialAttrs.of(t)
+        a = TrialRecord.of(t)
         reused, infeasible = a.is_copy, bool(a.infeasible)
         curve = a.curve_rows
         trained = not reused and not infeasible

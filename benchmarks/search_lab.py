@@ -97,18 +97,19 @@ def export_table(study_file: Path, out: Path) -> Table:
 
     from nas import layout
     from nas.engine.config import read_study_file
-    from nas.trial_attrs import TrialAttrs
+    from nas.study_record import StudyRecord
+    from nas.trial_record import TrialRecord
 
     cfg, space = read_study_file(study_file)
     study = optuna.load_study(study_name=cfg.name, storage=layout.open_storage(cfg.storage_url()))
-    done = [t for t in study.trials if t.state.name == "COMPLETE" and TrialAttrs.of(t).full_fidelity]
-    done = [t for t in done if not TrialAttrs.of(t).is_copy]
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and TrialRecord.of(t).full_fidelity]
+    done = [t for t in done if not TrialRecord.of(t).is_copy]
     expected = 1
     for values in space.param_grid().values():
         expected *= len(values)
     archs: dict[str, TableArch] = {}
     for t in done:
-        a = TrialAttrs.of(t)
+        a = TrialRecord.of(t)
         curve, tp = a.curve_rows, a.throughput or {}
         archs[a.arch_id] = TableArch(
             arch_id=a.arch_id,
@@ -132,9 +133,9 @@ def export_table(study_file: Path, out: Path) -> Table:
         "study_file": str(study_file.resolve().relative_to(ROOT))
         if study_file.resolve().is_relative_to(ROOT)
         else study_file.name,
-        "device": TrialAttrs.of(done[0]).device,
+        "device": TrialRecord.of(done[0]).device,
         "machine": "2-core shared CPU; two trials trained at once, one thread each",
-        "versions": study.user_attrs.get("versions"),
+        "versions": StudyRecord.of(study).versions,
         "built": f"{min(starts):%Y-%m-%d %H:%M} to {max(ends):%Y-%m-%d %H:%M} UTC",
         "build_hours": round((max(ends) - min(starts)).total_seconds() / 3600, 2),
         "commit": commit.stdout.strip(),

@@ -216,12 +216,13 @@ def _settled_only(st: Any, recs: list[Any], objs: list[Any]) -> tuple[list[Any],
     ``replicates.settled``, default 0.9), and a line saying so; all of them, and why, when none is."""
     from nas import results
     from nas.replicates import study_front_probability
+    from nas.study_record import StudyRecord
 
     archs = results.eligible(recs, objs)
     p_front = study_front_probability(st, archs, objs)
     if not p_front:
         return recs, ""
-    threshold = float((((st.user_attrs.get("config") or {}).get("replicates")) or {}).get("settled", 0.9))
+    threshold = StudyRecord.of(st).settled
     members = {a.arch_id for a in archs if p_front[a.number] >= threshold}
     if not members:
         best = max(p_front.values())

@@ -25,7 +25,9 @@ from plotly.subplots import make_subplots
 from nas import report, results, trust, worktime
 from nas.errors import StudyError
 from nas.fmt import si
-from nas.results import Objective, TrialRecord
+from nas.results import Objective
+from nas.study_record import StudyRecord
+from nas.trial_record import TrialRecord
 
 FRONT_NAME = "Pareto front"
 FADED = "rgba(120,120,120,0.35)"
@@ -321,7 +323,7 @@ def figures(recs: Sequence[TrialRecord], objectives: Sequence[Objective]) -> dic
 
 def validation_figure(study: Any) -> go.Figure | None:
     """Proxy vs validated accuracy of the retrained architectures (after `nas validate`), identity line drawn."""
-    val = study.user_attrs.get("validation")
+    val = StudyRecord.of(study).validation
     if not val or not val.get("pairs"):
         return None
     pairs = val["pairs"]

@@ -22,7 +22,9 @@ replicates measure. numpy and the standard library only (the read side has no sc
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +32,9 @@ from trainers import bitmap
 
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile: two-sided 95 % intervals
 TARGET_SE = 0.005  # the standard error an accuracy should have from its validation images alone (0.5 points)
+PRIOR_DOF = 2.0  # how many within-architecture degrees of freedom the prior seed SD counts for
+PRIOR_SEED_SD = 0.005  # the seed SD of accuracy assumed before replicates measure it (the lab's table: 0.0045)
+SETTLED = 0.9  # ``replicates.settled``'s default: P(front) at which a membership of the front counts as settled
 
 
 def accuracy_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -155,3 +160,53 @@ def _same_examples(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
     if a.size != b.size or a.size == 0:
         raise ValueError(f"paired comparison needs two bitmaps of the same examples, got {a.size} and {b.size}")
     return a, b
+
+
+# ---------------------------------------------------------------------------------------------- seeds and throughput
+
+
+def pooled_seed_sd(groups: Sequence[Sequence[float]], prior_sd: float, prior_dof: float = PRIOR_DOF) -> float:
+    """The within-architecture SD of accuracy across seeds, pooled over every architecture with two or more seeds
+    and shrunk towards ``prior_sd`` (counted as ``prior_dof`` degrees of freedom):
+    ``sqrt((prior_dof·prior² + Σ (k_a − 1)·var_a) / (prior_dof + Σ (k_a − 1)))``."""
+    num, dof = prior_dof * prior_sd**2, prior_dof
+    for g in groups:
+        if len(g) >= 2:
+            num += (len(g) - 1) * float(np.var(g, ddof=1))
+            dof += len(g) - 1
+    return math.sqrt(num / dof) if dof > 0 else prior_sd
+
+
+def seed_mean_interval(
+    seed_values: Sequence[float],
+    seed_bits: Sequence[str | None] = (),
+    prior_seed_sd: float = PRIOR_SEED_SD,
+    z: float = Z95,
+) -> tuple[float, float] | None:
+    """The 95 % interval of an architecture's mean accuracy over ``k >= 2`` seeds: the images' error of the mean
+    per-image correctness (when every seed kept its correct images) and the seed error ``s / sqrt(k)`` (``s`` its own
+    seed SD shrunk to the prior, :func:`pooled_seed_sd`); None with fewer seeds."""
+    if len(seed_values) < 2:
+        return None
+    mean = float(np.mean(seed_values))
+    var = pooled_seed_sd([seed_values], prior_seed_sd) ** 2 / len(seed_values)
+    if seed_bits and all(seed_bits):
+        per_image = np.mean([bitmap.unpack(b).astype(float) for b in seed_bits], axis=0)
+        var += float(np.var(per_image, ddof=1)) / per_image.size
+    half = z * math.sqrt(var)
+    return max(0.0, mean - half), min(1.0, mean + half)
+
+
+def throughput_log_sd(tp: dict[str, Any]) -> float:
+    """The spread of one throughput measurement as an SD of log throughput: the SD of the logs of its repeats, else
+    its CV (a tabulated measurement keeps median, IQR and CV only), else IQR / 1.349 / median; 0 without any.
+    One measurement's spread, not its median's standard error: the load that moves its repeats moves the whole
+    measurement too, and the trials of a study were measured minutes apart (see nas.settle)."""
+    values = [float(v) for v in (tp.get("values") or []) if v and v > 0]
+    if len(values) >= 2:
+        return float(np.std(np.log(values), ddof=1))
+    if tp.get("cv"):
+        return float(tp["cv"])
+    if tp.get("iqr") and tp.get("median"):
+        return float(tp["iqr"]) / 1.349 / float(tp["median"])
+    return 0.0

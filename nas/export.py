@@ -27,7 +27,8 @@ from typing import Any
 
 from nas import layout, results
 from nas.errors import NasError, StudyError
-from nas.results import TrialRecord
+from nas.study_record import StudyRecord
+from nas.trial_record import TrialRecord
 
 WEIGHTS_NAME = "model.safetensors"
 # Keys of a model's pretrained_cfg that describe where *its* weights came from, not the exported ones.
@@ -42,8 +43,8 @@ def _pretrained_cfg_fields() -> set[str]:
 
 def _norm_stats(study, in_chans: int) -> tuple[list[float], list[float]] | None:
     """Per-channel mean/std the study's data was normalised with, when the study recorded them."""
-    ua = study.user_attrs
-    for src in (ua.get("data_stats"), (ua.get("config") or {}).get("data")):
+    rec = StudyRecord.of(study)
+    for src in (rec.data_stats, rec.section("data")):
         if isinstance(src, dict) and src.get("mean") and src.get("std"):
             mean, std = [float(v) for v in src["mean"]], [float(v) for v in src["std"]]
             if len(mean) == 1:
@@ -110,7 +111,7 @@ def _checkpoint_state(study, rec: TrialRecord) -> dict[str, Any]:
                 f"({' '.join(str(e).split())[:160]}); check that this machine sees the study's ray.storage_path, "
                 "or export without --weights"
             ) from None
-    study_dir = Path(study.user_attrs.get("study_dir") or layout.study_dir(study.study_name))
+    study_dir = Path(StudyRecord.of(study).study_dir or layout.study_dir(study.study_name))
     path = study_dir / rec.checkpoint
     if not path.is_file():
         raise StudyError(
@@ -142,8 +143,8 @@ def build_model(rec: TrialRecord, state: dict[str, Any] | None = None):
 
 
 def _provenance(study, rec: TrialRecord, storage_url: str, ckpt_sha: str | None) -> dict[str, Any]:
-    ua = study.user_attrs
-    objs = results.objectives_of(study)
+    srec = StudyRecord.of(study)
+    objs = srec.objective_list
     return {
         "study": study.study_name,
         "trial": rec.number,
@@ -159,8 +160,8 @@ def _provenance(study, rec: TrialRecord, storage_url: str, ckpt_sha: str | None)
         "fidelity": rec.fidelity,
         "full_fidelity": rec.full_fidelity,
         "reused_from": rec.reused_from,
-        "search_space_hash": ua.get("space_hash"),
-        "study_versions": ua.get("versions"),
+        "search_space_hash": srec.space_hash,
+        "study_versions": srec.versions,
         "export_versions": layout.package_versions(),
         "storage": layout.safe_url(storage_url) if storage_url else None,
         "weights_sha256": ckpt_sha,

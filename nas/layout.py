@@ -17,7 +17,6 @@ import platform
 import re
 import time
 import weakref
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,14 +42,6 @@ class Objective:
 
     name: str
     direction: str  # "maximize" | "minimize"
-
-
-def objectives_from_attrs(user_attrs: Mapping[str, Any], directions: Sequence[str]) -> list[Objective]:
-    """The study's objectives from its ``objectives`` attribute (engine-written), else anonymous ones."""
-    objs = user_attrs.get("objectives")
-    if objs:
-        return [Objective(o["name"], o["direction"]) for o in objs]
-    return [Objective(f"objective_{i}", d) for i, d in enumerate(directions)]
 
 
 # ---------------------------------------------------------------------------------------------- URLs

@@ -33,14 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nas.evaluation import pooled_seed_sd, throughput_log_sd
+from nas.study_record import StudyRecord
+from nas.trial_record import TrialRecord
 from trainers import bitmap
 
 if TYPE_CHECKING:
     from nas.layout import Objective
-    from nas.results import TrialRecord
-
-PRIOR_DOF = 2.0  # how many within-architecture degrees of freedom the prior seed SD counts for
-PRIOR_SEED_SD = 0.005  # the seed SD of accuracy assumed before replicates measure it (the lab's table: 0.0045)
 
 
 def merge(evaluations: Sequence[TrialRecord]) -> list[TrialRecord]:
@@ -83,18 +82,6 @@ def _merged(first: TrialRecord, seeds: list[TrialRecord]) -> TrialRecord:
         seed_bits=[r.val_correct for r in seeds],
         seed_trials=[r.number for r in seeds],
     )
-
-
-def pooled_seed_sd(groups: Sequence[Sequence[float]], prior_sd: float, prior_dof: float = PRIOR_DOF) -> float:
-    """The within-architecture SD of accuracy across seeds, pooled over every architecture with two or more seeds
-    and shrunk towards ``prior_sd`` (counted as ``prior_dof`` degrees of freedom):
-    ``sqrt((prior_dof·prior² + Σ (k_a − 1)·var_a) / (prior_dof + Σ (k_a − 1)))``."""
-    num, dof = prior_dof * prior_sd**2, prior_dof
-    for g in groups:
-        if len(g) >= 2:
-            num += (len(g) - 1) * float(np.var(g, ddof=1))
-            dof += len(g) - 1
-    return math.sqrt(num / dof) if dof > 0 else prior_sd
 
 
 def front_probability(
@@ -180,21 +167,6 @@ def _possible(base: np.ndarray, noisy: dict[int, np.ndarray]) -> np.ndarray:
     return np.array(keep, dtype=int)
 
 
-def throughput_log_sd(tp: dict[str, Any]) -> float:
-    """The spread of one throughput measurement as an SD of log throughput: the SD of the logs of its repeats, else
-    its CV (a tabulated measurement keeps median, IQR and CV only), else IQR / 1.349 / median; 0 without any.
-    One measurement's spread, not its median's standard error: the load that moves its repeats moves the whole
-    measurement too, and the trials of a study were measured minutes apart (see nas.settle)."""
-    values = [float(v) for v in (tp.get("values") or []) if v and v > 0]
-    if len(values) >= 2:
-        return float(np.std(np.log(values), ddof=1))
-    if tp.get("cv"):
-        return float(tp["cv"])
-    if tp.get("iqr") and tp.get("median"):
-        return float(tp["iqr"]) / 1.349 / float(tp["median"])
-    return 0.0
-
-
 def _throughput_draws(
     archs: Sequence[TrialRecord], measured: np.ndarray, draws: int, rng: np.random.Generator
 ) -> np.ndarray | None:
@@ -270,8 +242,7 @@ def study_front_probability(
     ``replicates.prior_seed_sd`` (else :data:`PRIOR_SEED_SD`); empty without an accuracy objective."""
     if not archs or "accuracy" not in [o.name for o in objectives]:
         return {}
-    rc = ((study.user_attrs.get("config") or {}).get("replicates")) or {}
-    return front_probability(archs, objectives, float(rc.get("prior_seed_sd", PRIOR_SEED_SD)))
+    return front_probability(archs, objectives, StudyRecord.of(study).prior_seed_sd)
 
 
 def rung_extrapolation(
@@ -302,19 +273,3 @@ def rung_extrapolation(
 def settled(p: float, threshold: float) -> bool:
     """Whether a P(front) is settled: at least ``threshold`` (a member) or at most ``1 - threshold`` (not one)."""
     return p >= threshold or p <= 1 - threshold
-
-
-def mean_interval(
-    r: TrialRecord, prior_seed_sd: float = PRIOR_SEED_SD, z: float = 1.959963984540054
-) -> tuple[float, float] | None:
-    """The 95 % interval of a merged architecture's mean accuracy over ``k >= 2`` seeds: the images' error of the
-    mean per-image correctness and the seed error ``s / sqrt(k)`` (``s`` its own seed SD shrunk to the prior)."""
-    if len(r.seed_values) < 2:
-        return None
-    mean = float(np.mean(r.seed_values))
-    var = pooled_seed_sd([r.seed_values], prior_seed_sd) ** 2 / len(r.seed_values)
-    if all(r.seed_bits):
-        per_image = np.mean([bitmap.unpack(b).astype(float) for b in r.seed_bits], axis=0)
-        var += float(np.var(per_image, ddof=1)) / per_image.size
-    half = z * math.sqrt(var)
-    return max(0.0, mean - half), min(1.0, mean + half)

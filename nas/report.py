@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from nas import pareto, results, trust
+from nas.evaluation import PRIOR_SEED_SD, pooled_seed_sd
 from nas.layout import Objective
-from nas.replicates import PRIOR_SEED_SD, pooled_seed_sd
 
 RIDGE = 1e-6
 BOOTSTRAP = 400
@@ -83,7 +83,7 @@ def _fit(x: np.ndarray, y: np.ndarray, levels: list[list[str]]) -> tuple[list[np
 
 def _seed_world(recs: list[results.TrialRecord], rng: np.random.Generator, seed_sd: float) -> np.ndarray:
     """One resampled world of accuracies: each architecture's mean over its seeds drawn with replacement, or, with
-    one seed, its accuracy plus a normal draw of the pooled seed SD (nas.replicates.pooled_seed_sd)."""
+    one seed, its accuracy plus a normal draw of the pooled seed SD (nas.evaluation.pooled_seed_sd)."""
     out = np.empty(len(recs))
     for i, r in enumerate(recs):
         k = len(r.seed_values)

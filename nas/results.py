@@ -16,7 +16,6 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,87 +23,10 @@ from nas import layout, pareto
 from nas.errors import StudyError
 from nas.layout import Objective
 from nas.replicates import merge, study_front_probability
-from nas.trial_attrs import TrialAttrs
+from nas.study_record import StudyRecord
+from nas.trial_record import TrialRecord
 
 PICKS = ("knee", "max-accuracy")
-
-
-@dataclass
-class TrialRecord:
-    """One trial as plain data (the trial user attributes of docs/storage.md, flattened)."""
-
-    number: int
-    state: str  # COMPLETE | PRUNED | FAIL | RUNNING | WAITING
-    values: dict[str, float] = field(default_factory=dict)
-    arch: dict[str, Any] | None = None
-    arch_id: str | None = None
-    placement: str | None = None
-    curve: list[dict[str, Any]] = field(default_factory=list)
-    fidelity: int | None = None
-    full_fidelity: bool = False
-    throughput: dict[str, Any] = field(default_factory=dict)
-    params: int | None = None
-    flops: int | None = None
-    pruned_at: int | None = None
-    failure: str | None = None
-    reused_from: int | None = None
-    reused_by: list[int] = field(default_factory=list)  # later trials that copied this one's result
-    checkpoint: str | None = None
-    datetime_start: datetime | None = None
-    datetime_complete: datetime | None = None
-    duration: float | None = None  # seconds: the trial's `wall_time_s`, else complete - start
-    device: str | None = None
-    search_params: dict[str, Any] = field(default_factory=dict)  # Optuna's trial.params (the searched knobs)
-    val_correct: str | None = None  # which validation images the full-fidelity model got right (trainers.bitmap)
-    val_set: str | None = None  # the validation set's fingerprint (bitmaps compare only under the same one)
-    replicate: int | None = None  # a seed replicate: the k-th other training seed of its architecture
-    replicate_of: int | None = None  # ... of the architecture first evaluated by this trial
-    # on the one record per architecture (nas.replicates.merge): each seed's accuracy, bitmap and trial
-    seed_values: list[float] = field(default_factory=list)
-    seed_bits: list[str | None] = field(default_factory=list)
-    seed_trials: list[int] = field(default_factory=list)
-
-    @property
-    def last_val_acc(self) -> float | None:
-        accs = [e.get("val_acc") for e in self.curve if e.get("val_acc") is not None]
-        return float(accs[-1]) if accs else None
-
-    @property
-    def throughput_interval(self) -> tuple[float, float] | None:
-        """The range (95 %, log-normal) one measurement of this throughput spreads over on its device
-        (nas.replicates.throughput_log_sd); None without a spread."""
-        from nas.replicates import throughput_log_sd
-
-        sd, med = throughput_log_sd(self.throughput), self.throughput_median
-        if not sd or not med:
-            return None
-        return med * math.exp(-1.959963984540054 * sd), med * math.exp(1.959963984540054 * sd)
-
-    @property
-    def accuracy_interval(self) -> tuple[float, float] | None:
-        """The 95 % Wilson interval of the full-fidelity accuracy (nas.evaluation), from the images it got right;
-        None for a trial evaluated before they were kept."""
-        from nas.replicates import mean_interval
-
-        if len(self.seed_values) >= 2:  # the mean over seeds: the images' and the seeds' errors
-            return mean_interval(self)
-        if self.val_correct is None:
-            return None
-        from nas.evaluation import bitmap_interval
-
-        return bitmap_interval(self.val_correct)[1:]
-
-    @property
-    def seeds(self) -> int:
-        """How many training seeds the architecture's accuracy averages (1 without replicates)."""
-        return max(1, len(self.seed_values))
-
-    @property
-    def throughput_median(self) -> float | None:
-        if "throughput" in self.values:
-            return self.values["throughput"]
-        med = self.throughput.get("median")
-        return float(med) if med is not None else None
 
 
 # ---------------------------------------------------------------------------------------------- storage
@@ -162,7 +84,7 @@ def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
         for fs in sorted(st.get_all_studies(), key=lambda s: s.study_name):
             trials = st.get_all_trials(st.get_study_id_from_name(fs.study_name), deepcopy=False)
             counts = Counter(t.state.name for t in trials)
-            objs = layout.objectives_from_attrs(fs.user_attrs, [d.name.lower() for d in fs.directions])
+            objs = StudyRecord.of(fs).objective_list
             ends = [t.datetime_complete or t.datetime_start for t in trials]
             ends = [e for e in ends if e is not None]
             rows.append(
@@ -185,44 +107,7 @@ def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
 
 
 def objectives_of(study) -> list[Objective]:
-    return layout.objectives_from_attrs(study.user_attrs, [d.name.lower() for d in study.directions])
-
-
-def _to_record(t, objectives: Sequence[Objective]) -> TrialRecord:
-    a = TrialAttrs.of(t)
-    values = {}
-    if t.values is not None:
-        values = {o.name: float(v) for o, v in zip(objectives, t.values, strict=False)}
-    duration = a.wall_time_s
-    if duration is None and t.datetime_start and t.datetime_complete:
-        duration = (t.datetime_complete - t.datetime_start).total_seconds()
-    return TrialRecord(
-        number=t.number,
-        state=t.state.name,
-        values=values,
-        arch=a.arch,
-        arch_id=a.arch_id,
-        placement=a.placement,
-        curve=a.curve_rows,
-        fidelity=a.fidelity,
-        full_fidelity=bool(a.full_fidelity),
-        throughput=dict(a.throughput or {}),
-        params=a.params,
-        flops=a.flops,
-        pruned_at=a.pruned_at,
-        failure=a.failure,
-        reused_from=a.reused_from,
-        checkpoint=a.checkpoint,
-        datetime_start=t.datetime_start,
-        datetime_complete=t.datetime_complete,
-        duration=float(duration) if duration is not None else None,
-        device=a.device,
-        search_params=dict(t.params),
-        val_correct=a.val_correct,
-        val_set=a.val_set,
-        replicate=a.replicate,
-        replicate_of=a.replicate_of,
-    )
+    return StudyRecord.of(study).objective_list
 
 
 def records(study, cache: dict[int, TrialRecord] | None = None) -> list[TrialRecord]:
@@ -235,7 +120,7 @@ def records(study, cache: dict[int, TrialRecord] | None = None) -> list[TrialRec
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         r = cache.get(t.number) if cache is not None else None
         if r is None:
-            r = _to_record(t, objs)
+            r = TrialRecord.of(t, objs)
             if cache is not None and t.state.is_finished():
                 cache[t.number] = r
         recs.append(r if cache is None else replace(r, reused_by=[]))  # reused_by: filled below
@@ -336,7 +221,7 @@ def hypervolume_history(
 
 def validation_study(study):
     """The validation sub-study of ``study`` (after `nas validate`), opened from the same storage."""
-    val = study.user_attrs.get("validation")
+    val = StudyRecord.of(study).validation
     if not val:
         raise StudyError(
             f"study '{study.study_name}' has no validation yet; run `nas validate {study.study_name}` first"

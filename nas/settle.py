@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from nas.study_record import StudyRecord, write
+
 # Above this median spread (CV of a measurement's repeats) a study's device was loaded while it measured. Measured
 # here: this 2-core CPU with two trials at once (the device lock keeps the other trial's steps out of a measurement)
 # gives 0.048-0.068 (the lab table's seed-0 build, the demo, the cost study); an idle H200 0.00005; the README demo
@@ -126,11 +128,11 @@ def _judge(out: Settled) -> None:
 def device_load(study: Any) -> dict[str, Any] | None:
     """The spread of a study's own throughput measurements (copies and cached ones left out): their median CV and
     how many; ``loaded`` when it is above :data:`LOADED_CV`. None before any measurement."""
-    from nas.trial_attrs import TrialAttrs
+    from nas.trial_record import TrialRecord
 
     cvs = []
     for t in study.get_trials(deepcopy=False):
-        a = TrialAttrs.of(t)
+        a = TrialRecord.of(t)
         tp = a.throughput or {}
         if a.is_copy or tp.get("cached") or tp.get("cv") is None or str(tp.get("device", "")).startswith("replay:"):
             continue
@@ -155,7 +157,7 @@ def load_line(study: Any) -> str | None:
 
 def settled_line(study: Any) -> str | None:
     """One line for a stored ``nas settle`` outcome: how many neighbour pairs of the front it resolved."""
-    s = study.user_attrs.get("throughput_settled")
+    s = StudyRecord.of(study).throughput_settled
     if not s:
         return None
     ok = sum(1 for p in s["pairs"] if p["resolved"])
@@ -182,9 +184,9 @@ def settle_study(study: Any, device: str = "auto", max_rounds: int = 15) -> tupl
     front = results.front(results.records(study), objs)
     if len(front) < 2:
         raise ValueError(f"study '{study.study_name}': {len(front)} front member(s); nothing to order")
-    cfg = study.user_attrs.get("config") or {}
-    tp = cfg.get("throughput") or {}
-    cpus = int((cfg.get("resources") or {}).get("cpus_per_trial") or torch.get_num_threads())
+    rec = StudyRecord.of(study)
+    tp = rec.section("throughput")
+    cpus = int(rec.section("resources").get("cpus_per_trial") or torch.get_num_threads())
     torch.set_num_threads(int(tp.get("threads") or max(1, cpus)))  # the threads a trial measured with
     models = [timm.create_model("mixerformer", **r.arch) for r in front]
 
@@ -198,7 +200,7 @@ def settle_study(study: Any, device: str = "auto", max_rounds: int = 15) -> tupl
         return res.median
 
     out = settle_order(measure, len(front), max_rounds=max_rounds)
-    study.set_user_attr("throughput_settled", {
+    write(study, throughput_settled={
         "trials": [r.number for r in front],
         "medians": [out.median(i) for i in range(len(front))],
         "order": [front[i].number for i in out.order],

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from nas.study_record import StudyRecord
+
 TRUST_TAU = 0.6  # with no ceiling measured: below it, the proxy's ranking is not to be trusted
 TRUST_RATIO = 0.75  # with a ceiling: below this share of it, the proxy ranks worse than the noise explains
 
@@ -24,11 +26,11 @@ def _tau(v: float | None) -> str:
 def trust_lines(study: Any) -> list[str]:
     """What calibration and validation said about the proxy, with their ceilings, and a warning when the proxy
     ranked unlike longer training (:func:`trust_warning`)."""
-    out, attrs = [], study.user_attrs
-    cal = attrs.get("calibration")
+    out, rec = [], StudyRecord.of(study)
+    cal = rec.calibration
     if cal:
         out.append(calibration_line(cal))
-    val = attrs.get("validation")
+    val = rec.validation
     if val:
         out.append(validation_line(val))
         warning = trust_warning(val.get("tau"), val.get("ceiling_tau"))

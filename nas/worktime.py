@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nas.trial_attrs import TrialAttrs
+from nas.trial_record import TrialRecord
 
 FIXED = ("start_s", "measure_s", "data_s", "build_s", "weights_s", "storage_s")  # summed; exclusive_s is in measure_s
 LABELS = {"start_s": "start", "measure_s": "measure", "data_s": "data", "build_s": "build", "weights_s": "weights",
@@ -66,7 +66,7 @@ def of_study(study: Any) -> WorkTime:
     """The worker time of a study's trials that trained (copies cost nothing and carry none)."""
     rows, without = [], 0
     for t in study.get_trials(deepcopy=False):
-        a = TrialAttrs.of(t)
+        a = TrialRecord.of(t)
         if a.is_copy or a.arch_id is None or not t.state.is_finished():
             continue
         if a.phases and "wall_s" in a.phases:

@@ -18,7 +18,7 @@ from nas.engine.lifecycle import INTERRUPTED
 from nas.engine.progress import Progress
 from nas.engine.run import run_config
 from nas.engine.trainable import guarded_reports
-from nas.trial_attrs import TrialAttrs
+from nas.trial_record import TrialRecord
 from tests.engine_fixtures import write_study
 from trainers import bitmap
 
@@ -64,24 +64,24 @@ def _run(tmp_path: Path, name: str, executor: InlineExecutor, **over) -> tuple[o
 def test_a_third_executor_runs_a_real_study_end_to_end(tmp_path: Path) -> None:
     executor = InlineExecutor()
     summary, study = _run(tmp_path, "inline", executor, budget={"n_trials": 4, "max_concurrent": 1})
-    trained = [t for t in study.trials if not TrialAttrs.of(t).is_copy]
+    trained = [t for t in study.trials if not TrialRecord.of(t).is_copy]
     assert len(executor.seen) == len(trained) and summary.added == 4
     assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert any(t.state == TrialState.COMPLETE for t in study.trials)
     for t in trained:
-        a = TrialAttrs.of(t)
+        a = TrialRecord.of(t)
         assert a.curve_rows and a.throughput["median"] > 0 and a.wall_time_s > 0
         assert len(a.curve_rows) == a.fidelity == (2 if t.state == TrialState.COMPLETE else a.pruned_at)
         assert [r["epoch"] for r in a.curve_rows] == list(range(1, a.fidelity + 1))
     assert study.user_attrs["data_stats"]["mean"]  # the executor's study attributes were recorded
     for t in trained:  # issue 30: where each trial's worker time went, and the parts add up to no more than it
-        ph = TrialAttrs.of(t).phases
-        assert ph["epochs_s"] == pytest.approx(sum(r["seconds"] for r in TrialAttrs.of(t).curve_rows), rel=1e-6)
+        ph = TrialRecord.of(t).phases
+        assert ph["epochs_s"] == pytest.approx(sum(r["seconds"] for r in TrialRecord.of(t).curve_rows), rel=1e-6)
         parts = sum(ph[k] for k in ("start_s", "measure_s", "data_s", "build_s", "epochs_s", "weights_s"))
-        assert 0 < parts <= ph["wall_s"] + 1e-6 and ph["wall_s"] == pytest.approx(TrialAttrs.of(t).wall_time_s)
+        assert 0 < parts <= ph["wall_s"] + 1e-6 and ph["wall_s"] == pytest.approx(TrialRecord.of(t).wall_time_s)
         assert ph["exclusive_s"] > 0 and ph["exclusive_s"] <= ph["measure_s"]  # measured with the device held
         assert (ph["weights_s"] > 0) == (t.state == TrialState.COMPLETE)  # only a finished model's weights
-    ranks = [TrialAttrs.of(t).phases["worker_trial"] for t in trained]  # one worker (this process), in order
+    ranks = [TrialRecord.of(t).phases["worker_trial"] for t in trained]  # one worker (this process), in order
     assert ranks == list(range(ranks[0], ranks[0] + len(trained)))
     w = worktime.of_study(study)
     assert w.trials == len(trained) and w.epochs_s < w.wall_s and w.without == 0
@@ -95,12 +95,12 @@ def test_a_third_executor_runs_a_real_study_end_to_end(tmp_path: Path) -> None:
         assert row["accuracy 95 %"] == f"{lo:.4f}–{hi:.4f}" and row["seeds"] == 1 and 0 <= row["p_front"] <= 1
     # a full-fidelity evaluation keeps which validation images it got right (all under one validation set)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len({TrialAttrs.of(t).val_set for t in complete}) == 1 and TrialAttrs.of(complete[0]).val_set
+    assert len({TrialRecord.of(t).val_set for t in complete}) == 1 and TrialRecord.of(complete[0]).val_set
     for t in complete:
-        right, n = bitmap.count(TrialAttrs.of(t).val_correct)
+        right, n = bitmap.count(TrialRecord.of(t).val_correct)
         assert right / n == pytest.approx(t.values[0], abs=1e-12)
     for t in study.trials:
-        a = TrialAttrs.of(t)
+        a = TrialRecord.of(t)
         if t.state == TrialState.PRUNED and not a.is_copy:
             assert a.val_correct is None  # below full fidelity: no evaluation to compare
 
@@ -109,7 +109,7 @@ def test_a_dead_worker_fails_its_trial_with_the_reason_and_the_study_goes_on(tmp
     summary, study = _run(tmp_path, "dies", InlineExecutor(die_on=0), budget={"n_trials": 2, "max_concurrent": 1})
     first = study.trials[0]
     assert summary.counts.get("FAIL") == 1
-    assert first.state == TrialState.FAIL and "worker lost (node preempted)" in TrialAttrs.of(first).failure
+    assert first.state == TrialState.FAIL and "worker lost (node preempted)" in TrialRecord.of(first).failure
     assert study.trials[-1].state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -122,7 +122,7 @@ def test_an_executor_that_raises_leaves_nothing_running_and_its_trial_queued_aga
     assert TrialState.RUNNING not in states
     assert states.count(TrialState.WAITING) == 1  # the interrupted trial's one retry
     cut = study.trials[executor.seen[-1].payload.number]
-    assert cut.state == TrialState.FAIL and TrialAttrs.of(cut).failure.startswith(INTERRUPTED)
+    assert cut.state == TrialState.FAIL and TrialRecord.of(cut).failure.startswith(INTERRUPTED)
 
 
 def test_an_interrupted_trial_continues_from_its_last_epoch_and_ends_as_if_never_cut(tmp_path: Path) -> None:
@@ -135,18 +135,18 @@ def test_an_interrupted_trial_continues_from_its_last_epoch_and_ends_as_if_never
     assert len(list(resume.glob("*.pt"))) == 1  # kept for the retry
     _, study = _run(tmp_path, "cut", InlineExecutor(), **one)
     cut, retry = study.trials[0], study.trials[1]
-    assert TrialAttrs.of(retry).retry_of == 0 and retry.state == TrialState.COMPLETE
-    assert TrialAttrs.of(retry).resumed_epochs == 2
-    assert [r["val_acc"] for r in TrialAttrs.of(retry).curve_rows[:2]] == [
-        r["val_acc"] for r in TrialAttrs.of(cut).curve_rows
+    assert TrialRecord.of(retry).retry_of == 0 and retry.state == TrialState.COMPLETE
+    assert TrialRecord.of(retry).resumed_epochs == 2
+    assert [r["val_acc"] for r in TrialRecord.of(retry).curve_rows[:2]] == [
+        r["val_acc"] for r in TrialRecord.of(cut).curve_rows
     ]
     assert not list(resume.glob("*.pt"))  # told: the checkpoint has served
     _, whole = _run(tmp_path, "whole", InlineExecutor(), **one)  # the same seed: the same architecture, never cut
-    assert TrialAttrs.of(whole.trials[0]).arch_id == TrialAttrs.of(retry).arch_id
-    assert TrialAttrs.of(whole.trials[0]).resumed_epochs is None
+    assert TrialRecord.of(whole.trials[0]).arch_id == TrialRecord.of(retry).arch_id
+    assert TrialRecord.of(whole.trials[0]).resumed_epochs is None
     assert retry.values[0] == pytest.approx(whole.trials[0].values[0], abs=1e-6)
     # the final epoch came from training after the cut: its correct images are the uncut run's
-    assert TrialAttrs.of(retry).val_correct == TrialAttrs.of(whole.trials[0]).val_correct
+    assert TrialRecord.of(retry).val_correct == TrialRecord.of(whole.trials[0]).val_correct
 
 
 def test_ctrl_c_while_the_driver_samples_leaves_no_trial_running(
@@ -171,8 +171,8 @@ def test_ctrl_c_while_the_driver_samples_leaves_no_trial_running(
     states = [t.state for t in study.trials]
     assert TrialState.RUNNING not in states and states[0] in (TrialState.COMPLETE, TrialState.PRUNED)
     cut = study.trials[1]
-    assert cut.state == TrialState.FAIL and TrialAttrs.of(cut).failure.startswith(INTERRUPTED)
-    assert [TrialAttrs.of(t).retry_of for t in study.trials if t.state == TrialState.WAITING] == [1]
+    assert cut.state == TrialState.FAIL and TrialRecord.of(cut).failure.startswith(INTERRUPTED)
+    assert [TrialRecord.of(t).retry_of for t in study.trials if t.state == TrialState.WAITING] == [1]
 
 
 def test_guarded_reports_turn_what_a_trial_raises_into_its_failed_last_report() -> None:

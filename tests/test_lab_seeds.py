@@ -15,7 +15,7 @@ import pytest
 from nas.engine.config import read_study_file
 from nas.engine.progress import Progress
 from nas.engine.run import run_config
-from nas.trial_attrs import TrialAttrs
+from nas.trial_record import TrialRecord
 from tests.engine_fixtures import PlantedExecutor, write_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,7 +54,7 @@ def test_a_partial_seed_build_resumes_on_a_new_machine_from_its_column(
     assert {a for a, _ in rest.trained}.isdisjoint(col["archs"])  # nothing finished is trained again
     assert len(set(rest.trained)) == len(rest.trained) and all(seed == 1 for _, seed in rest.trained)
     study = optuna.load_study(study_name="tiny_build_s1", storage="sqlite:///studies/tiny_build_s1/study.db")
-    done = {TrialAttrs.of(t).arch_id for t in study.trials if t.state.name == "COMPLETE"}
+    done = {TrialRecord.of(t).arch_id for t in study.trials if t.state.name == "COMPLETE"}
     assert len(done) == 4 + len(rest.trained)  # every architecture of the grid, each trained once
     assert len(study.trials) == total  # every grid point proposed (points that name the same architecture: copies)
 

@@ -18,10 +18,10 @@ from nas.engine import lifecycle as lc
 from nas.engine.lifecycle import INTERRUPTED, Lifecycle, create_tables, enqueue_missing
 from nas.engine.optuna_adapter import OwnedStorage
 from nas.engine.samplers import sampler_seed
-from nas.trial_attrs import NAMES, TrialAttrs, encode
+from nas.trial_record import ATTRS, TrialRecord, encode
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-DESC = TrialAttrs(arch={"a": 1}, arch_id="arch-x", placement="x", train_key="k", params=10, flops=20)
+DESC = TrialRecord(arch={"a": 1}, arch_id="arch-x", placement="x", train_key="k", params=10, flops=20)
 
 
 def _driver(url: str, owner: str) -> Lifecycle:
@@ -56,10 +56,10 @@ def test_the_private_optuna_members_owned_storage_relies_on_exist() -> None:
 def test_a_new_trial_and_a_claimed_queued_trial_are_owned_from_birth(two) -> None:
     a, b = two
     new = a.start()
-    assert TrialAttrs.of(a.frozen(new.number)).driver == "host:1:a"
+    assert TrialRecord.of(a.frozen(new.number)).driver == "host:1:a"
     a.study.enqueue_trial({}, user_attrs=encode(dict(retry_of=7, planned_arch="arch-q")))
     claimed = b.start()
-    attrs = TrialAttrs.of(b.frozen(claimed.number))
+    attrs = TrialRecord.of(b.frozen(claimed.number))
     assert attrs.driver == "host:2:b" and attrs.retry_of == 7 and attrs.planned_arch == "arch-q"
     assert b.frozen(claimed.number).state == TrialState.RUNNING
 
@@ -70,7 +70,7 @@ def test_a_queued_trial_is_claimed_by_exactly_one_of_two_drivers(two) -> None:
     trial_id = a.storage.get_all_trials(a.study_id, states=(TrialState.WAITING,))[0]._trial_id
     assert a.storage.set_trial_state_values(trial_id, TrialState.RUNNING) is True
     assert b.storage.set_trial_state_values(trial_id, TrialState.RUNNING) is False
-    assert TrialAttrs.of(a.storage.get_trial(trial_id)).driver == "host:1:a"  # the loser wrote nothing
+    assert TrialRecord.of(a.storage.get_trial(trial_id)).driver == "host:1:a"  # the loser wrote nothing
 
 
 @pytest.mark.parametrize("queued", [False, True], ids=["created", "claimed-from-queue"])
@@ -87,7 +87,7 @@ def test_recovery_interleaved_at_every_point_of_creation_fails_no_live_trial(two
     points.stop()
     assert points.calls >= 4, "the interleaving reached the creation sequence"
     t = a.frozen(trial.number)
-    assert t.state == TrialState.RUNNING and TrialAttrs.of(t).failure is None
+    assert t.state == TrialState.RUNNING and TrialRecord.of(t).failure is None
     assert a.study.get_trials(states=(TrialState.WAITING,)) == []  # no retry of a live trial was queued
 
 
@@ -144,10 +144,10 @@ def test_recovery_fails_a_dead_drivers_trial_once_and_queues_one_retry(two, tmp_
     assert b.recover(nobody_live, 60.0) == [trial.number]
     assert c.recover(nobody_live, 60.0) == []  # already failed: the second recoverer does nothing
     t = b.frozen(trial.number)
-    assert t.state == TrialState.FAIL and TrialAttrs.of(t).failure.startswith(INTERRUPTED)
+    assert t.state == TrialState.FAIL and TrialRecord.of(t).failure.startswith(INTERRUPTED)
     retries = b.study.get_trials(states=(TrialState.WAITING,))
-    assert [TrialAttrs.of(r).retry_of for r in retries] == [trial.number]
-    assert TrialAttrs.of(retries[0]).planned_arch == "arch-x"
+    assert [TrialRecord.of(r).retry_of for r in retries] == [trial.number]
+    assert TrialRecord.of(retries[0]).planned_arch == "arch-x"
     # the dead driver's late writes are dropped with a warning, not raised
     with pytest.warns(UserWarning, match="already finished by another driver"):
         assert a.record_epoch(trial.number, [{"epoch": 1, "val_acc": 0.5}]) is False
@@ -168,7 +168,7 @@ def test_a_retry_is_never_retried_again(two) -> None:
     trial = a.start()
     assert b.recover(_only("nobody"), 60.0) == [trial.number]
     retry = b.start()
-    assert TrialAttrs.of(b.frozen(retry.number)).retry_of == trial.number
+    assert TrialRecord.of(b.frozen(retry.number)).retry_of == trial.number
     assert a.recover(_only("nobody"), 60.0) == [retry.number]
     assert a.study.get_trials(states=(TrialState.WAITING,)) == []
 
@@ -197,18 +197,18 @@ def test_interrupt_and_reject_and_reuse(two) -> None:
     a.finish(source.number, TrialState.COMPLETE, [0.5], dict(full_fidelity=True, fidelity=2))
     copy = a.start()
     a.wait(copy.number, DESC, source.number)
-    assert TrialAttrs.of(a.frozen(copy.number)).waiting_for == source.number
+    assert TrialRecord.of(a.frozen(copy.number)).waiting_for == source.number
     a.reuse(copy.number, DESC, a.frozen(source.number))
-    t = TrialAttrs.of(a.frozen(copy.number))
+    t = TrialRecord.of(a.frozen(copy.number))
     assert t.reused_from == source.number and t.is_copy and t.curve_rows[-1]["val_acc"] == 0.5
     assert a.frozen(copy.number).values == [0.5]
     rejected = a.start()
     a.reject(rejected.number, "too big")
-    r = TrialAttrs.of(a.frozen(rejected.number))
+    r = TrialRecord.of(a.frozen(rejected.number))
     assert r.infeasible and r.failure == "infeasible: too big"
     ended = a.start()
     a.interrupt(ended.number, "the run ended")
-    assert [TrialAttrs.of(w).retry_of for w in a.study.get_trials(states=(TrialState.WAITING,))] == [ended.number]
+    assert [TrialRecord.of(w).retry_of for w in a.study.get_trials(states=(TrialState.WAITING,))] == [ended.number]
 
 
 def test_three_drivers_deciding_on_the_same_replicate_at_once_queue_it_once(tmp_path: Path) -> None:
@@ -233,7 +233,7 @@ def test_three_drivers_deciding_on_the_same_replicate_at_once_queue_it_once(tmp_
         t.join()
     assert sorted(queued) == [False, False, True]
     waiting = lives[1].study.get_trials(states=(TrialState.WAITING,))
-    assert [(TrialAttrs.of(t).planned_arch, TrialAttrs.of(t).replicate) for t in waiting] == [("arch-x", 1)]
+    assert [(TrialRecord.of(t).planned_arch, TrialRecord.of(t).replicate) for t in waiting] == [("arch-x", 1)]
     assert lives[2].enqueue_replicate(frozen, 2) is True  # the next seed is another replicate
 
 
@@ -242,15 +242,15 @@ def test_enqueue_missing_plans_only_what_is_neither_done_nor_queued(two) -> None
     wanted = [("arch-a", {}, {}), ("arch-b", {}, dict(validates=3))]
     assert enqueue_missing(a.study, wanted) == 2
     assert enqueue_missing(a.study, wanted) == 2  # nothing queued twice
-    plans = sorted((TrialAttrs.of(t).planned_arch, TrialAttrs.of(t).validates) for t in a.study.trials)
+    plans = sorted((TrialRecord.of(t).planned_arch, TrialRecord.of(t).validates) for t in a.study.trials)
     assert plans == [("arch-a", None), ("arch-b", 3)]
 
 
 def test_attribute_names_are_checked() -> None:
-    assert "driver" in NAMES and encode(dict(arch_id="x")) == {"arch_id": "x"}
+    assert "driver" in ATTRS and encode(dict(arch_id="x")) == {"arch_id": "x"}
     with pytest.raises(KeyError, match="not trial attributes"):
         encode({"arch-id": "x"})
-    assert TrialAttrs.from_mapping({"arch_id": "x", "unknown": 1}).arch_id == "x"
+    assert TrialRecord.from_mapping({"arch_id": "x", "unknown": 1}).arch_id == "x"
 
 
 def test_lifecycle_refuses_a_storage_that_cannot_own_trials_at_birth(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import yaml
 from optuna.trial import TrialState
 
 from nas.engine.store import single_driver
-from nas.trial_attrs import TrialAttrs
+from nas.trial_record import TrialRecord
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -85,16 +85,16 @@ def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
 
 def _real(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """Trials the budget counts (an infeasible sample is rejected before training and not counted)."""
-    return [t for t in trials if not TrialAttrs.of(t).infeasible]
+    return [t for t in trials if not TrialRecord.of(t).infeasible]
 
 
 def _trainings(trials: list[optuna.trial.FrozenTrial], finished_only: bool) -> Counter:
     """Per architecture, the trials that trained it (not copies); ``finished_only``: those that ended it."""
     states = (TrialState.COMPLETE, TrialState.PRUNED) if finished_only else tuple(TrialState)
     return Counter(
-        TrialAttrs.of(t).arch_id
+        TrialRecord.of(t).arch_id
         for t in trials
-        if t.state in states and TrialAttrs.of(t).curve_rows and not TrialAttrs.of(t).is_copy
+        if t.state in states and TrialRecord.of(t).curve_rows and not TrialRecord.of(t).is_copy
     )
 
 
@@ -109,9 +109,9 @@ def test_three_drivers_started_together_on_an_empty_database(tmp_path: Path, emp
     assert Counter(t.state for t in trials)[TrialState.WAITING] == 0
     twice = {a: n for a, n in _trainings(trials, finished_only=False).items() if n > 1}
     assert twice == {}, f"architectures trained more than once: {twice}"
-    copies = sum(TrialAttrs.of(t).is_copy for t in trials)
+    copies = sum(TrialRecord.of(t).is_copy for t in trials)
     assert copies > 0, "with 600 proposals into 216 architectures, most later ones are reuses"
-    assert len({TrialAttrs.of(t).driver for t in _real(trials)}) == 3
+    assert len({TrialRecord.of(t).driver for t in _real(trials)}) == 3
     engine = sa.create_engine(empty_database)
     with engine.connect() as c:
         slots = sorted(c.execute(sa.text("select slot from nas_drivers where study = 'many'")).scalars())
@@ -141,13 +141,13 @@ def test_a_driver_killed_half_way_is_recovered_by_the_live_ones(tmp_path: Path, 
 
     trials = _trials(empty_database)
     dead = f":{victim.pid}:"
-    recovered = [t for t in trials if TrialAttrs.of(t).driver and dead in TrialAttrs.of(t).driver
-                 and (TrialAttrs.of(t).failure or "").startswith("interrupted: its driver stopped")]  # fmt: skip
+    recovered = [t for t in trials if TrialRecord.of(t).driver and dead in TrialRecord.of(t).driver
+                 and (TrialRecord.of(t).failure or "").startswith("interrupted: its driver stopped")]  # fmt: skip
     assert recovered, "the killed driver had trials running"
     for t in recovered:
         done = t.datetime_complete.timestamp()
         assert killed_at - 1 <= done <= min(ended_at, killed_at + STALE_S + HEARTBEAT_S + 5), (t.number, done)
-        retries = [r for r in trials if TrialAttrs.of(r).retry_of == t.number]
+        retries = [r for r in trials if TrialRecord.of(r).retry_of == t.number]
         assert len(retries) == 1, f"trial {t.number}: {len(retries)} retries"
     assert Counter(t.state for t in trials)[TrialState.RUNNING] == 0  # nothing left dangling, no restart needed
     twice = {a: n for a, n in _trainings(trials, finished_only=True).items() if n > 1}
@@ -160,7 +160,7 @@ def test_a_driver_killed_half_way_is_recovered_by_the_live_ones(tmp_path: Path, 
     states = Counter(t.state for t in trials)
     assert states[TrialState.RUNNING] == 0 and states[TrialState.WAITING] == 0  # every retry was taken: 0 lost
     for t in recovered:
-        (retry,) = [r for r in trials if TrialAttrs.of(r).retry_of == t.number]
+        (retry,) = [r for r in trials if TrialRecord.of(r).retry_of == t.number]
         assert retry.state.is_finished()
     twice = {a: n for a, n in _trainings(trials, finished_only=True).items() if n > 1}
     assert twice == {}, f"architectures trained to the end more than once: {twice}"

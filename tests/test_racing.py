@@ -17,7 +17,7 @@ from nas.engine.config import read_study_file
 from nas.engine.progress import Progress
 from nas.engine.run import run_config
 from nas.errors import ConfigError
-from nas.trial_attrs import TrialAttrs
+from nas.trial_record import TrialRecord
 from tests.engine_fixtures import SPACE, PlantedExecutor, write_study
 
 
@@ -37,7 +37,7 @@ def _run(
 
 
 def _replicates(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.trials if TrialAttrs.of(t).replicate is not None]
+    return [t for t in study.trials if TrialRecord.of(t).replicate is not None]
 
 
 def test_a_settled_front_gets_no_replicate(tmp_path: Path) -> None:
@@ -57,19 +57,19 @@ def test_racing_replicates_close_calls_within_its_budget_and_cap(tmp_path: Path)
     ex = PlantedExecutor(lambda i: (0.85, 3000.0), seed_sd=0.005)
     study = _run(tmp_path, "close", ex, {"max_per_arch": 2, "budget_share": 0.4}, n_trials=10)
     reps = _replicates(study)
-    trained = [t for t in study.trials if not TrialAttrs.of(t).is_copy and TrialAttrs.of(t).arch_id]
+    trained = [t for t in study.trials if not TrialRecord.of(t).is_copy and TrialRecord.of(t).arch_id]
     assert 1 <= len(reps) <= 0.4 * len(trained)
-    first = {TrialAttrs.of(t).arch_id: t for t in study.trials if TrialAttrs.of(t).replicate is None}
+    first = {TrialRecord.of(t).arch_id: t for t in study.trials if TrialRecord.of(t).replicate is None}
     for t in reps:
-        a = TrialAttrs.of(t)
+        a = TrialRecord.of(t)
         assert t.state == TrialState.COMPLETE and a.reused_from is None and a.val_correct
         assert a.replicate == 1 and a.replicate_of == first[a.arch_id].number  # max_per_arch 2: one more seed
-        assert a.train_key != TrialAttrs.of(first[a.arch_id]).train_key
-    assert sorted(ex.trained).count((TrialAttrs.of(reps[0]).arch_id, 1)) == 1  # trained once, with seed 0 + 1
+        assert a.train_key != TrialRecord.of(first[a.arch_id]).train_key
+    assert sorted(ex.trained).count((TrialRecord.of(reps[0]).arch_id, 1)) == 1  # trained once, with seed 0 + 1
     recs = results.records(study)
     merged = {r.arch_id: r for r in results.eligible(recs, results.objectives_of(study))}
     for t in reps:  # the architecture's accuracy is the mean of its two seeds
-        m = merged[TrialAttrs.of(t).arch_id]
+        m = merged[TrialRecord.of(t).arch_id]
         assert m.seeds == 2 and m.values["accuracy"] == pytest.approx(np.mean(m.seed_values))
 
 
@@ -79,12 +79,12 @@ def test_a_replicate_is_never_mistaken_for_a_reuse(tmp_path: Path) -> None:
     ex = PlantedExecutor(lambda i: (0.85, 3000.0), seed_sd=0.005)
     study = _run(tmp_path, "again", ex, {"max_per_arch": 3, "budget_share": 0.3}, n_trials=24)
     by_number = {t.number: t for t in study.trials}
-    copies = [t for t in study.trials if TrialAttrs.of(t).is_copy]
+    copies = [t for t in study.trials if TrialRecord.of(t).is_copy]
     assert copies, "the run should have proposed an evaluated architecture again"
     for t in copies:
-        src = TrialAttrs.of(by_number[TrialAttrs.of(t).reused_from])
-        assert src.replicate is None and src.arch_id == TrialAttrs.of(t).arch_id
-    assert all(TrialAttrs.of(t).reused_from is None for t in _replicates(study) if TrialAttrs.of(t).replicate)
+        src = TrialRecord.of(by_number[TrialRecord.of(t).reused_from])
+        assert src.replicate is None and src.arch_id == TrialRecord.of(t).arch_id
+    assert all(TrialRecord.of(t).reused_from is None for t in _replicates(study) if TrialRecord.of(t).replicate)
     assert len(ex.trained) == len(set(ex.trained))  # no (architecture, seed) trained twice
 
 
@@ -114,8 +114,8 @@ def test_policy_every_gives_every_architecture_its_seeds_oldest_first(tmp_path: 
     assert sorted(len(s) for s in seeds.values()) == [3, 3, 3, 3]  # 4 architectures x 3 seeds: 8 replicates
     reps = _replicates(study)
     assert len(reps) == 8 <= 0.7 * 12
-    firsts = [TrialAttrs.of(t).arch_id for t in study.trials if TrialAttrs.of(t).replicate is None]
-    done = [TrialAttrs.of(t).arch_id for t in reps if TrialAttrs.of(t).replicate == 2]
+    firsts = [TrialRecord.of(t).arch_id for t in study.trials if TrialRecord.of(t).replicate is None]
+    done = [TrialRecord.of(t).arch_id for t in reps if TrialRecord.of(t).replicate == 2]
     assert done == firsts  # the third seeds come in the order the architectures were first evaluated
 
 
@@ -132,18 +132,18 @@ def test_racing_trains_an_unsettled_pruned_architecture_to_full_fidelity(tmp_pat
     by_number = {t.number: t for t in study.trials}
     reps = _replicates(study)
     assert reps and all(t.state == TrialState.COMPLETE for t in reps)  # a replicate is never pruned
-    assert any(t.state == TrialState.PRUNED and not TrialAttrs.of(t).is_copy for t in study.trials)
-    promoted = [t for t in reps if by_number[TrialAttrs.of(t).replicate_of].state == TrialState.PRUNED]
+    assert any(t.state == TrialState.PRUNED and not TrialRecord.of(t).is_copy for t in study.trials)
+    promoted = [t for t in reps if by_number[TrialRecord.of(t).replicate_of].state == TrialState.PRUNED]
     if not promote:
         assert promoted == []
         return
     assert promoted, "racing should have trained a pruned architecture whose place on the front is open"
     merged = {r.arch_id: r for r in results.eligible(results.records(study), results.objectives_of(study))}
     for t in promoted:  # the first is seed 0 + 1 (seed 0 was pruned); racing may add seed 0 + 2 later
-        a = TrialAttrs.of(t)
+        a = TrialRecord.of(t)
         assert a.full_fidelity and a.curve_rows[-1]["epoch"] == 2 and a.arch_id in merged
         assert (a.arch_id, 1) in ex.trained and merged[a.arch_id].seeds == len(
-            [p for p in promoted if TrialAttrs.of(p).arch_id == a.arch_id]
+            [p for p in promoted if TrialRecord.of(p).arch_id == a.arch_id]
         )
 
 
@@ -153,9 +153,9 @@ def test_the_replicate_budget_is_a_share_of_the_compute_not_of_the_trials(tmp_pa
     replicates was well over a third of the compute), and racing still spends that budget on a close call."""
     ex = PlantedExecutor(lambda i: (0.85, 3000.0), seed_sd=0.005, early_sd=0.03)
     study = _run(tmp_path, "compute", ex, {"max_per_arch": 2, "budget_share": 0.3}, n_trials=60, pruned=True)
-    trained = [t for t in study.trials if not TrialAttrs.of(t).is_copy and TrialAttrs.of(t).arch_id]
-    epochs = {t.number: len(TrialAttrs.of(t).curve_rows) for t in trained}
-    replicated = sum(epochs[t.number] for t in trained if TrialAttrs.of(t).replicate is not None)
+    trained = [t for t in study.trials if not TrialRecord.of(t).is_copy and TrialRecord.of(t).arch_id]
+    epochs = {t.number: len(TrialRecord.of(t).curve_rows) for t in trained}
+    replicated = sum(epochs[t.number] for t in trained if TrialRecord.of(t).replicate is not None)
     assert any(t.state == TrialState.PRUNED for t in trained)
     assert 0 < replicated <= 0.3 * sum(epochs.values())
 
@@ -182,7 +182,7 @@ def test_a_toy_predictor_plugs_into_racing_and_changes_which_pruned_trial_is_pro
         rc = {"max_per_arch": 2, "budget_share": 0.5, "promote_pruned": True, "predictor": predictor}
         study = _run(tmp_path, predictor.replace(":", "-").replace(".", "-"), ex(), rc, n_trials=80, pruned=True)
         by_number = {t.number: t for t in study.trials}
-        sources = [TrialAttrs.of(t).replicate_of for t in _replicates(study)]
+        sources = [TrialRecord.of(t).replicate_of for t in _replicates(study)]
         promoted[predictor] = [n for n in sources if by_number[n].state == TrialState.PRUNED]
     assert InvertedRung.calls > 0 and promoted["rung_line"] and promoted["tests.test_racing:InvertedRung"]
     assert promoted["rung_line"] != promoted["tests.test_racing:InvertedRung"]

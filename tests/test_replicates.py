@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from nas import replicates, results
+from nas.evaluation import PRIOR_DOF, pooled_seed_sd, seed_mean_interval, throughput_log_sd
 from nas.layout import Objective
-from nas.replicates import PRIOR_DOF, front_probability, mean_interval, merge, pooled_seed_sd, settled
-from nas.results import TrialRecord
+from nas.replicates import front_probability, merge, settled
+from nas.trial_record import TrialRecord
 from trainers import bitmap
 
 OBJS = [Objective("accuracy", "maximize"), Objective("throughput", "maximize")]
@@ -136,7 +137,8 @@ def test_mean_interval_combines_the_images_and_the_seeds() -> None:
     accs = [bitmap.count(b)[0] / N_IMG for b in bits]
     seeds = zip(accs, bits, strict=True)
     (m,) = merge([_rec(k, "z", a, 1.0, val_correct=b, replicate=k or None) for k, (a, b) in enumerate(seeds)])
-    lo, hi = mean_interval(m, prior_seed_sd=0.005)
+    lo, hi = seed_mean_interval(m.seed_values, m.seed_bits, prior_seed_sd=0.005)
+    assert m.accuracy_interval == pytest.approx((lo, hi))  # the record says the same
     per_image = np.mean([bitmap.unpack(b) for b in bits], axis=0)
     var = pooled_seed_sd([accs], 0.005) ** 2 / 3 + np.var(per_image, ddof=1) / N_IMG
     assert (lo + hi) / 2 == pytest.approx(np.mean(accs)) and (hi - lo) / 2 == pytest.approx(
@@ -222,9 +224,9 @@ def test_throughput_noise_a_clear_case_stays_clear_and_a_coin_flip_becomes_one()
     spread) and a clearly dominated point keep P 1 and 0; b, 10 points less accurate than a and 0.1 % faster, is on
     the front only because of that 0.1 %: exactly so when throughput is exact, a coin flip when one measurement
     spreads by 20 % (a loaded device)."""
-    assert replicates.throughput_log_sd(_tp(1000.0, 0.2)) == pytest.approx(0.2, rel=1e-3)
-    assert replicates.throughput_log_sd({"median": 1000.0, "cv": 0.05}) == 0.05  # a tabulated one
-    assert replicates.throughput_log_sd({"median": 1000.0}) == 0.0
+    assert throughput_log_sd(_tp(1000.0, 0.2)) == pytest.approx(0.2, rel=1e-3)
+    assert throughput_log_sd({"median": 1000.0, "cv": 0.05}) == 0.05  # a tabulated one
+    assert throughput_log_sd({"median": 1000.0}) == 0.0
     clear = [_rec(0, "a", 0.90, 1000.0, throughput=_tp(1000.0, 0.01)),
              _rec(1, "c", 0.80, 2000.0, throughput=_tp(2000.0, 0.01)),
              _rec(2, "d", 0.70, 900.0, throughput=_tp(900.0, 0.01))]  # fmt: skip

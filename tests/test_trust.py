@@ -248,7 +248,7 @@ def test_report_effects_bootstrap_over_seeds_as_well_as_trials() -> None:
     stage 1 is settled; when the seeds are 4 points apart (a mean known only to about ±2 points), the same effect's
     interval is wider and covers 0 — inside the noise."""
     from nas.replicates import merge
-    from nas.results import TrialRecord
+    from nas.trial_record import TrialRecord
 
     rng = random.Random(1)
     plans = [[rng.choice(MIXERS) for _ in range(3)] for _ in range(40)]

@@ -26,6 +26,7 @@ from nas.engine.progress import Progress
 from nas.errors import ConfigError, NasError
 from nas.space import SearchSpace
 from nas.stats import rank_agreement
+from nas.study_record import write
 
 GOOD_TAU = 0.8
 MIN_CEILING = 0.3  # below it the reference's own seeds barely agree: the bar stays at GOOD_TAU
@@ -223,4 +224,4 @@ def _store(cfg: StudyConfig, url: str, cal: Calibration) -> None:
     study = optuna.create_study(
         study_name=cfg.name, storage=layout.create_storage(url), directions=cfg.directions, load_if_exists=True
     )
-    study.set_user_attr("calibration", asdict(cal))
+    write(study, calibration=asdict(cal))

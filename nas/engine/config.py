@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from nas import layout
 from nas.errors import ConfigError
-from nas.replicates import PRIOR_SEED_SD
+from nas.evaluation import PRIOR_SEED_SD, SETTLED
 from nas.space import SearchSpace, pydantic_line
+from nas.study_record import StudyRecord
 from nas.yamlfile import read_yaml
 from trainers.config import DataConfig, TrainConfig
 
@@ -102,7 +103,7 @@ class ReplicatesConfig(BaseModel):
         description="replicates train at most this share of the study's training epochs (compute, not trials)",
     )
     settled: float = Field(
-        default=0.9, gt=0.5, lt=1, description="membership is settled when P(front) >= this or <= 1 - this"
+        default=SETTLED, gt=0.5, lt=1, description="membership is settled when P(front) >= this or <= 1 - this"
     )
     prior_seed_sd: float = Field(
         default=PRIOR_SEED_SD, ge=0, lt=0.5,
@@ -231,6 +232,18 @@ class StudyConfig(BaseModel):
             )
 
     # ------------------------------------------------------------------------------------------ derived
+    @classmethod
+    def of_record(cls, rec: StudyRecord) -> StudyConfig:
+        """The study file a study stored (:attr:`nas.study_record.StudyRecord.config`), parsed.
+
+        Raises:
+            KeyError: the study has no stored configuration (not written by ``nas search``).
+            ValueError: it was stored by an engine whose study files differ (pydantic's ValidationError).
+        """
+        if rec.config is None:
+            raise KeyError(f"study '{rec.name}': no stored configuration (not written by `nas search`)")
+        return cls.model_validate(rec.config)
+
     @property
     def directions(self) -> list[str]:
         """The objectives' directions, in objective order (``maximize``/``minimize``)."""

@@ -36,7 +36,7 @@ from nas.engine.racing import Racer
 from nas.engine.store import StudyStore
 from nas.errors import ConfigError
 from nas.space import SearchSpace
-from nas.trial_attrs import TrialAttrs
+from nas.trial_record import TrialRecord
 
 FINISHED = "FINISHED"
 MAX_CONSECUTIVE_REJECTS = 50
@@ -62,7 +62,7 @@ class RunningTrial:
     pruned_at: int | None = None
     checkpoint: str | None = None  # URI of the weights Tune persisted (full fidelity)
     measured: bool = False  # throughput recorded
-    waiters: dict[int, TrialAttrs] = field(default_factory=dict)  # later trials of this arch -> their description
+    waiters: dict[int, TrialRecord] = field(default_factory=dict)  # later trials of this arch -> their description
     phases: dict[str, float] = field(default_factory=dict)  # the worker's phase times, last reported
     storage_s: float = 0.0  # this driver's time writing the trial
 
@@ -91,7 +91,7 @@ class Driver:
         self.train_key = self.cfg.train_key(0)
         self.racer = Racer(cfg, store) if cfg.replicates is not None else None
         self.running: dict[str, RunningTrial] = {}  # by Tune trial id
-        self.foreign: dict[int, dict[int, TrialAttrs]] = {}  # another driver's trial -> our trials waiting for it
+        self.foreign: dict[int, dict[int, TrialRecord]] = {}  # another driver's trial -> our trials waiting for it
         self.added = 0
         self.rejects_in_a_row = self.reuses_in_a_row = 0
         self.stop_reason: str | None = None  # why sampling stopped before the budget was spent
@@ -136,13 +136,13 @@ class Driver:
         if tune_id in self.running and self.running[tune_id].number == number:
             return
         t = self.store.frozen(number)
-        if t.state == TrialState.RUNNING and TrialAttrs.of(t).waiting_for is None:  # a waiter is finish()'s
+        if t.state == TrialState.RUNNING and TrialRecord.of(t).waiting_for is None:  # a waiter is finish()'s
             self.store.life.interrupt(number, "the run ended before this trial reached a worker; it is queued again")
 
     def _propose(self, trial: optuna.Trial, tune_id: str) -> dict[str, Any] | None:
         """Describe a started trial: its payload config when it must be trained, None when it was rejected,
         reused or left waiting for another trial of its architecture."""
-        replicate = TrialAttrs.from_mapping(trial.user_attrs).replicate or 0
+        replicate = TrialRecord.from_mapping(trial.user_attrs).replicate or 0
         try:
             arch = self.space.sample(trial.suggest_categorical, self.num_classes)
             reasons = self.space.check_constraints(arch)
@@ -154,7 +154,7 @@ class Driver:
         self.rejects_in_a_row = 0
         args = arch.to_model_args()
         cost = arch_cost(args)
-        desc = TrialAttrs(
+        desc = TrialRecord(
             arch=args,
             arch_id=arch.arch_id,
             placement=arch.placement(),
@@ -202,7 +202,7 @@ class Driver:
                 f"of space '{self.space.name}' meets its constraints: relax constraints or narrow the space"
             )
 
-    def _reuse_or_wait(self, number: int, desc: TrialAttrs) -> bool:
+    def _reuse_or_wait(self, number: int, desc: TrialRecord) -> bool:
         """Reuse a finished trial of the same architecture, or wait for the one training it now (ours or another
         driver's). False, with the architecture described and claimed for this trial, if it is to be trained."""
         arch_id, key = desc.arch_id, desc.train_key
@@ -223,7 +223,7 @@ class Driver:
             self._wait(number, desc, training.number)
         self.reuses_in_a_row += 1
         if self.reuses_in_a_row >= MAX_CONSECUTIVE_REUSES:
-            tried = {TrialAttrs.of(t).arch_id for t in self.store.study.get_trials(deepcopy=False)} - {None}
+            tried = {TrialRecord.of(t).arch_id for t in self.store.study.get_trials(deepcopy=False)} - {None}
             self._stop(
                 f"the sampler proposed {self.reuses_in_a_row} already-evaluated architectures in a row, having "
                 f"tried {len(tried)} distinct architectures: the space looks exhausted, or the sampler has converged "
@@ -231,7 +231,7 @@ class Driver:
             )
         return True
 
-    def _wait(self, number: int, desc: TrialAttrs, source: int) -> None:
+    def _wait(self, number: int, desc: TrialRecord, source: int) -> None:
         self.store.life.wait(number, desc, source)
         self.log("waiting", {"number": number, "source": source, "placement": desc.placement})
 
@@ -251,8 +251,8 @@ class Driver:
                 return
             time.sleep(FOREIGN_POLL_S)
 
-    def _resolve_waiter(self, number: int, desc: TrialAttrs, source: optuna.trial.FrozenTrial) -> None:
-        failure = TrialAttrs.of(source).failure or ""
+    def _resolve_waiter(self, number: int, desc: TrialRecord, source: optuna.trial.FrozenTrial) -> None:
+        failure = TrialRecord.of(source).failure or ""
         if source.state == TrialState.FAIL and failure.startswith(INTERRUPTED):
             why = f"the trial it waited for ({source.number}) was interrupted; that trial's retry covers it"
             self.store.life.interrupt(number, why, retry=False)
@@ -264,13 +264,13 @@ class Driver:
         self.stop_reason = reason
         self.log("stopped", {"reason": reason})
 
-    def _reuse(self, number: int, desc: TrialAttrs, src: optuna.trial.FrozenTrial) -> None:
+    def _reuse(self, number: int, desc: TrialRecord, src: optuna.trial.FrozenTrial) -> None:
         self.store.life.reuse(number, desc, src)
         self.log(
             "reused", {"number": number, "source": src.number, "state": src.state.name, "placement": desc.placement}
         )
 
-    def _payload(self, number: int, desc: TrialAttrs, replicate: int) -> TrialPayload:
+    def _payload(self, number: int, desc: TrialRecord, replicate: int) -> TrialPayload:
         return TrialPayload(
             number=number,
             arch=desc.arch,

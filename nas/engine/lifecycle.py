@@ -1,7 +1,7 @@
 """A trial's lifecycle: its states and transitions, the only code that writes a trial's state and attributes.
 
 Optuna stores the state (WAITING, RUNNING, COMPLETE, PRUNED, FAIL); the engine's knowledge of a trial lives in its
-user attributes, typed and named in :mod:`nas.trial_attrs`. Several drivers may share one study (PostgreSQL), so
+user attributes, typed and named in :mod:`nas.trial_record`. Several drivers may share one study (PostgreSQL), so
 every transition below states its precondition and is safe against the others:
 
 ====================  =========================  ==========================================================
@@ -48,7 +48,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.engine.optuna_adapter import OwnedStorage
 from nas.errors import StudyError
-from nas.trial_attrs import COPIED, DESCRIPTION, TrialAttrs, encode, pick
+from nas.trial_record import COPIED, DESCRIPTION, TrialRecord, encode, pick
 
 INTERRUPTED = "interrupted"  # the first word of the failure of a trial whose run or driver ended under it
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -100,7 +100,7 @@ class Lifecycle:
     def find_reusable(self, arch_id: str, train_key: str) -> FrozenTrial | None:
         """A finished trial (COMPLETE, or PRUNED at a rung) that trained this architecture under this training."""
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            a = TrialAttrs.of(t)
+            a = TrialRecord.of(t)
             if a.arch_id == arch_id and a.train_key == train_key and not a.is_copy:
                 return t
         return None
@@ -114,11 +114,11 @@ class Lifecycle:
             self._write(trial.number, self._owner_attrs)
         return trial
 
-    def describe(self, number: int, description: TrialAttrs, **more: Any) -> bool:
+    def describe(self, number: int, description: TrialRecord, **more: Any) -> bool:
         """RUNNING, ours: the sampled architecture (``DESCRIPTION`` fields), plus ``more`` (e.g. ``waiting_for``)."""
         return self._write(number, {**pick(description.stored(), DESCRIPTION), **more})
 
-    def wait(self, number: int, description: TrialAttrs, source: int) -> bool:
+    def wait(self, number: int, description: TrialRecord, source: int) -> bool:
         """RUNNING, ours: the same architecture is being trained by trial ``source``; this one copies it later."""
         return self.describe(number, description, waiting_for=source)
 
@@ -139,11 +139,11 @@ class Lifecycle:
         """RUNNING -> FAIL: an infeasible sample, never trained (not counted against the budget)."""
         return self.finish(number, TrialState.FAIL, None, dict(failure="infeasible: " + reason, infeasible=True))
 
-    def reuse(self, number: int, description: TrialAttrs, source: FrozenTrial) -> bool:
+    def reuse(self, number: int, description: TrialRecord, source: FrozenTrial) -> bool:
         """RUNNING -> the source's state: a copy of a finished trial's result (``reused_from``), not an evaluation."""
         attrs = {**pick(description.stored(), DESCRIPTION), **pick(source.user_attrs, COPIED)}
         if source.state == TrialState.FAIL:
-            why = TrialAttrs.of(source).failure or "?"
+            why = TrialRecord.of(source).failure or "?"
             attrs.update(failure=f"same architecture as trial {source.number}, which failed: {why}")
         attrs.update(reused_from=source.number)
         return self.finish(number, source.state, source.values, attrs)
@@ -221,7 +221,7 @@ class Lifecycle:
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         failed = []
         for t in running:
-            owner = TrialAttrs.of(t).driver
+            owner = TrialRecord.of(t).driver
             if owner == self.owner:
                 continue
             if owner is None:
@@ -254,7 +254,7 @@ class Lifecycle:
         once (before, each queued its own copy and all but one became reuses: 7-8 % of a 3-driver run's trials).
         A queued replicate that fails is retried once by the lifecycle (``enqueue_retry``), never re-queued here.
         Returns whether this driver queued it."""
-        a = TrialAttrs.of(source)
+        a = TrialRecord.of(source)
         row = dict(study_id=self.study_id, arch_id=a.arch_id, replicate=k, owner=self.owner)
         try:
             with self.engine.begin() as c:
@@ -271,7 +271,7 @@ class Lifecycle:
         retrains (``planned_arch``), so a sub-study's plan does not queue that architecture a second time. A trial
         killed after it left the queue but before its ``arch_id`` was recorded still has its plan's
         ``planned_arch``: that one is carried over."""
-        a = TrialAttrs.of(t)
+        a = TrialRecord.of(t)
         if a.retry_of is None:
             attrs = encode(dict(retry_of=t.number, planned_arch=a.arch_id or a.planned_arch))
             if a.replicate is not None:  # a replicate's retry trains the same seed of the same architecture
@@ -306,12 +306,12 @@ def enqueue_missing(study: optuna.Study, wanted: list[tuple[str, dict[str, Any],
     queued (a resumed validation or calibration trains only what is left); returns the number of trials left. A
     wanted seed replicate (``replicate`` in its attrs) is another evaluation of the architecture than its first."""
 
-    def key(a: TrialAttrs) -> tuple[str | None, int]:
+    def key(a: TrialRecord) -> tuple[str | None, int]:
         return a.arch_id or a.planned_arch, a.replicate or 0
 
-    done = {key(TrialAttrs.of(t)) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    done = {key(TrialRecord.of(t)) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    queued = {(TrialAttrs.of(t).planned_arch, TrialAttrs.of(t).replicate or 0) for t in waiting}
+    queued = {(TrialRecord.of(t).planned_arch, TrialRecord.of(t).replicate or 0) for t in waiting}
     needed = [w for w in wanted if (w[0], w[2].get("replicate") or 0) not in done | queued]
     for arch_id, params, attrs in needed:
         study.enqueue_trial(params, user_attrs=encode({**attrs, **dict(planned_arch=arch_id)}), skip_if_exists=False)
@@ -323,10 +323,10 @@ def requeue_grid_holes(study: optuna.Study) -> int:
     trial (failed, or interrupted twice, which the stale-trial recovery does not retry again) are queued once more,
     since the grid counts their points as visited. Infeasible proposals are not. Returns the trials left to run."""
     trials = study.get_trials(deepcopy=False)
-    done = {TrialAttrs.of(t).arch_id for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+    done = {TrialRecord.of(t).arch_id for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
     holes: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {}
     for t in trials:
-        a = TrialAttrs.of(t)
+        a = TrialRecord.of(t)
         if t.state == TrialState.FAIL and t.params and a.arch_id and not a.infeasible:
             holes[a.arch_id] = (a.arch_id, dict(t.params), {})
     return enqueue_missing(study, [w for arch, w in holes.items() if arch not in done])

@@ -11,12 +11,12 @@ import math
 
 from optuna.trial import FrozenTrial
 
-from nas.trial_attrs import TrialAttrs
+from nas.trial_record import TrialRecord
 
 
 def curve_at(trial: FrozenTrial, epoch: int) -> float | None:
     """The trial's validation accuracy at ``epoch`` (None if that epoch was not recorded)."""
-    for row in TrialAttrs.of(trial).curve_rows:
+    for row in TrialRecord.of(trial).curve_rows:
         if row.get("epoch") == epoch:
             return float(row["val_acc"])
     return None
@@ -24,7 +24,7 @@ def curve_at(trial: FrozenTrial, epoch: int) -> float | None:
 
 def objective_vector(trial: FrozenTrial, objectives: list[str], epoch: int) -> list[float] | None:
     """The trial's objectives with accuracy taken at ``epoch``; None when something is not measured yet."""
-    attrs = TrialAttrs.of(trial)
+    attrs = TrialRecord.of(trial)
     tp = attrs.throughput or {}
     out = []
     for name in objectives:

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from nas.fmt import cell, duration
 from nas.pareto import pareto_front
+from nas.study_record import StudyRecord
 
 
 class Progress:
@@ -48,7 +49,7 @@ class Progress:
             f"pruner {cfg.pruner.name}  sampler {cfg.sampler.name}"
         )
         self.console.print(self.header)
-        val_set = store.study.user_attrs.get("val_set")
+        val_set = StudyRecord.of(store.study).val_set
         if val_set:  # how precise one evaluation is: the noise every accuracy of this study carries
             from nas.evaluation import precision_note
 

@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nas.engine.config import PrunerConfig, StudyConfig
 from nas.engine.objectives import objective_vector
 from nas.pareto import rank_for_pruning
-from nas.trial_attrs import TrialAttrs
+from nas.trial_record import TrialRecord
 
 
 class ParetoPruner(BasePruner):
@@ -40,7 +40,7 @@ class ParetoPruner(BasePruner):
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
         """Whether ``trial`` stops at this rung: not in the top ``1/eta`` of the rung's trials by non-dominated rank
         (once the rung has ``min_trials``)."""
-        curve = TrialAttrs.of(trial).curve_rows
+        curve = TrialRecord.of(trial).curve_rows
         if not curve or curve[-1]["epoch"] not in self.rungs:
             return False
         rung = curve[-1]["epoch"]
@@ -49,7 +49,7 @@ class ParetoPruner(BasePruner):
             return False
         points, numbers = [me], [trial.number]
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
-            if t.number == trial.number or TrialAttrs.of(t).is_copy:
+            if t.number == trial.number or TrialRecord.of(t).is_copy:
                 continue  # a reused result is a copy: counting it twice would skew the rung
             v = self.vector(t, rung)
             if v is not None:
@@ -87,7 +87,7 @@ class AccuracyPruner(BasePruner):
         mirror_id = mirror_storage.get_study_id_from_name(study.study_name)
         target_attrs: dict[str, Any] | None = None
         for t in study.get_trials(deepcopy=False):
-            attrs = TrialAttrs.of(t)
+            attrs = TrialRecord.of(t)
             curve = {int(r["epoch"]): float(r["val_acc"]) for r in attrs.curve_rows}
             # keep trial numbers aligned (hyperband assigns brackets by study name + number)
             state = t.state if t.state != TrialState.WAITING else TrialState.FAIL

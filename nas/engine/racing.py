@@ -32,7 +32,7 @@ from nas.engine.objectives import objective_vector
 from nas.engine.predictors import make_predictor
 from nas.engine.store import StudyStore
 from nas.replicates import front_probability, settled
-from nas.trial_attrs import TrialAttrs
+from nas.trial_record import TrialRecord
 
 if TYPE_CHECKING:
     from nas.layout import Objective
@@ -54,15 +54,15 @@ class Racer:
         self._promotable: list[results.TrialRecord] = []  # pruned architectures in the race, accuracy predicted
         self._at_rung: dict[int, list[float] | None] = {}  # a pruned trial's objectives at its rung, read once
         self._records: dict[int, results.TrialRecord] = {}  # finished trials' records, decoded once
-        self._attrs: dict[int, TrialAttrs] = {}  # finished trials' attributes, decoded once
+        self._attrs: dict[int, TrialRecord] = {}  # finished trials' attributes, decoded once
         self._elsewhere: set[tuple[str | None, int]] = set()  # (arch, k): replicates another driver queued first
 
-    def attrs(self, t: FrozenTrial) -> TrialAttrs:
+    def attrs(self, t: FrozenTrial) -> TrialRecord:
         """The trial's attributes; a finished trial's are decoded once (Optuna refuses to change a finished trial):
         racing looks at every trial after every trial, and a long search has thousands (most of them copies)."""
         a = self._attrs.get(t.number)
         if a is None:
-            a = TrialAttrs.of(t)
+            a = TrialRecord.of(t)
             if t.state.is_finished():
                 self._attrs[t.number] = a
         return a
@@ -184,7 +184,7 @@ class Racer:
         return out, sds
 
 
-def _trained(t: FrozenTrial, a: TrialAttrs) -> bool:
+def _trained(t: FrozenTrial, a: TrialRecord) -> bool:
     """A trial that trained (or trains) an architecture itself: not a copy, not rejected before training."""
     copy = a.is_copy or a.waiting_for is not None  # a waiter becomes a copy of the trial it waits for
     return a.arch_id is not None and not copy and not a.infeasible and t.state != TrialState.WAITING

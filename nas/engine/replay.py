@@ -224,7 +224,7 @@ class Table:
 
     def throughput_draw(self, run_seed: int, arch_id: str) -> float:
         """The throughput run ``run_seed`` observes for an architecture: log-normal around the table's median with
-        the table's CV (one measurement's spread, as nas.replicates.throughput_log_sd reads it), drawn from (run
+        the table's CV (one measurement's spread, as nas.evaluation.throughput_log_sd reads it), drawn from (run
         seed, architecture) so a run sees one draw per architecture, as a real study's cache gives it."""
         tp = self.archs[arch_id].throughput
         cv = float(tp.get("cv") or 0.0)

@@ -21,6 +21,7 @@ from nas.engine.samplers import make_sampler
 from nas.engine.store import StudyStore, single_driver
 from nas.errors import ConfigError, StudyError
 from nas.space import SearchSpace
+from nas.study_record import StudyRecord, write
 
 if TYPE_CHECKING:
     import optuna
@@ -126,8 +127,7 @@ def run_config(
         _check_same_images(storage, cfg.name, prepared.study_attrs.get("val_set"), where)
         pruner = make_pruner(cfg, storage)
         store = _open(cfg, space, base_dir, storage, wrap_pruner(pruner) if wrap_pruner else pruner)
-        for key, value in prepared.study_attrs.items():
-            store.study.set_user_attr(key, value)
+        write(store.study, **prepared.study_attrs)
         return _drive(cfg, space, store, progress, scheduler_factory, executor, prepared.num_classes, plan)
 
 
@@ -144,7 +144,7 @@ def _check_same_images(storage: Any, name: str, val_set: dict[str, Any] | None, 
         study_id = storage.get_study_id_from_name(name)
     except KeyError:
         return  # a new study
-    before = storage.get_study_user_attrs(study_id).get("val_set")
+    before = StudyRecord.from_attrs(storage.get_study_user_attrs(study_id)).val_set
     if before and before.get("fingerprint") != val_set["fingerprint"]:
         raise ConfigError(
             f"{where}: dataset: the validation images are not those study '{name}' was evaluated on ("
@@ -195,7 +195,7 @@ def _drive(
         interrupted = driver.finish(wait_for_others=ended)
         load = settle.device_load(store.study)
         if load is not None:  # recorded with the study: how loaded its device was while it measured
-            store.study.set_user_attr("device_load", load)
+            write(store.study, device_load=load)
         store.close()
     summary = run_summary(store, cfg, driver.added, time.time() - t0, recovered, interrupted, driver.stop_reason)
     progress.end(summary)

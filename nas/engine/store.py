@@ -32,11 +32,11 @@ from nas.engine.lifecycle import METADATA, Lifecycle, create_tables
 from nas.engine.optuna_adapter import OwnedStorage
 from nas.errors import StudyError
 from nas.space import SearchSpace
+from nas.study_record import StudyRecord, write, write_heartbeat
 
 FORMAT_VERSION = 1
 HEARTBEAT_S = float(os.environ.get("NAS_HEARTBEAT_S", 10.0))
 STALE_AFTER_S = float(os.environ.get("NAS_STALE_AFTER_S", 60.0))
-HEARTBEAT_PREFIX = "heartbeat:"  # study user attribute per driver: the time of its last beat (0: closed)
 THROUGHPUT_TABLE = sa.Table(
     "nas_throughput",
     METADATA,
@@ -116,18 +116,18 @@ def single_driver(url: str, study: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _what_differs(attrs: dict[str, Any], cfg: StudyConfig, space: SearchSpace) -> str | None:
+def _what_differs(rec: StudyRecord, cfg: StudyConfig, space: SearchSpace) -> str | None:
     """What of the study file differs from the study stored under its name, in words (None: nothing that matters):
     the space (its hash), or the training (what changes a curve: the resume fingerprint of ``train``, the dataset
     but where it lives). Budget, resources, sampler and pruner may change from one run of a study to the next."""
-    stored_hash = attrs.get("space_hash")
+    stored_hash = rec.space_hash
     if stored_hash and stored_hash != space.space_hash():
-        before = (attrs.get("space") or {}).get("name", "?")
+        before = (rec.space or {}).get("name", "?")
         return f"space ('{before}', hash {stored_hash}; the study file's '{space.name}' has hash {space.space_hash()})"
-    if "config" not in attrs:
+    if rec.config is None:
         return None
     try:
-        old = StudyConfig.model_validate(attrs["config"])
+        old = StudyConfig.of_record(rec)
     except ValueError:
         return None  # written by another version of the engine: nothing to compare field by field
     place = {"root", "download"}  # where the data lives may differ between machines; the images are checked apart
@@ -180,15 +180,11 @@ class StudyStore:
             load_if_exists=True,
         )
         self.life = Lifecycle(self.study, self.storage, self.engine, self.driver_id, self.lock)
-        attrs = self.study.user_attrs
-        if "config" not in attrs:
-            self.study.set_user_attr("nas_version", FORMAT_VERSION)
-            self.study.set_user_attr("objectives", [o.model_dump() for o in cfg.objectives])
-            self.study.set_user_attr("space", space.model_dump(mode="json"))
-            self.study.set_user_attr("space_hash", space.space_hash())
-        self.study.set_user_attr("config", cfg.model_dump(mode="json"))
-        self.study.set_user_attr("versions", layout.package_versions())
-        self.study.set_user_attr("study_dir", str(self.study_dir))
+        if StudyRecord.of(self.study).config is None:  # a new study: what never changes after
+            write(self.study, nas_version=FORMAT_VERSION, objectives=[o.model_dump() for o in cfg.objectives],
+                  space=space.model_dump(mode="json"), space_hash=space.space_hash())  # fmt: skip
+        write(self.study, config=cfg.model_dump(mode="json"), versions=layout.package_versions(),
+              study_dir=str(self.study_dir))  # fmt: skip
         self.recovered: list[int] = []  # trials the heartbeat thread recovered since the driver last looked
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat_loop, name="nas-heartbeat", daemon=True)
@@ -205,7 +201,8 @@ class StudyStore:
                 f"study '{self.cfg.name}' already exists in {layout.safe_url(self.url)} with directions {existing}, "
                 f"but the study file asks for {self.cfg.directions}; give the study a new name"
             )
-        differs = _what_differs(self.storage.get_study_user_attrs(study_id), self.cfg, self.space)
+        stored = StudyRecord.from_attrs(self.storage.get_study_user_attrs(study_id))
+        differs = _what_differs(stored, self.cfg, self.space)
         if differs:
             raise StudyError(
                 f"study '{self.cfg.name}' already exists in {layout.safe_url(self.url)} with another {differs}; its "
@@ -227,11 +224,11 @@ class StudyStore:
         if self._beat.is_alive():
             self._beat.join(timeout=HEARTBEAT_S + 30)
         with self.lock:
-            self.study.set_user_attr(f"{HEARTBEAT_PREFIX}{self.driver_id}", 0.0)
+            write_heartbeat(self.study, self.driver_id, 0.0)
 
     def _write_heartbeat(self) -> None:
         with self.lock:
-            self.study.set_user_attr(f"{HEARTBEAT_PREFIX}{self.driver_id}", time.time())
+            write_heartbeat(self.study, self.driver_id, time.time())
 
     def _heartbeat_loop(self) -> None:
         """Beat, then recover what dead drivers left RUNNING: every live driver does, so a killed driver's trials
@@ -261,8 +258,7 @@ class StudyStore:
         def live(owner: str) -> bool:
             nonlocal beats
             if beats is None:
-                n = len(HEARTBEAT_PREFIX)
-                beats = {k[n:]: v for k, v in self.study.user_attrs.items() if k.startswith(HEARTBEAT_PREFIX)}
+                beats = StudyRecord.of(self.study).heartbeats
             return owner in beats and now - beats[owner] < STALE_AFTER_S and _alive(owner)
 
         return self.life.recover(live, STALE_AFTER_S)

@@ -27,9 +27,11 @@ from nas import layout, pareto, results, trust
 from nas.engine.config import StudyConfig, retraining_config
 from nas.engine.progress import Progress
 from nas.errors import ConfigError, StudyError
-from nas.replicates import PRIOR_SEED_SD, front_membership
+from nas.evaluation import PRIOR_SEED_SD
+from nas.replicates import front_membership
 from nas.space import SearchSpace
 from nas.stats import rank_agreement
+from nas.study_record import StudyRecord, write
 
 SUFFIX = ".validate"
 DRAWS = 1000  # resampled worlds behind P(front) and the survival range
@@ -66,10 +68,10 @@ def _budget(cfg: StudyConfig) -> dict[str, Any]:
 
 def stored_config(study: Any) -> tuple[StudyConfig, SearchSpace]:
     """The study's own configuration and space, as the engine stored them."""
-    attrs = study.user_attrs
-    if "config" not in attrs or "space" not in attrs:
+    rec = StudyRecord.of(study)
+    if rec.config is None or rec.space is None:
         raise StudyError(f"study '{study.study_name}': no stored configuration (not written by `nas search`)")
-    return StudyConfig.model_validate(attrs["config"]), SearchSpace.from_dict(attrs["space"], where="stored space")
+    return StudyConfig.of_record(rec), SearchSpace.from_dict(rec.space, where="stored space")
 
 
 def select(recs: list[results.TrialRecord], objs: list[Any], top: int, random_m: int, seed: int) -> list[Any]:
@@ -149,7 +151,7 @@ def validate(
 
     run_config(sub, space, f"validate {name}", progress=progress or Progress(), plan=plan)
     outcome = summarize(study, results.open_study(sub.name, url), chosen, sub)
-    study.set_user_attr("validation", asdict(outcome))
+    write(study, validation=asdict(outcome))
     return outcome
 
 

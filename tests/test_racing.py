@@ -119,6 +119,36 @@ def test_policy_every_gives_every_architecture_its_seeds_oldest_first(tmp_path: 
     assert done == firsts  # the third seeds come in the order the architectures were first evaluated
 
 
+class NewestFirst:
+    """A toy replicate policy (issue 29's seam, nas.engine.policies): every architecture its seeds, the newest first."""
+
+    def __init__(self, rc: object) -> None:
+        self.p_front: dict[int, float] = {}
+
+    def candidates(self, view: object) -> list:
+        return sorted(view.archs, key=lambda a: -a.number)
+
+
+def test_a_toy_policy_plugs_into_racing_and_changes_which_architectures_get_seeds(tmp_path: Path) -> None:
+    """The same run as ``policy: every`` above with a 4-line policy that prefers the newest architecture: its
+    replicates go to the latest architectures first, where every's go to the oldest; racing still keeps the cap
+    and the budget."""
+    ex = PlantedExecutor(lambda i: (0.60 + 0.03 * i, 5000.0 - 300.0 * i), seed_sd=0.005)
+    rc = {"policy": "tests.test_racing:NewestFirst", "max_per_arch": 2, "budget_share": 0.35}
+    study = _run(tmp_path, "newest", ex, rc, n_trials=10)
+    reps = _replicates(study)
+    assert reps and all(TrialRecord.of(t).replicate == 1 for t in reps)  # the cap: 2 seeds each
+    assert len(reps) <= 0.35 * 10
+    firsts = [t.number for t in study.trials if TrialRecord.of(t).replicate is None]
+    for t in reps:  # each went to the newest architecture evaluated before it (every's would be the oldest)
+        before = [n for n in firsts if n < t.number and n not in {TrialRecord.of(r).replicate_of for r in reps
+                                                                 if r.number < t.number}]  # fmt: skip
+        assert TrialRecord.of(t).replicate_of == max(before) != min(before)
+    with pytest.raises(ConfigError, match=r"replicates\.policy: cannot load 'tests.test_racing:Nope'"):
+        _run(tmp_path, "nope", PlantedExecutor(lambda i: (0.8, 1000.0), seed_sd=0.005),
+             {"policy": "tests.test_racing:Nope"}, n_trials=2)  # fmt: skip
+
+
 @pytest.mark.parametrize("promote", [True, False])
 def test_racing_trains_an_unsettled_pruned_architecture_to_full_fidelity(tmp_path: Path, promote: bool) -> None:
     """Every architecture is equally accurate and the rung ranks at random (its accuracy carries 3 points of noise

@@ -120,11 +120,13 @@ class ReplicatesConfig(BaseModel):
         description="what predicts a pruned trial's final accuracy for promote_pruned: rung_line, or module:attribute "
         "of a class implementing nas.engine.predictors.Predictor",
     )
-    policy: Literal["race", "every"] = Field(
+    policy: str = Field(
         default="race",
-        description='"race": replicate only the architectures whose membership of the front is unsettled; "every": '
-        "every architecture gets max_per_arch seeds (the costly baseline of benchmarks that train every "
-        "architecture several times; settled is not used), within budget_share",
+        pattern=r"^(race|every|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
+        description='which architecture gets the next replicate (nas.engine.policies): "race": only the architectures '
+        'whose membership of the front is unsettled; "every": every architecture gets max_per_arch seeds (the costly '
+        "baseline of benchmarks that train every architecture several times; settled is not used), within "
+        "budget_share; or module:attribute of a class implementing nas.engine.policies.Policy",
     )
 
 

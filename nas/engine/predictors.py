@@ -66,19 +66,27 @@ class RungLine:
 BUILT_IN = {"rung_line": RungLine}
 
 
+def load(spec: str, built_in: dict[str, Any], field: str) -> Any:
+    """What a study's plug-in setting names: a built-in (by name) or ``module:attribute`` (imported).
+
+    Raises:
+        ConfigError: neither a built-in name nor an importable ``module:attribute`` (one line, with the fix).
+    """
+    if spec in built_in:
+        return built_in[spec]
+    module, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(
+            f"{field}: cannot load {spec!r} ({e}); use {', '.join(built_in)} or module:attribute"
+        ) from None
+
+
 def make_predictor(spec: str) -> Predictor:
     """The predictor ``replicates.predictor`` names (see the module docstring).
 
     Raises:
         ConfigError: neither a built-in name nor an importable ``module:attribute`` (one line, with the fix).
     """
-    if spec in BUILT_IN:
-        return BUILT_IN[spec]()
-    module, _, attr = spec.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(
-            f"replicates.predictor: cannot load {spec!r} ({e}); use {', '.join(BUILT_IN)} or module:attribute"
-        ) from None
-    return cls()
+    return load(spec, BUILT_IN, "replicates.predictor")()

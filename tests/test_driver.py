@@ -18,7 +18,7 @@ from optuna.pruners import BasePruner, NopPruner
 from optuna.trial import TrialState
 
 from nas import results
-from nas.engine import driver as driver_mod
+from nas.engine import stops as stops_mod
 from nas.engine.config import StudyConfig
 from nas.engine.driver import FINISHED, Driver
 from nas.engine.messages import EpochReport, TrialPayload
@@ -252,7 +252,7 @@ def test_infeasible_samples_fail_and_do_not_count(make) -> None:
 
 
 def test_consecutive_infeasible_samples_stop_the_run_with_a_reason(make, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(driver_mod, "MAX_CONSECUTIVE_REJECTS", 4)
+    monkeypatch.setattr(stops_mod, "MAX_CONSECUTIVE_REJECTS", 4)
     tiny = {**TWO_ARCHS, "name": "tiny", "constraints": {"max_params": 10}}
     d = make(space=tiny, n_trials=None)
     assert d.next_config("a") == FINISHED and d.stop_is_error and d.added == 0
@@ -264,7 +264,7 @@ def test_consecutive_infeasible_samples_stop_the_run_with_a_reason(make, monkeyp
 
 
 def test_rejections_are_counted_across_calls_and_reset_by_a_trial(make, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(driver_mod, "MAX_CONSECUTIVE_REJECTS", 3)
+    monkeypatch.setattr(stops_mod, "MAX_CONSECUTIVE_REJECTS", 3)
     d = make(space=SOMETIMES_INFEASIBLE, n_trials=None)
     study = d.store.study
     bad, good = {"s0.mixer": "cska", "s0.dim": 32, "s0.cska.heads": 3}, {"s0.mixer": "dwconv", "s0.dim": 32}
@@ -306,7 +306,7 @@ def test_waiters_of_an_unfinished_trial_fail_without_a_second_retry(make) -> Non
 
 
 def test_an_exhausted_space_stops_sampling_without_error(make, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(driver_mod, "MAX_CONSECUTIVE_REUSES", 3)
+    monkeypatch.setattr(stops_mod, "MAX_CONSECUTIVE_REUSES", 3)
     d = make(space=ONE_ARCH, n_trials=None)
     _run(d, "a", [0.3, 0.4, 0.5])
     assert d.next_config("b") == FINISHED and not d.stop_is_error

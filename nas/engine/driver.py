@@ -6,9 +6,8 @@
   training right now — by this driver or by another one sharing the study — is waited for and then reused (the new
   trial stays RUNNING until its source finishes). Across drivers, one trainer per architecture is a claim in the
   database (``Lifecycle.claim_arch``), so drivers that start together never train the same architecture twice.
-* Proposals that cannot train are bounded: ``MAX_CONSECUTIVE_REJECTS`` infeasible samples in a row stop the run
-  with a reason (the feasible part of the space is tiny), ``MAX_CONSECUTIVE_REUSES`` reuses in a row stop it as
-  exhausted (the sampler keeps proposing what was already evaluated).
+* When sampling stops is :class:`~nas.engine.stops.StopRules`' (``self.stops``): the trial budget, the wall time
+  on the executor's clock, an exhausted grid, too many infeasible or already-evaluated proposals in a row.
 * ``on_result`` stores each epoch (user attrs + intermediate values) and the throughput (cached per device).
 * ``should_stop`` asks the pruner at every rung (one BasePruner makes every decision).
 * ``on_complete`` tells Optuna the truth: COMPLETE only at full fidelity, PRUNED for a trial stopped early (never
@@ -33,16 +32,13 @@ from nas.engine.lifecycle import INTERRUPTED
 from nas.engine.messages import EpochReport, TrialPayload
 from nas.engine.objectives import objective_vector
 from nas.engine.racing import Racer
+from nas.engine.stops import StopRules
 from nas.engine.store import StudyStore
 from nas.errors import ConfigError
 from nas.space import SearchSpace
 from nas.trial_record import TrialRecord
 
 FINISHED = "FINISHED"
-MAX_CONSECUTIVE_REJECTS = 50
-# NAS_MAX_REUSES_IN_A_ROW: a larger value lets a run go on proposing into a nearly exhausted space (a stress test of
-# several drivers on one small table does; a search would only burn proposals)
-MAX_CONSECUTIVE_REUSES = int(os.environ.get("NAS_MAX_REUSES_IN_A_ROW", 50))
 FOREIGN_POLL_S = 0.5  # how often a driver with nothing else to do looks whether another driver's trial finished
 
 
@@ -92,16 +88,23 @@ class Driver:
         self.racer = Racer(cfg, store) if cfg.replicates is not None else None
         self.running: dict[str, RunningTrial] = {}  # by Tune trial id
         self.foreign: dict[int, dict[int, TrialRecord]] = {}  # another driver's trial -> our trials waiting for it
-        self.added = 0
-        self.rejects_in_a_row = self.reuses_in_a_row = 0
-        self.stop_reason: str | None = None  # why sampling stopped before the budget was spent
-        self.stop_is_error = False
+        self.stops = StopRules(n_trials, cfg.budget.wall_time_s)  # when this run stops sampling (nas.engine.stops)
+
+    @property
+    def added(self) -> int:
+        """Trials this run added (infeasible samples not counted)."""
+        return self.stops.added
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why sampling stopped before the budget was spent (None: it was not)."""
+        return self.stops.reason
+
+    @property
+    def stop_is_error(self) -> bool:
+        return self.stops.is_error
 
     # ------------------------------------------------------------------------------------------ sampling
-    def budget_left(self) -> bool:
-        """Whether this run may still add a trial (``n_trials`` None: no limit but the stop rules)."""
-        return self.n_trials is None or self.added < self.n_trials
-
     def next_config(self, tune_id: str) -> dict[str, Any] | str:
         """The next trial to train, for the executor's trial ``tune_id``: a :class:`TrialPayload` config, or
         ``FINISHED`` when the budget is spent or sampling stopped (``stop_reason`` says why).
@@ -111,9 +114,10 @@ class Driver:
         Raises :class:`~nas.errors.StudyError` if the architecture claim cannot be taken (database trouble).
         """
         self.settle()
-        while self.budget_left():
+        self.stops.start(self.clock())
+        while self.stops.trials_left() and not self.stops.time_up(self.clock()):
             if not self._racing():  # a queued replicate goes first, even after sampling stopped
-                if self.stop_reason is not None:
+                if self.stops.reason is not None:
                     break
                 exhausted = getattr(self.store.study.sampler, "is_exhausted", None)  # a grid sampler's own test
                 if exhausted is not None and exhausted(self.store.study):
@@ -151,7 +155,6 @@ class Driver:
         if reasons:
             self._reject(trial.number, "; ".join(reasons))
             return None
-        self.rejects_in_a_row = 0
         args = arch.to_model_args()
         cost = arch_cost(args)
         desc = TrialRecord(
@@ -162,10 +165,10 @@ class Driver:
             params=cost.params,
             flops=cost.flops,
         )
-        self.added += 1
+        self.stops.sampled()
         if self._reuse_or_wait(trial.number, desc):
             return None
-        self.reuses_in_a_row = 0
+        self.stops.trained()
         self.running[tune_id] = RunningTrial(
             trial.number, tune_id, arch.arch_id, started=self.clock(), train_key=desc.train_key, replicate=replicate
         )
@@ -194,13 +197,10 @@ class Driver:
     def _reject(self, number: int, reason: str) -> None:
         self.store.life.reject(number, reason)
         self.log("infeasible", {"number": number, "reason": reason})
-        self.rejects_in_a_row += 1
-        if self.rejects_in_a_row >= MAX_CONSECUTIVE_REJECTS:
-            self.stop_is_error = True
-            self._stop(
-                f"the last {self.rejects_in_a_row} proposals were all infeasible (last: {reason}); only a tiny part "
-                f"of space '{self.space.name}' meets its constraints: relax constraints or narrow the space"
-            )
+        before = self.stops.reason
+        self.stops.rejected(reason, self.space.name)
+        if self.stops.reason != before:
+            self.log("stopped", {"reason": self.stops.reason})
 
     def _reuse_or_wait(self, number: int, desc: TrialRecord) -> bool:
         """Reuse a finished trial of the same architecture, or wait for the one training it now (ours or another
@@ -221,14 +221,12 @@ class Driver:
         else:
             training.waiters[number] = desc
             self._wait(number, desc, training.number)
-        self.reuses_in_a_row += 1
-        if self.reuses_in_a_row >= MAX_CONSECUTIVE_REUSES:
-            tried = {TrialRecord.of(t).arch_id for t in self.store.study.get_trials(deepcopy=False)} - {None}
-            self._stop(
-                f"the sampler proposed {self.reuses_in_a_row} already-evaluated architectures in a row, having "
-                f"tried {len(tried)} distinct architectures: the space looks exhausted, or the sampler has converged "
-                "on what it has seen (sampler: random explores the rest; a pruned architecture is not trained again)"
-            )
+        before = self.stops.reason
+        self.stops.reused(
+            lambda: len({TrialRecord.of(t).arch_id for t in self.store.study.get_trials(deepcopy=False)} - {None})
+        )
+        if self.stops.reason != before:
+            self.log("stopped", {"reason": self.stops.reason})
         return True
 
     def _wait(self, number: int, desc: TrialRecord, source: int) -> None:
@@ -261,7 +259,7 @@ class Driver:
             self._reuse(number, desc, source)
 
     def _stop(self, reason: str) -> None:
-        self.stop_reason = reason
+        self.stops.stop(reason)
         self.log("stopped", {"reason": reason})
 
     def _reuse(self, number: int, desc: TrialRecord, src: optuna.trial.FrozenTrial) -> None:

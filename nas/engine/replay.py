@@ -351,7 +351,8 @@ class ReplayExecutor:
         runs: dict[str, tuple[ExecTrial, TableArch, SeedCurve, float | None]] = {}
         measured: set[str] = set()  # architectures whose throughput this run measured (cached for the next trial)
         epochs, done, budget = driver.cfg.train.epochs, False, self.max_trial_epochs
-        limit = driver.cfg.budget.wall_time_s
+        wall = driver.stops.wall_time_s  # budget.wall_time_s, in simulated seconds (nas.engine.stops)
+        limit = None if wall is None else self.now + wall
 
         def fill() -> None:
             nonlocal done

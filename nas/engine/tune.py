@@ -275,7 +275,7 @@ class RayExecutor:
 
     def run(self, driver: Driver, scheduler: TrialScheduler | None = None) -> None:
         """Run trials on Ray Tune until the driver is finished or ``budget.wall_time_s`` has passed."""
-        run_tune(driver, scheduler=scheduler, wall_time_s=driver.cfg.budget.wall_time_s)
+        run_tune(driver, scheduler=scheduler, wall_time_s=driver.stops.wall_time_s)  # nas.engine.stops
 
 
 def run_tune(

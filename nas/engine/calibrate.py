@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nas import layout, results
 from nas.engine.config import StudyConfig, retraining_config
@@ -27,6 +28,9 @@ from nas.errors import ConfigError, NasError
 from nas.space import SearchSpace
 from nas.stats import rank_agreement
 from nas.study_record import write
+
+if TYPE_CHECKING:
+    from nas.engine.executor import Executor
 
 GOOD_TAU = 0.8
 MIN_CEILING = 0.3  # below it the reference's own seeds barely agree: the bar stays at GOOD_TAU
@@ -115,7 +119,13 @@ def diverse_sample(space: SearchSpace, n: int, seed: int, num_classes: int) -> l
     return chosen
 
 
-def calibrate(path: str, n: int, factor: float, progress: Progress | None = None) -> Calibration:
+def calibrate(
+    path: str,
+    n: int,
+    factor: float,
+    progress: Progress | None = None,
+    executor_for: Callable[[StudyConfig], Executor] | None = None,
+) -> Calibration:
     """``nas calibrate``: which proxy budget ranks architectures like a longer training.
 
     Retrains ``n`` diverse architectures of the study's space at a ladder of budgets (the proxy's, up to ``factor``
@@ -126,6 +136,8 @@ def calibrate(path: str, n: int, factor: float, progress: Progress | None = None
         n: architectures to retrain (at least 3).
         factor: the largest budget, in multiples of the proxy's (at least 2).
         progress: where the sub-studies report (default: the terminal).
+        executor_for: ``executor_for(cfg)`` runs each budget's sub-study (default Ray Tune;
+            :func:`nas.engine.replay.replay_executors` replays a table per budget).
 
     Returns:
         The :class:`Calibration`, also stored on the study (``calibration``).
@@ -141,7 +153,9 @@ def calibrate(path: str, n: int, factor: float, progress: Progress | None = None
     if factor < 2:
         raise ConfigError("calibrate: --factor must be at least 2 (the largest budget, in multiples of the proxy's)")
     cfg, space = read_study_file(path)
-    num_classes = prepare_dataset(cfg, space, path).num_classes
+    num_classes = (
+        executor_for(cfg).prepare(cfg, space, path) if executor_for else prepare_dataset(cfg, space, path)
+    ).num_classes
     url = cfg.storage_url()
     sample = diverse_sample(space, n, cfg.seed, num_classes)
     archs = [a for a, _ in sample]
@@ -150,7 +164,7 @@ def calibrate(path: str, n: int, factor: float, progress: Progress | None = None
     ladder = budgets(cfg.train.epochs, cfg.train.train_fraction, factor)
     accs: dict[tuple[int, float], dict[str, float]] = {}
     seconds: dict[tuple[int, float], float] = {}
-    train_at = functools.partial(_train_at, cfg, space, sample, progress)
+    train_at = functools.partial(_train_at, cfg, space, sample, progress, executor_for)
     for b in ladder:
         accs[b], seconds[b] = train_at(*b)
     ref = ladder[-1]
@@ -188,6 +202,7 @@ def _train_at(
     space: SearchSpace,
     sample: list[tuple[Any, dict[str, Any]]],
     progress: Progress | None,
+    executor_for: Callable[[StudyConfig], Executor] | None,
     epochs: int,
     fraction: float,
     seed_offset: int = 0,
@@ -205,7 +220,7 @@ def _train_at(
         return enqueue_missing(study, [(a.arch_id, params, {}) for a, params in sample])
 
     what = f"calibrate {cfg.name} at {epochs} epochs x {fraction:g}" + f", seed +{seed_offset}" * bool(seed_offset)
-    run_config(sub, space, what, progress=progress, plan=plan)
+    run_config(sub, space, what, progress=progress, plan=plan, executor=executor_for(sub) if executor_for else None)
     recs = results.records(results.open_study(sub.name, url))
     done = {r.arch_id: r for r in recs if r.state == "COMPLETE" and r.full_fidelity and r.reused_from is None}
     got = {a.arch_id: done[a.arch_id].values["accuracy"] for a, _ in sample if a.arch_id in done}

@@ -196,14 +196,40 @@ class Table:
         digest = hashlib.sha256(f"{run_seed}:{arch_id}".encode()).digest()
         return (int.from_bytes(digest[:8], "little") + replicate) % self.n_seeds
 
+    @property
+    def base_seed(self) -> int:
+        """The training seed of the table's first seed (``train.seed`` of the study that built it); its k-th extra
+        seed is ``base_seed + k``."""
+        return int(self.training["train"].get("seed", 0))
+
+    def replicate_of(self, train_seed: int) -> int:
+        """Which seed replicate a trial trained with ``train_seed`` is, counted from the table's base seed: 0 for a
+        study of the table's own seed, k for its k-th replicate, and for a sub-study at ``seed + k`` (``nas
+        calibrate``'s reference seed) k too, so it sees another seed than the study at the base seed."""
+        return int(train_seed) - self.base_seed
+
+    def training_seen(self, cfg: StudyConfig) -> dict[str, Any]:
+        """``cfg``'s training as the table compares it: a training seed among the table's seeds counts as its base
+        seed (:meth:`replicate_of` tells them apart)."""
+        mine = training_of(cfg)
+        if 0 <= mine["train"].get("seed", 0) - self.base_seed < self.n_seeds:
+            mine["train"]["seed"] = self.base_seed
+        return mine
+
+    def holds(self, cfg: StudyConfig) -> bool:
+        """Whether a study of ``cfg``'s training can be replayed on this table (its space aside)."""
+        mine = self.training_seen(cfg)
+        return all(mine[part] == self.training[part] for part in ("dataset", "train", "throughput"))
+
     def check(self, cfg: StudyConfig, space: SearchSpace, where: str) -> None:
-        """A study replayed against this table must describe the same space and the same training."""
+        """A study replayed against this table must describe the same space and the same training (its training
+        seed may be any of the table's seeds: a sub-study at another seed of the same budget)."""
         if space.space_hash() != self.space_hash:
             raise ConfigError(
                 f"{where}: space: '{space.name}' (hash {space.space_hash()}) is not the space table {self.source} was "
                 f"built for ('{self.space.get('name')}', hash {self.space_hash}); replay a study of that space"
             )
-        mine = training_of(cfg)
+        mine = self.training_seen(cfg)
         for part in ("dataset", "train", "throughput"):
             theirs = self.training[part]
             diff = sorted(k for k in set(mine[part]) | set(theirs) if mine[part].get(k) != theirs.get(k))
@@ -367,7 +393,7 @@ class ReplayExecutor:
                         f"{self.table.source}: the sampler proposed architecture {trial.payload.arch_id} that the "
                         "table does not hold; the table was built for another space or is incomplete"
                     )
-                replicate = int(trial.payload.train["seed"]) - driver.cfg.train.seed  # k-th seed replicate: k
+                replicate = self.table.replicate_of(trial.payload.train["seed"])  # k-th seed: k
                 seed = self.table.seed_index(driver.cfg.seed, a.arch_id, replicate)
                 tp = self.table.throughput_draw(driver.cfg.seed, a.arch_id) if self.throughput_noise else None
                 runs[trial.trial_id] = (trial, a, a.curves()[seed], tp)
@@ -403,3 +429,26 @@ class ReplayExecutor:
             else:
                 fill()
         log.seconds = self.now
+
+
+def replay_executors(tables: list[Table], **options: Any) -> Callable[[StudyConfig], ReplayExecutor]:
+    """``executor_for(cfg)`` for the commands that run sub-studies at other budgets (``nas validate``, ``nas
+    calibrate``): a fresh :class:`ReplayExecutor` (``options`` passed on) on the one table of ``tables`` whose
+    training is the sub-study's (its seed may be any of the table's seeds).
+
+    Raises:
+        ConfigError: no table holds that training (one line naming the budget and the tables given).
+    """
+
+    def executor_for(cfg: StudyConfig) -> ReplayExecutor:
+        for t in tables:
+            if t.holds(cfg):
+                return ReplayExecutor(t, **options)
+        raise ConfigError(
+            f"replay: no table holds the training of '{cfg.name}' ({cfg.train.epochs} epochs x "
+            f"{cfg.train.train_fraction:g} of the data, seed {cfg.train.seed}); tables given: "
+            + ", ".join(f"{t.source or t.name} ({t.training['train'].get('epochs')} epochs x "
+                        f"{t.training['train'].get('train_fraction')})" for t in tables)
+        )  # fmt: skip
+
+    return executor_for

@@ -17,9 +17,10 @@ where ``nas status``, the dashboard and ``nas export --validated`` find it.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from nas.replicates import front_membership
 from nas.space import SearchSpace
 from nas.stats import rank_agreement
 from nas.study_record import StudyRecord, write
+
+if TYPE_CHECKING:
+    from nas.engine.executor import Executor
 
 SUFFIX = ".validate"
 DRAWS = 1000  # resampled worlds behind P(front) and the survival range
@@ -121,9 +125,12 @@ def validate(
     progress: Progress | None = None,
     seeds: int = 2,
     test_split: bool = False,
+    executor_for: Callable[[StudyConfig], Executor] | None = None,
 ) -> Validation:
     """Retrain the chosen architectures with ``seeds`` training seeds each (resuming a validation that was
-    interrupted) and store the summary; ``test_split``: at the target (all training images, the test split)."""
+    interrupted) and store the summary; ``test_split``: at the target (all training images, the test split);
+    ``executor_for(cfg)``: what runs the sub-study (default Ray Tune; :func:`nas.engine.replay.replay_executors`
+    replays tables)."""
     from nas.engine.lifecycle import enqueue_missing
     from nas.engine.run import run_config
 
@@ -149,7 +156,8 @@ def validate(
                   for k in range(seeds) for r in chosen]  # fmt: skip
         return enqueue_missing(sub_study, wanted)
 
-    run_config(sub, space, f"validate {name}", progress=progress or Progress(), plan=plan)
+    executor = executor_for(sub) if executor_for else None
+    run_config(sub, space, f"validate {name}", progress=progress or Progress(), plan=plan, executor=executor)
     outcome = summarize(study, results.open_study(sub.name, url), chosen, sub)
     write(study, validation=asdict(outcome))
     return outcome

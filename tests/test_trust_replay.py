@@ -133,6 +133,16 @@ def test_validate_and_calibrate_replay_the_labs_tables(tmp_path: Path, lab: Tabl
     assert all(other[a] != ref[a] for a in ref)  # the reference's second seed is another seed of the table
     archs = sorted(ref)
     assert cal["ceiling_tau"] == pytest.approx(rank_agreement([ref[a] for a in archs], [other[a] for a in archs])[0])
+    low = cal["ceiling_tau"] is None or cal["ceiling_tau"] < 0.3
+    assert cal["bar"] == (0.8 if low else min(0.8, cal["ceiling_tau"]))
+    key = "tau" if cal["ceiling_tau"] is None else "tau_mean"
+    good = [b for b in cal["budgets"][:-1] if b[key] is not None and b[key] >= cal["bar"]]
+    rec = cal["recommended"]
+    if good:  # the cheapest budget that ranks like the reference (its two-seed mean), pasted as a train: block
+        assert (rec["epochs"], rec["train_fraction"]) == (good[0]["epochs"], good[0]["train_fraction"])
+        assert "keep it" in out if rec["is_proxy"] else "train: {" in out
+    else:  # none did: the reference itself, said as such
+        assert rec["is_reference"] and f"no cheaper budget reached Kendall tau {cal['bar']:.2f}" in out
 
 
 def _arch_of(url: str, number: int) -> str:

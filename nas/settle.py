@@ -16,6 +16,7 @@ reasonable time", ISMM 2013). :func:`settle_order` is pure (``measure(i)`` does 
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -167,6 +168,36 @@ def settled_line(study: Any) -> str | None:
         f"throughput order settled by paired re-measurement ({s['rounds']} rounds on {s['device']}): "
         f"{ok} of {len(s['pairs'])} neighbour pairs resolved, fastest first {s['order']}{tail}"
     )
+
+
+def overlapping(front: Sequence[Any]) -> int:
+    """How many neighbours in the throughput order of ``front`` (records) have overlapping one-measurement intervals
+    (:attr:`~nas.trial_record.TrialRecord.throughput_interval`): the pairs whose order the load may have decided."""
+    ordered = sorted((r for r in front if r.throughput_median), key=lambda r: r.throughput_median)
+    n = 0
+    for slow, fast in itertools.pairwise(ordered):
+        a, b = slow.throughput_interval, fast.throughput_interval
+        n += bool(a and b and a[1] >= b[0])
+    return n
+
+
+def settle_at_end(study: Any, max_rounds: int, log: Callable[[str, dict[str, Any]], None] | None = None) -> str | None:
+    """At the end of a search whose trials measured on this machine's device: settle the front's throughput order
+    (:func:`settle_study`, at most ``max_rounds`` rounds) when some neighbours' intervals overlap, and say so in a
+    line; None when there is nothing to settle (``max_rounds`` 0, no throughput objective, fewer than two members,
+    or every neighbour already apart)."""
+    from nas import results
+
+    objs = results.objectives_of(study)
+    if max_rounds < 1 or "throughput" not in [o.name for o in objs]:
+        return None
+    front = results.front(results.records(study), objs)
+    if len(front) < 2 or not overlapping(front):
+        return None
+    if log:
+        log("settle", {"members": len(front), "max_rounds": max_rounds})
+    _, out = settle_study(study, max_rounds=max_rounds)
+    return settled_line(study) or f"throughput order of the front re-measured in {out.rounds} paired rounds"
 
 
 def settle_study(study: Any, device: str = "auto", max_rounds: int = 15) -> tuple[list[Any], Settled]:

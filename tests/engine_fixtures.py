@@ -47,7 +47,7 @@ def study_dict(name: str, **over: object) -> dict:
         "fidelity": {"rungs": [1]},
         "pruner": {"name": "pareto", "eta": 2},
         "sampler": {"name": "random"},
-        "budget": {"n_trials": 3, "max_concurrent": 2},
+        "budget": {"n_trials": 3, "max_concurrent": 2, "settle_rounds": 0},  # a test that settles says so
         "throughput": {"batch_size": 8, "repeats": 2, "warmup": 1, "steps": 2},
     }
     for k, v in over.items():

@@ -116,3 +116,39 @@ def test_a_loaded_device_is_said_in_one_line_and_an_idle_one_is_not() -> None:
     assert line and line.startswith("throughput measured on a loaded device: median spread (CV) 20 % over 4")
     assert "nas settle load" in line and line in trust.trust_lines(loaded)
     assert settle.device_load(_study_measured([])) is None
+
+
+@pytest.mark.parametrize(
+    ("step", "rounds", "here", "settles"),
+    [(2.0, 3, True, True), (500.0, 3, True, False), (2.0, 0, True, False), (2.0, 3, False, False)],
+    ids=["overlapping", "apart", "switched-off", "measured-elsewhere"],
+)
+def test_a_search_settles_its_front_at_the_end_only_where_the_order_is_in_doubt(
+    tmp_path, step: float, rounds: int, here: bool, settles: bool
+) -> None:
+    """Issue 30: at the end of a search whose trials measured on this machine's device, the front's throughput order
+    is re-measured paired when neighbours' intervals overlap (planted: 2 img/s apart at CV 0.1 %), at most
+    ``budget.settle_rounds`` rounds, stored and said in the summary; not when every neighbour is far apart, not with
+    0 rounds, and not when the executor's trials measured elsewhere (a Ray cluster)."""
+    import optuna
+
+    from nas import settle
+    from nas.engine.config import read_study_file
+    from nas.engine.progress import Progress
+    from nas.engine.run import run_config
+    from nas.study_record import StudyRecord
+    from tests.engine_fixtures import PlantedExecutor, write_study
+
+    ex = PlantedExecutor(lambda i: (0.60 + 0.03 * i, 5000.0 - step * i), seed_sd=0.0)
+    ex.measures_here = here
+    cfg, space = read_study_file(write_study(tmp_path, "ends", budget={"n_trials": 4, "max_concurrent": 1,
+                                             "settle_rounds": rounds}, pruner={"name": "none"}))  # fmt: skip
+    summary = run_config(cfg, space, "ends", tmp_path / "studies", Progress(quiet=True), executor=ex)
+    study = optuna.load_study(study_name="ends", storage=f"sqlite:///{tmp_path / 'studies' / 'ends' / 'study.db'}")
+    s = StudyRecord.of(study).throughput_settled
+    assert bool(s) == settles
+    if settles:
+        assert 1 <= s["rounds"] <= rounds and len(s["trials"]) == 4 and s["device"] == "auto"
+        assert settle.settled_line(study) in summary.warnings
+    else:
+        assert not any("paired re-measurement" in w for w in summary.warnings)

@@ -84,6 +84,12 @@ class BudgetConfig(BaseModel):
     n_trials: int | None = Field(default=12, ge=1, description="trials this run adds to the study")
     wall_time_s: float | None = Field(default=None, gt=0)
     max_concurrent: int = Field(default=2, ge=1)
+    settle_rounds: int = Field(
+        default=8,
+        ge=0,
+        description="at the end of a search on this machine's device, re-measure the front's throughputs "
+        "interleaved and paired (nas settle) for at most this many rounds when neighbours' intervals overlap; 0: never",
+    )
 
 
 class ReplicatesConfig(BaseModel):
@@ -359,6 +365,6 @@ def retraining_config(
         fidelity={"rungs": []},
         pruner={"name": "none"},
         sampler={"name": "random"},
-        budget={**raw["budget"], "n_trials": None, "wall_time_s": None},
+        budget={**raw["budget"], "n_trials": None, "wall_time_s": None, "settle_rounds": 0},
     )
     return StudyConfig.model_validate(raw)

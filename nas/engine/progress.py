@@ -162,6 +162,8 @@ LINES = {  # the plain log line of each event (str.format over the event's info;
     "stopped": "[yellow]sampling stopped[/]: {reason}",
     "infeasible": _TRIAL + "[dim]rejected before training: {reason}[/]",
     "replicate": _TRIAL + "[magenta]replicate[/] {replicate} queued: P(front) {p_front:.2f} is not settled",
+    "settle": "settling the throughput order of the {members} front members: paired re-measurement, at most "
+    "{max_rounds} rounds (budget.settle_rounds)",
 }
 
 

@@ -188,6 +188,7 @@ def _drive(
     t0 = time.time()
     interrupted: list[int] = []
     ended = False
+    settled = None
     try:
         executor.run(driver, scheduler_factory(driver) if scheduler_factory else None)
         ended = True
@@ -196,8 +197,12 @@ def _drive(
         load = settle.device_load(store.study)
         if load is not None:  # recorded with the study: how loaded its device was while it measured
             write(store.study, device_load=load)
+        if ended and not interrupted and getattr(executor, "measures_here", False):  # the device is free now
+            settled = settle.settle_at_end(store.study, cfg.budget.settle_rounds, progress.event)
         store.close()
     summary = run_summary(store, cfg, driver.added, time.time() - t0, recovered, interrupted, driver.stop_reason)
+    if settled:
+        summary.warnings.append(settled)
     progress.end(summary)
     if driver.stop_is_error:
         raise StudyError(f"study '{cfg.name}': stopped early: {driver.stop_reason}")

@@ -257,6 +257,9 @@ class RayExecutor:
     127.0.0.1, or the cluster at ``ray.address``; Ray's own loop calls the driver (:class:`NasSearcher`,
     :class:`RungScheduler`, :class:`RecordCallback`) and ``budget.wall_time_s`` bounds the run."""
 
+    def __init__(self) -> None:
+        self.measures_here = True  # local Ray: its trials measured on this machine's device (nas.settle can too)
+
     def prepare(self, cfg: Any, space: Any, where: str) -> Prepared:
         """Read the dataset (classes, normalisation statistics, channels), start or join Ray, check the cluster can
         place the trials (:func:`check_resources`).
@@ -265,6 +268,7 @@ class RayExecutor:
             ConfigError: the dataset is unreadable or disagrees with the space, or the resources cannot be placed.
         """
         prepared = prepare_dataset(cfg, space, where)
+        self.measures_here = cfg.ray.address is None  # a cluster's trials measured on its nodes' devices
         init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.num_gpus)
         check_resources(cfg, where)
         return prepared

@@ -252,30 +252,10 @@ for _command in (search, calibrate, validate, report, show, bench):
 register(app)
 
 
-def _command_app(argv: list[str]) -> typer.Typer | None:
-    """A typer app of the one command ``argv`` names (None: no such command, or help asked of the whole app).
-
-    Typer turns every registered command into a click command (and each of its parameters into a pydantic adapter)
-    before it runs one; building only the command asked for keeps a reading command such as ``nas status`` near the
-    cost of opening the study (issue 30: within 1.2x of a bare Optuna load). Same definitions, same help."""
-    if not argv or argv[0].startswith("-"):
-        return None
-    found = [c for c in app.registered_commands if (c.name or c.callback.__name__) == argv[0]]
-    if len(found) != 1:
-        return None
-    one = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    one.registered_commands = found
-    return one
-
-
 def main() -> None:
-    """The ``nas`` console script: Ray's local authentication off (loopback only), then the command asked for."""
+    """The ``nas`` console script: Ray's local authentication off (loopback only), then the typer app."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    one = _command_app(sys.argv[1:])
-    if one is None:
-        app()
-    else:
-        one(args=sys.argv[2:], prog_name=f"{Path(sys.argv[0]).name} {sys.argv[1]}")
+    app()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from nas import results, worktime
@@ -46,8 +47,8 @@ class InlineExecutor:
             if trial.payload.number == self.die_on:
                 feed.end(trial, error="worker lost (node preempted)")
                 continue
-            for report, _weights in guarded_reports(trial.payload):
-                if feed.report(trial, report):
+            for report, weights in guarded_reports(trial.payload):
+                if feed.report(trial, report, weights):
                     break
                 if report.epoch == self.cut_at:
                     raise KeyboardInterrupt  # Ctrl-C in the middle of a trial
@@ -103,6 +104,17 @@ def test_a_third_executor_runs_a_real_study_end_to_end(tmp_path: Path) -> None:
         a = TrialRecord.of(t)
         if t.state == TrialState.PRUNED and not a.is_copy:
             assert a.val_correct is None  # below full fidelity: no evaluation to compare
+    # issue 29: an executor other than Ray's keeps the weights too, and nas export reloads the very model it trained
+    from safetensors.torch import load_file
+
+    from nas import export
+
+    done = next(t for t in complete if not TrialRecord.of(t).is_copy)
+    out = export.export_trial(study, done.number, tmp_path / "exported", weights=True)
+    uri = TrialRecord.of(done).checkpoint
+    assert uri.startswith("file://") and sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    saved, exported = load_file(uri[len("file://"):] + "/model.safetensors"), load_file(out / "model.safetensors")
+    assert saved.keys() == exported.keys() and all(torch.equal(saved[k], exported[k]) for k in saved)
 
 
 def test_a_dead_worker_fails_its_trial_with_the_reason_and_the_study_goes_on(tmp_path: Path) -> None:

@@ -23,11 +23,15 @@ Two implementations ship:
    :class:`~nas.errors.ConfigError` in one line naming the field; nothing has been written yet.
 2. ``clock()`` — seconds, the time base of the trials' ``wall_time_s`` (wall time, or a simulation's).
 3. ``run(driver, scheduler)`` — loop: take trials with :meth:`TrialFeed.next_trial` while workers are free (each
-   config is a :class:`~nas.engine.messages.TrialPayload`; ``nas.engine.trainable.trial_reports`` is the whole
-   trial without Ray), pass every epoch's :class:`~nas.engine.messages.EpochReport` to :meth:`TrialFeed.report`
-   and stop the trial when it returns True, end each trial with :meth:`TrialFeed.end` (with the error if the
-   worker died). Return when ``next_trial`` gives None and nothing runs. Trials still running when ``run``
-   returns or raises are failed and queued again by the driver.
+   config is a :class:`~nas.engine.messages.TrialPayload`; ``nas.engine.trainable.guarded_reports`` is the whole
+   trial without Ray, its failures turned into reports), pass every epoch's
+   :class:`~nas.engine.messages.EpochReport` — and the weights a full-fidelity epoch comes with — to
+   :meth:`TrialFeed.report` and stop the trial when it returns True, end each trial with :meth:`TrialFeed.end`
+   (with the error if the worker died). Return when ``next_trial`` gives None and nothing runs. Trials still
+   running when ``run`` returns or raises are failed and queued again by the driver.
+
+Optional: an attribute ``measures_here`` (True when its trials measure throughput on this machine's device): the
+search then settles its front's throughput order at its end (nas.settle, ``budget.settle_rounds``).
 
 The schedulers see one kind of trial object: Ray's own ``Trial`` inside Ray, :class:`ExecTrial` (the same
 ``trial_id``/``config`` attributes) everywhere else, so a Ray Tune ``TrialScheduler`` such as ASHA can make the
@@ -115,8 +119,12 @@ class TrialFeed:
             self.scheduler.on_trial_add(None, trial)
         return trial
 
-    def report(self, trial: ExecTrial, report: EpochReport) -> bool:
-        """Record one epoch; True if the trial must stop now (a failure, the pruner at a rung, or the scheduler)."""
+    def report(self, trial: ExecTrial, report: EpochReport, weights: dict[str, Any] | None = None) -> bool:
+        """Record one epoch (and the weights a full-fidelity epoch comes with, :func:`~nas.engine.trainable.
+        guarded_reports`' second item: saved beside the study, so ``nas export --weights`` reads them as it reads a
+        Ray checkpoint); True if the trial must stop now (a failure, the pruner at a rung, or the scheduler)."""
+        if weights is not None:
+            self.driver.on_checkpoint(trial.trial_id, self._save(trial, weights))
         result = report.to_result()
         trial.last = {**result, "training_iteration": report.epoch}  # what Tune adds before its schedulers look
         self.driver.on_result(trial.trial_id, result)
@@ -126,6 +134,18 @@ class TrialFeed:
 
             stop = self.scheduler.on_trial_result(None, trial, trial.last) == TrialScheduler.STOP
         return stop
+
+    def _save(self, trial: ExecTrial, weights: dict[str, Any]) -> str:
+        """Write a trial's weights to ``<study folder>/weights/trial_<number>/`` (the layout of a Tune checkpoint
+        folder); its ``file://`` URI."""
+        from safetensors.torch import save_file
+
+        from nas.engine.trainable import WEIGHTS_FILE
+
+        folder = (self.driver.store.study_dir / "weights" / f"trial_{trial.payload.number}").resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(weights, str(folder / WEIGHTS_FILE))
+        return folder.as_uri()
 
     def end(self, trial: ExecTrial, error: str | None = None) -> FrozenTrial:
         """The trial stopped, finished its epochs, or its worker died (``error``): the driver tells the study.

@@ -149,6 +149,9 @@ def search(
         "--replay",
         help="a tabulated benchmark (benchmarks/tables/*.json): trials come from it, in simulated time",
     ),
+    pool: int = typer.Option(
+        None, "--pool", min=1, help="train in this many local processes instead of Ray (a machine without Ray)"
+    ),
 ) -> None:
     """Run a study, or continue it: running the same command again adds trials to the same study.
 
@@ -167,7 +170,11 @@ def search(
         }.items()
         if v is not None
     }
-    run_study(study_file, overrides, progress=Progress(quiet=quiet, live=not plain), replay=replay)
+    if replay is not None and pool is not None:
+        raise ConfigError("search: --replay and --pool both say where trials run; give one")
+    if pool is not None and address is not None:
+        raise ConfigError("search: --pool trains on this machine without Ray; drop --address (a Ray cluster)")
+    run_study(study_file, overrides, progress=Progress(quiet=quiet, live=not plain), replay=replay, pool=pool)
 
 
 def show(

@@ -3,12 +3,14 @@
 The driver (:class:`nas.engine.driver.Driver`) decides and records: which architecture to train next
 (``next_config``), what an epoch means for the study (``on_result``), whether a trial stops at a rung
 (``should_stop``), how it ends (``on_complete``, ``on_error``). An *executor* only runs what the driver hands it.
-Two implementations ship:
+Three implementations ship:
 
 * :class:`nas.engine.tune.RayExecutor` — proxy training on Ray Tune workers (local runtime or a cluster); Ray's
   own loop calls the driver through a Tune searcher, scheduler and callback.
 * :class:`nas.engine.replay.ReplayExecutor` — epochs read from a tabulated benchmark in simulated time (the search
   lab), an in-process loop built on :class:`TrialFeed`.
+* :class:`nas.engine.pool.PoolExecutor` — local worker processes without Ray (``nas search --pool N``), a loop
+  built on :class:`TrialFeed` like the replay's.
 
 ``run_config`` (what ``nas search``, ``nas calibrate``, ``nas validate`` and the search lab all call) has one path:
 ``executor.prepare`` checks what the executor needs before any storage is touched, the driver is built with

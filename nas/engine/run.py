@@ -53,9 +53,11 @@ def run_study(
     progress: Progress | None = None,
     scheduler_factory: Any = None,
     replay: str | Path | None = None,
+    pool: int | None = None,
 ) -> RunSummary:
     """Run (or continue) the study a file describes; with ``replay`` (a table file, see nas.engine.replay) its trials
-    come from the table in simulated time instead of training on Ray.
+    come from the table in simulated time instead of training on Ray; with ``pool`` they train in that many local
+    processes without Ray (nas.engine.pool).
 
     Everything a user can get wrong is checked before the storage is touched (nothing written, one-line error):
     the files, the sampler and pruner, the dataset (or that the table matches the study), that some architecture
@@ -68,6 +70,7 @@ def run_study(
         progress: where events go (default: a terminal live view, or one line per event).
         scheduler_factory: ``f(driver) -> TrialScheduler`` to let a Ray Tune scheduler (ASHA) stop trials.
         replay: a table file; trials come from it instead of Ray.
+        pool: local worker processes to train in, instead of Ray.
 
     Returns:
         The :class:`RunSummary` of this run.
@@ -83,6 +86,10 @@ def run_study(
         from nas.engine.replay import ReplayExecutor, Table
 
         executor = ReplayExecutor(Table.load(replay))
+    elif pool is not None:
+        from nas.engine.pool import PoolExecutor
+
+        executor = PoolExecutor(pool)
     return run_config(cfg, space, str(path), base_dir, progress, scheduler_factory, executor)
 
 

@@ -1,0 +1,139 @@
+"""A third executor: trials in a pool of local worker processes, no Ray (``nas search --pool N``).
+
+Ray Tune is the engine's default executor (nas.engine.tune): it places trials on a cluster's GPUs and CPUs and
+survives a lost node. On one machine that has no Ray — a lent GPU box with torch and a few wheels, a laptop, a CI
+runner — the same study runs on ``N`` worker processes started here (``spawn``: each imports torch once and then
+trains trial after trial, so only the first trial of a worker pays the start). Everything else is the engine's: the
+driver samples, prunes, races and records (through :class:`~nas.engine.executor.TrialFeed`), a worker runs the same
+trial code Ray's workers run (:func:`nas.engine.trainable.guarded_reports`: a trial's failure is its result), the
+device lock keeps throughput measurements exclusive, weights of finished trials land beside the study (sent as
+safetensors bytes).
+
+The protocol, per worker: the driver puts a trial's payload in the worker's inbox; the worker sends one message per
+epoch (``("epoch", trial_id, report, weights)``) and ``("done", trial_id)`` when the trial's reports end; between
+epochs it looks at its stop flag, which the driver sets when the pruner (or a Ray scheduler) stops the trial. A
+worker that dies (killed, out of memory, a crash in native code) fails its trial with the exit code — the driver
+queues no retry for a failure, as for a Ray worker error — and a new worker takes its place.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from nas.engine.executor import ExecTrial, Prepared, TrialFeed, prepare_dataset
+
+if TYPE_CHECKING:
+    from nas.engine.config import StudyConfig
+    from nas.engine.driver import Driver
+    from nas.space import SearchSpace
+
+POLL_S = 0.2  # how often the driver looks at a silent pool (a dead worker is noticed within this)
+
+
+def work(inbox: Any, outbox: Any, stop: Any) -> None:
+    """A worker process: run each payload that arrives (None ends it), one message per epoch, then ``done``."""
+    from safetensors.torch import save
+
+    from nas.engine.messages import TrialPayload
+    from nas.engine.trainable import guarded_reports
+
+    while (config := inbox.get()) is not None:
+        trial_id = config["_trial_id"]
+        stop.clear()
+        reports = guarded_reports(TrialPayload.from_config(config["payload"]))
+        for report, weights in reports:
+            outbox.put(("epoch", trial_id, report, None if weights is None else save(weights)))
+            if stop.is_set() or report.failed:
+                reports.close()
+                break
+        outbox.put(("done", trial_id, None, None))
+
+
+@dataclass
+class _Slot:
+    """One worker process and the trial it runs (None: idle)."""
+
+    proc: Any
+    inbox: Any
+    stop: Any
+    trial: ExecTrial | None = None
+    stopping: bool = False  # the driver stopped the trial: epochs the worker sent before it saw that are dropped
+
+
+class PoolExecutor:
+    """The :class:`~nas.engine.executor.Executor` of ``workers`` local processes (default: the study's
+    ``budget.max_concurrent``); see the module docstring. ``target`` is what a worker process runs (tests give one
+    that dies)."""
+
+    def __init__(self, workers: int | None = None, target: Callable[..., None] = work) -> None:
+        self.workers, self.target = workers, target
+        self.measures_here = True  # its trials measure on this machine's device (nas.settle can re-measure)
+        self.ctx = mp.get_context("spawn")
+
+    def prepare(self, cfg: StudyConfig, space: SearchSpace, where: str) -> Prepared:
+        """Read the dataset once here (classes, statistics, the validation images' fingerprint)."""
+        return prepare_dataset(cfg, space, where)
+
+    def clock(self) -> float:
+        return time.time()
+
+    def _start(self, outbox: Any) -> _Slot:
+        inbox, stop = self.ctx.Queue(), self.ctx.Event()
+        proc = self.ctx.Process(target=self.target, args=(inbox, outbox, stop), daemon=True)
+        proc.start()
+        return _Slot(proc, inbox, stop)
+
+    def run(self, driver: Driver, scheduler: Any = None) -> None:
+        """Keep every worker busy until the driver is finished and no trial runs; trials still running when this
+        raises (Ctrl-C) are the driver's to fail and queue again."""
+        feed, outbox = TrialFeed(driver, scheduler), self.ctx.Queue()
+        slots = [self._start(outbox) for _ in range(self.workers or driver.cfg.budget.max_concurrent)]
+        ids, finished = iter(range(1 << 62)), False
+        try:
+            while True:
+                for slot in slots:
+                    if slot.trial is None and not finished:
+                        trial = feed.next_trial(f"pool_{next(ids):06d}")
+                        if trial is None:
+                            finished = True
+                            break
+                        slot.trial = trial
+                        slot.inbox.put({"_trial_id": trial.trial_id, "payload": trial.config})
+                if all(s.trial is None for s in slots) and finished:
+                    return
+                self._step(feed, slots, outbox)
+        finally:
+            for slot in slots:
+                if slot.proc.is_alive():
+                    slot.proc.terminate()
+                slot.proc.join(timeout=10)
+
+    def _step(self, feed: TrialFeed, slots: list[_Slot], outbox: Any) -> None:
+        """Take one message (or notice a dead worker): record the epoch, stop the trial if told, end it when done."""
+        by_id = {s.trial.trial_id: s for s in slots if s.trial is not None}
+        try:
+            kind, trial_id, report, weights = outbox.get(timeout=POLL_S)
+        except queue.Empty:
+            for i, slot in enumerate(slots):
+                if slot.trial is not None and not slot.proc.is_alive():
+                    code = slot.proc.exitcode
+                    feed.end(slot.trial, error=f"pool worker died (exit code {code}) while training the trial")
+                    slots[i] = self._start(outbox)
+            return
+        slot = by_id.get(trial_id)
+        if slot is None:  # a message of a trial already ended (its worker died after sending it)
+            return
+        if kind == "epoch" and not slot.stopping:
+            from safetensors.torch import load
+
+            if feed.report(slot.trial, report, None if weights is None else load(weights)):
+                slot.stopping = True
+                slot.stop.set()
+        elif kind == "done":
+            feed.end(slot.trial)
+            slot.trial, slot.stopping = None, False

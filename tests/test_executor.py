@@ -113,7 +113,7 @@ def test_a_third_executor_runs_a_real_study_end_to_end(tmp_path: Path) -> None:
     out = export.export_trial(study, done.number, tmp_path / "exported", weights=True)
     uri = TrialRecord.of(done).checkpoint
     assert uri.startswith("file://") and sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
-    saved, exported = load_file(uri[len("file://"):] + "/model.safetensors"), load_file(out / "model.safetensors")
+    saved, exported = load_file(uri[len("file://") :] + "/model.safetensors"), load_file(out / "model.safetensors")
     assert saved.keys() == exported.keys() and all(torch.equal(saved[k], exported[k]) for k in saved)
 
 

@@ -65,6 +65,7 @@ def test_nas_search_pool_trains_a_real_study_without_ray(tmp_path: Path) -> None
 
 def die_on_trial_one(inbox, outbox, stop) -> None:
     """A worker that dies (exit code 3, no message) when handed trial 1; otherwise the real one."""
+
     class Peek:
         def get(self):
             config = inbox.get()

@@ -63,17 +63,18 @@ def test_nas_search_pool_trains_a_real_study_without_ray(tmp_path: Path) -> None
     assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == ["config.json", "model.safetensors"]
 
 
-def die_on_trial_one(inbox, outbox, stop) -> None:
-    """A worker that dies (exit code 3, no message) when handed trial 1; otherwise the real one."""
+def die_on_trial_one(inbox, outbox) -> None:
+    """A worker that dies (exit code 3, no message) when handed trial 1 (the driver's answers to its epochs pass
+    through); otherwise the real one."""
 
     class Peek:
         def get(self):
             config = inbox.get()
-            if config is not None and TrialPayload.from_config(config["payload"]).number == 1:
+            if isinstance(config, dict) and TrialPayload.from_config(config["payload"]).number == 1:
                 os._exit(3)
             return config
 
-    work(Peek(), outbox, stop)
+    work(Peek(), outbox)
 
 
 def test_a_dead_pool_worker_fails_its_trial_and_another_takes_its_place(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 the FULL Fashion-MNIST training set for at most 5 epochs must reach >= 85 % test accuracy. Prints the curve, the
 wall time and PASS/FAIL. CPU always; CUDA too when available.
 
-    python benchmarks/accuracy.py [--epochs 5] [--threads 2] [--device cpu]
+    python -m benchmarks.accuracy [--epochs 5] [--threads 2] [--device cpu]
 """
 
 from __future__ import annotations

@@ -1,16 +1,16 @@
 """Build (part of) a lab seed column on a GPU machine that has neither Ray nor Optuna: the engine's own trial code
 (``nas.engine.trainable.trial_reports``, as benchmarks/gpu_suite.py's worker section), several trial processes
 sharing the device, each finished architecture appended to a JSON-lines file at once (a run cut by its time limit
-keeps what it finished). Back on a machine with Optuna, ``--to-column`` turns those lines into the seed column
-(benchmarks/lab_seeds.py) that ``search_lab.py resume`` continues anywhere.
+keeps what it finished). Back on a machine with Optuna, ``to-column`` turns those lines into the seed column
+(benchmarks/lab_seeds.py) that ``python -m benchmarks.search_lab resume`` continues anywhere.
 
 Training is the build study's exactly (same subset, validation images, epochs, ``train.seed``), in float32: autocast
 off and TF32 off, so that a GPU-built curve differs from a CPU-built one only as two runs of one seed differ on
 two devices, not by a precision the CPU columns never had.
 
-    python benchmarks/gpu_column.py build --study studies/fmnist_bench_build_s2.yaml --out OUT/s2.jsonl \
+    python -m benchmarks.gpu_column build --study studies/fmnist_bench_build_s2.yaml --out OUT/s2.jsonl \
         --procs 6 --seconds 480 --data-root data/fashion-mnist                   # on the GPU machine
-    python benchmarks/gpu_column.py to-column --study studies/fmnist_bench_build_s2.yaml OUT/s2.jsonl   # here
+    python -m benchmarks.gpu_column to-column --study studies/fmnist_bench_build_s2.yaml OUT/s2.jsonl   # here
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ import itertools
 import json
 import multiprocessing as mp
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 TABLE = ROOT / "benchmarks" / "tables" / "fmnist_bench.json"
 
 

@@ -22,8 +22,8 @@ Sections (targets in brackets; ``--tiny`` shrinks every size so the same code pa
   throughput, a mini front; then **proxy trials per GPU-hour** and model-FLOP utilisation with 1, 2, 4 and 8 trial
   processes sharing the GPU (as fractional ``gpus_per_trial`` would place them) [>= 2,000 trials/GPU-hour].
 
-    python benchmarks/gpu_suite.py --out gpu_results                 # on a GPU machine
-    python benchmarks/gpu_suite.py --device cpu --tiny --out /tmp/x  # the same paths in seconds (CI runs this)
+    python -m benchmarks.gpu_suite --out gpu_results                 # on a GPU machine
+    python -m benchmarks.gpu_suite --device cpu --tiny --out /tmp/x  # the same paths in seconds (CI runs this)
 """
 
 from __future__ import annotations
@@ -42,17 +42,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 
+import nas  # noqa: F401  (registers the entrypoints with timm)
+from nas.cost import arch_cost
+from nas.measure import cpu_model_name, free_memory, measure_throughput, sync
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import timm  # noqa: E402
-
-import nas  # noqa: E402,F401  (registers the entrypoints with timm)
-from nas.cost import arch_cost  # noqa: E402
-from nas.measure import cpu_model_name, free_memory, measure_throughput, sync  # noqa: E402
 
 SECTIONS = ("env", "mixers", "model", "trainer", "repeatability", "oom", "worker")
 TINY_STUDY = ROOT / "studies" / "fashion_mnist_tiny.yaml"
@@ -121,7 +118,7 @@ def env_section(s: Suite) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- mixers
 def mixers_section(s: Suite) -> dict[str, Any]:
-    import mixers as mb  # benchmarks/mixers.py: the same steps and reference the CPU benchmark uses
+    from benchmarks import mixers as mb  # the same steps and reference the CPU benchmark uses
 
     dev = s.device.type
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
@@ -201,7 +198,7 @@ def model_section(s: Suite) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- trainer
 def trainer_section(s: Suite, data_root: str | None) -> dict[str, Any]:
-    import trainer as tb  # benchmarks/trainer.py: ours vs the textbook DataLoader loop, interleaved
+    from benchmarks import trainer as tb  # ours vs the textbook DataLoader loop, interleaved
 
     args = argparse.Namespace(
         model="tiny_cnn", steps=3 if s.tiny else 200, batch_size=32 if s.tiny else 256, img_size=None,

@@ -13,8 +13,8 @@ architectures' epoch seconds in the cost study (both on one CPU thread), so a fi
 epoch it was when measured. The first trial of each worker also pays its process start and the data (``first
 extra``): every method of a lab run has the same workers, so it is reported but not charged.
 
-    python benchmarks/lab_costs.py                      # the study above, into table v2
-    python benchmarks/lab_costs.py --study NAME --table benchmarks/tables/X.json [--storage URL] [--dry-run]
+    python -m benchmarks.lab_costs                      # the study above, into table v2
+    python -m benchmarks.lab_costs --study NAME --table benchmarks/tables/X.json [--storage URL] [--dry-run]
 """
 
 from __future__ import annotations

@@ -32,10 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lab_truth
-from lab_truth import DIRECTIONS, Truth
-from syne_speed import faster_syne_sort
-
+from benchmarks import lab_truth, syne_adapter
+from benchmarks.lab_truth import DIRECTIONS, Truth
 from nas.engine.pruners import ParetoPruner
 from nas.engine.replay import Table, TableArch
 from nas.pareto import pareto_front
@@ -310,7 +308,6 @@ def run_syne(
     logging.getLogger("syne_tune").setLevel(logging.ERROR)
     from syne_tune import StoppingCriterion, Tuner
     from syne_tune.backend.simulator_backend.simulator_callback import SimulatorCallback
-    from syne_tune.blackbox_repository.simulated_tabular_backend import UserBlackboxBackend
     from syne_tune.optimizer.schedulers.multiobjective import MultiObjectiveRegularizedEvolution
     from syne_tune.optimizer.schedulers.multiobjective.moasha import MOASHA
     from syne_tune.optimizer.schedulers.single_fidelity_scheduler import SingleFidelityScheduler
@@ -349,28 +346,15 @@ def run_syne(
                 self.done.append((t, arch, observed, 0, tp))
                 self.reached = self.reached or self.found.add(arch, observed, 0, tp) >= stop_share - 1e-12
 
-    class TableTimeBackend(UserBlackboxBackend):
-        """Syne Tune's simulator whose clock advances by simulated time only: the table's epoch seconds, its fixed
-        event delays and the tuner's simulated sleeps.
-
-        WHY: every entry of ``SimulatorBackend`` (``fetch_status_results``, ``_schedule``, ``_stop_or_pause_trial``)
-        first calls ``_advance_by_outside_time``, which adds the REAL seconds spent outside the backend since its last
-        call (``SimulatedTimeKeeper.real_time_since_last_recent_exit``: ``time.time()``): how long the scheduler, the
-        tuner loop and our Recorder took on this machine. A few milliseconds more or less (a slow first call, a busy
-        CPU, a GC pause) move when the next trial starts and which result arrives first, so MOREA's population and
-        the curve of one seed changed from run to run. The lab compares methods in the table's seconds only."""
-
-        def _advance_by_outside_time(self) -> None:
-            pass
-
     rec, spent = Recorder(), StoppingCriterion(max_num_evaluations=budget)
-    backend = TableTimeBackend(blackbox=bb, elapsed_time_attr="elapsed_time", max_resource_attr="epochs")
+    # the simulator on the table's clock alone, and (below) Syne Tune's own sort computed faster: syne_adapter
+    backend = syne_adapter.table_time_backend(blackbox=bb, elapsed_time_attr="elapsed_time", max_resource_attr="epochs")
     tuner = Tuner(
         trial_backend=backend, scheduler=scheduler, stop_criterion=lambda status: rec.reached or spent(status),
         n_workers=workers, sleep_time=0, callbacks=[SimulatorCallback(), rec], save_tuner=False,
         results_update_interval=1e9, print_update_interval=1e9,
     )  # fmt: skip
-    with contextlib.redirect_stdout(io.StringIO()), faster_syne_sort():  # the same sort, ~100 s less CPU a seed
+    with contextlib.redirect_stdout(io.StringIO()), syne_adapter.faster_syne_sort():  # ~100 s less CPU a seed
         tuner.run()
     epochs = sorted(rec.epochs)[:budget]
     cut = epochs[-1][0] if epochs else 0.0

@@ -9,8 +9,8 @@ model got right, plus provenance: device, dates, commit, how many are done), and
 another machine from that file**: ``import_column`` stores the finished architectures in a new study database as
 COMPLETE trials under the study's training key, so the grid driver copies them instead of training them again.
 
-    python benchmarks/search_lab.py column --study studies/fmnist_bench_build_s1.yaml    # study -> column (partial ok)
-    python benchmarks/search_lab.py resume --study studies/fmnist_bench_build_s1.yaml    # column -> new study db
+    python -m benchmarks.search_lab column --study studies/fmnist_bench_build_s1.yaml    # study -> column (partial ok)
+    python -m benchmarks.search_lab resume --study studies/fmnist_bench_build_s1.yaml    # column -> new study db
     nas search studies/fmnist_bench_build_s1.yaml --max-concurrent 2                     # trains only the rest
 """
 
@@ -38,6 +38,7 @@ def export_column(study_file: Path, table: Path) -> Path:
 
     from nas import layout
     from nas.engine.config import read_study_file
+    from nas.engine.samplers import grid_id_of, grid_space_of
     from nas.study_record import StudyRecord
     from nas.trial_record import TrialRecord
 
@@ -52,7 +53,7 @@ def export_column(study_file: Path, table: Path) -> Path:
         rows = a.curve_rows
         archs[a.arch_id] = {
             "params": dict(t.params),
-            "grid_id": t.system_attrs.get("grid_id"),
+            "grid_id": grid_id_of(t),
             "val_acc": [round(r["val_acc"], 5) for r in rows],
             "val_loss": [round(r["val_loss"], 5) for r in rows],
             "train_loss": [round(r["train_loss"], 5) for r in rows],
@@ -70,7 +71,7 @@ def export_column(study_file: Path, table: Path) -> Path:
     out = column_path(table, cfg.train.seed)
     previous = _provenance_of(out)
     started = min(t.datetime_start for t in own).isoformat() if own else None
-    grid = next((t.system_attrs["search_space"] for t in done if "search_space" in t.system_attrs), None)
+    grid = next((g for t in done if (g := grid_space_of(t)) is not None), None)
     provenance = {
         "study_file": study_file.name,
         "train_seed": cfg.train.seed,
@@ -140,6 +141,7 @@ def import_column(study_file: Path, table: Path) -> int:
     from nas import layout
     from nas.cost import arch_cost
     from nas.engine.config import read_study_file
+    from nas.engine.samplers import grid_point_attrs
     from nas.study_record import write
     from nas.trial_record import encode
 
@@ -166,7 +168,7 @@ def import_column(study_file: Path, table: Path) -> int:
                             val_set=val_set.get("fingerprint")))  # fmt: skip
         dists = {k: CategoricalDistribution(grid[k]) for k in a["params"]}
         values = [a["val_acc"][-1], float(a["throughput"]["median"])]
-        visited = {"grid_id": a["grid_id"], "search_space": col["provenance"]["grid_search_space"],  # the grid skips it
+        visited = {**grid_point_attrs(a["grid_id"], col["provenance"]["grid_search_space"]),  # the grid skips it
                    IMPORTED: column_path(table, cfg.train.seed).name}  # fmt: skip
         study.add_trial(create_trial(state=TrialState.COMPLETE, params=a["params"], distributions=dists,
                                      values=values, user_attrs=attrs, system_attrs=visited))  # fmt: skip
@@ -217,44 +219,3 @@ def add_columns(table_path: Path, out: Path | None = None) -> Any:
     out.write_text(json.dumps(v2.to_json(), separators=(",", ":")) + "\n")
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB): {v2.n_seeds} training seeds per architecture")
     return v2
-
-
-def seed_fidelity(table_path: Path, resamples: int = 2000) -> str:
-    """How much one training seed says about another, on the architectures every seed column has so far (partial
-    columns too): seed-vs-seed Kendall tau with a 95 % bootstrap interval over architectures (the ceiling of any
-    rank agreement on this table), the seed spread against the spread of the means, and each epoch of seed 0
-    against seed 0's own last epoch, against the other seeds' mean (an independent truth) and against the ceiling."""
-    import lab_transfer
-    import numpy as np
-
-    from nas.engine.replay import Table
-
-    table = Table.load(table_path)
-    cols = [read_column(p) for p in sorted(table_path.parent.glob(f"{table_path.stem}.seed*.json"))]
-    if not cols:
-        return "no seed column yet: nothing to compare seed 0 with"
-    ids = sorted(set(table.archs).intersection(*(c["archs"] for c in cols)))
-    seeds = [np.array([table.archs[a].val_acc[-1] for a in ids])]
-    seeds += [np.array([c["archs"][a]["val_acc"][-1] for a in ids]) for c in cols]
-    labels = [0, *(c["provenance"]["train_seed"] for c in cols)]
-
-    def tau_ci(x: np.ndarray, y: np.ndarray) -> str:
-        return lab_transfer.tau_ci(x, y, resamples)
-
-    per = np.stack(seeds)  # (seeds, archs)
-    lines = [f"{len(ids)} architectures with seeds {labels} (of {len(table.archs)}):", "",
-             "| seeds | Kendall τ (95 % CI over architectures) |", "|---|---|"]  # fmt: skip
-    for i in range(len(seeds)):
-        for j in range(i + 1, len(seeds)):
-            lines.append(f"| {labels[i]} vs {labels[j]} | {tau_ci(seeds[i], seeds[j])} |")
-    within = float(np.sqrt(per.var(axis=0, ddof=1).mean())) * 100
-    lines += ["", f"seed-to-seed SD of one architecture's final accuracy: {within:.2f} pt (root mean variance); "
-              f"SD of the {len(seeds)}-seed means across architectures: {per.mean(0).std(ddof=1) * 100:.2f} pt; "
-              f"mean |seed 0 − seed {labels[1]}|: {np.abs(seeds[0] - seeds[1]).mean() * 100:.2f} pt", "",
-              "| epoch of seed 0 | τ vs seed 0's last epoch | τ vs the other seeds' mean (independent) |",
-              "|---|---|---|"]  # fmt: skip
-    others = per[1:].mean(0)
-    for e in range(1, table.epochs + 1):
-        acc = np.array([table.archs[a].val_acc[e - 1] for a in ids])
-        lines.append(f"| {e} | {tau_ci(acc, seeds[0])} | {tau_ci(acc, others)} |")
-    return "\n".join(lines)

@@ -1,12 +1,15 @@
-"""Does the proxy's answer hold at the scale the user trains? (issue 28) The lab's proxy table (8 epochs on 15 % of
-Fashion-MNIST, 3,000 held-out images, three seeds) against its target-scale columns (the whole training set, 3
-epochs, the official 10,000-image test set, two seeds no proxy column uses: studies/fmnist_target_s10.yaml).
+"""How far the lab table's rankings can be trusted: an early epoch against the last (``fidelity``), one training seed
+against another (``seed_fidelity``), and the proxy against the scale the user trains (``transfer``, issue 28).
 
-    python benchmarks/search_lab.py transfer      # works on partial target columns too (says how many)
+    python -m benchmarks.search_lab fidelity      # epochs and seeds of the table (and table v2's ceilings)
+    python -m benchmarks.search_lab transfer      # works on partial target columns too (says how many)
 
-Every figure carries its 95 % interval (bootstrap over architectures) and its ceiling beside it: the target's own
-seed-vs-seed Kendall τ is the best agreement any proxy can show with one target seed, and the target front is
-uncertain too (P(on the target front) resamples each architecture's target mean within its seed noise).
+``transfer`` sets the proxy table (8 epochs on 15 % of Fashion-MNIST, 3,000 held-out images, three seeds) against
+its target-scale columns (the whole training set, 3 epochs, the official 10,000-image test set, two seeds no proxy
+column uses: studies/fmnist_target_s10.yaml). Every figure carries its 95 % interval (bootstrap over architectures)
+and its ceiling beside it: the target's own seed-vs-seed Kendall τ is the best agreement any proxy can show with one
+target seed, and the target front is uncertain too (P(on the target front) resamples each architecture's target
+mean within its seed noise).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.lab_seeds import read_column
 from nas.engine.replay import Table
 from nas.pareto import pareto_front
 
@@ -48,14 +52,70 @@ def front_probability(acc: np.ndarray, sd: np.ndarray, tp: np.ndarray, draws: in
     return hits / draws
 
 
+# ---------------------------------------------------------------------------------------------- fidelity
+def fidelity(table: Table) -> str:
+    """Kendall/Spearman tau of the accuracy at each epoch against the last, and how much of the true front the
+    front at that epoch (accuracy at the epoch, throughput) already holds."""
+    from scipy.stats import kendalltau, spearmanr
+
+    archs = list(table.archs.values())
+    final = [a.val_acc[-1] for a in archs]
+    true = set(pareto_front([[a.val_acc[-1], a.throughput["median"]] for a in archs], DIRECTIONS))
+    lines = [
+        "| epoch | Kendall τ vs last | Spearman ρ | true-front members on the epoch's front | epoch's front size |",
+        "|---|---|---|---|---|",
+    ]
+    for e in range(1, table.epochs + 1):
+        acc = [a.val_acc[e - 1] for a in archs]
+        tau, rho = kendalltau(acc, final)[0], spearmanr(acc, final)[0]
+        front = set(pareto_front([[a.val_acc[e - 1], a.throughput["median"]] for a in archs], DIRECTIONS))
+        lines.append(f"| {e} | {tau:.3f} | {rho:.3f} | {len(front & true)}/{len(true)} | {len(front)} |")
+    return "\n".join(lines)
+
+
+def seed_fidelity(table_path: Path, resamples: int = 2000) -> str:
+    """How much one training seed says about another, on the architectures every seed column has so far (partial
+    columns too): seed-vs-seed Kendall tau with a 95 % bootstrap interval over architectures (the ceiling of any
+    rank agreement on this table), the seed spread against the spread of the means, and each epoch of seed 0
+    against seed 0's own last epoch, against the other seeds' mean (an independent truth) and against the ceiling."""
+    table = Table.load(table_path)
+    cols = [read_column(p) for p in sorted(table_path.parent.glob(f"{table_path.stem}.seed*.json"))]
+    if not cols:
+        return "no seed column yet: nothing to compare seed 0 with"
+    ids = sorted(set(table.archs).intersection(*(c["archs"] for c in cols)))
+    seeds = [np.array([table.archs[a].val_acc[-1] for a in ids])]
+    seeds += [np.array([c["archs"][a]["val_acc"][-1] for a in ids]) for c in cols]
+    labels = [0, *(c["provenance"]["train_seed"] for c in cols)]
+
+    def ci(x: np.ndarray, y: np.ndarray) -> str:
+        return tau_ci(x, y, resamples)
+
+    per = np.stack(seeds)  # (seeds, archs)
+    lines = [f"{len(ids)} architectures with seeds {labels} (of {len(table.archs)}):", "",
+             "| seeds | Kendall τ (95 % CI over architectures) |", "|---|---|"]  # fmt: skip
+    for i in range(len(seeds)):
+        for j in range(i + 1, len(seeds)):
+            lines.append(f"| {labels[i]} vs {labels[j]} | {ci(seeds[i], seeds[j])} |")
+    within = float(np.sqrt(per.var(axis=0, ddof=1).mean())) * 100
+    lines += ["", f"seed-to-seed SD of one architecture's final accuracy: {within:.2f} pt (root mean variance); "
+              f"SD of the {len(seeds)}-seed means across architectures: {per.mean(0).std(ddof=1) * 100:.2f} pt; "
+              f"mean |seed 0 − seed {labels[1]}|: {np.abs(seeds[0] - seeds[1]).mean() * 100:.2f} pt", "",
+              "| epoch of seed 0 | τ vs seed 0's last epoch | τ vs the other seeds' mean (independent) |",
+              "|---|---|---|"]  # fmt: skip
+    others = per[1:].mean(0)
+    for e in range(1, table.epochs + 1):
+        acc = np.array([table.archs[a].val_acc[e - 1] for a in ids])
+        lines.append(f"| {e} | {ci(acc, seeds[0])} | {ci(acc, others)} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- transfer
 def transfer(table_path: Path, target: Path, resamples: int = 2000) -> str:
     """The proxy-vs-target report (see the module docstring), as Markdown.
 
     Raises:
         SystemExit: no target column beside ``target`` (one line: how to build one).
     """
-    from lab_seeds import read_column
-
     table = Table.load(table_path)
     paths = sorted(target.parent.glob(f"{target.stem}.seed*.json"))
     if not paths:

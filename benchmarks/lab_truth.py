@@ -1,6 +1,6 @@
 """The lab's truth (issue 28): what a replayed search is scored on, and which of the table's training seeds it sees.
 
-Three truths, chosen with ``search_lab.py run --truth``:
+Three truths, chosen with ``python -m benchmarks.search_lab run --truth``:
 
 * ``proxy`` — issue 17's: the search sees every training seed of the table, the truth is their mean. Kept for
   comparison only: an architecture raced to three replicates knows its "truth" exactly, so it favours replication.
@@ -108,7 +108,7 @@ def target_accuracies(path: Path = TARGET) -> tuple[dict[str, float], list[int]]
     Raises:
         SystemExit: no column, or an architecture missing from one (one line: how far the build is, how to go on).
     """
-    from lab_seeds import read_column
+    from benchmarks.lab_seeds import read_column
 
     paths = sorted(path.parent.glob(f"{path.stem}.seed*.json"))
     if not paths:

@@ -12,9 +12,9 @@ static key. The "kernel" column names the attention op that actually ran (read f
 table: ``flash_for_cpu``, ``efficient``, ``flash``, ``cudnn``; ``math`` = explicit bmm + softmax). CSKA is
 timed in each of its formulations; ``*`` marks the ones that are not its default.
 
-    python benchmarks/mixers.py                    # CPU (batch 8) + CUDA when available
-    python benchmarks/mixers.py --batch 4 --mixers ska cska --repeats 9
-    python benchmarks/mixers.py --device cpu --threads 1 --cpu-clock   # steadier on a busy machine
+    python -m benchmarks.mixers                    # CPU (batch 8) + CUDA when available
+    python -m benchmarks.mixers --batch 4 --mixers ska cska --repeats 9
+    python -m benchmarks.mixers --device cpu --threads 1 --cpu-clock   # steadier on a busy machine
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import argparse
 import importlib.util
 import inspect
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,11 +30,10 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from anywhere without installing
+from nas.measure import cpu_model_name
+from nas.mixers import get
 
-from nas.measure import cpu_model_name  # noqa: E402
-from nas.mixers import get  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_references():

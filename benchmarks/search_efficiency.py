@@ -36,9 +36,9 @@ Metrics (all computed from the stored studies, not from the run's own bookkeepin
   its throughput measurement when it measured rather than took the cache ((warmup + repeats*steps) batches at
   the measured rate, plus the batch-1 latency loops). Target: <= 1 s/trial (judged on the warm figure; see RESULTS.md).
 
-    python benchmarks/search_efficiency.py                                   # studies/fashion_mnist_tiny.yaml
-    python benchmarks/search_efficiency.py --small --n-trials 8              # CPU smoke size (minutes)
-    python benchmarks/search_efficiency.py --variants pareto,none --sampler tpe --json out.json
+    python -m benchmarks.search_efficiency                                   # studies/fashion_mnist_tiny.yaml
+    python -m benchmarks.search_efficiency --small --n-trials 8              # CPU smoke size (minutes)
+    python -m benchmarks.search_efficiency --variants pareto,none --sampler tpe --json out.json
 """
 
 from __future__ import annotations
@@ -62,7 +62,6 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # benchmark's) — and refuses num_cpus when it does. "local" always starts our own.
 os.environ["RAY_ADDRESS"] = "local"
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 
 VARIANTS = ("pareto", "none", "asha")
 

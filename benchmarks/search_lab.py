@@ -1,13 +1,13 @@
 """The search-quality lab: our search against Optuna, Ray Tune and Syne Tune on a tabulated benchmark of our space.
 
-    python benchmarks/search_lab.py table      # the built study (studies/fmnist_bench_build.yaml) -> the table
-    python benchmarks/search_lab.py column --study studies/fmnist_bench_build_s1.yaml   # a seed build -> its column
-    python benchmarks/search_lab.py resume --study studies/fmnist_bench_build_s1.yaml   # its column -> a new study
-    python benchmarks/search_lab.py seeds      # the table + every finished seed column -> table v2 (_v2.json)
-    python benchmarks/search_lab.py run        # every method x 20 seeds, replayed: report + plot (14 min on 2 CPUs)
-    python benchmarks/search_lab.py fidelity   # how well an early epoch ranks like the last one
-    python benchmarks/search_lab.py transfer   # proxy vs the target-scale columns: τ, fronts, per-stage effects
-    python benchmarks/search_lab.py run --oracle --methods tpe ours-tpe oracle-tpe   # + ours with a perfect signal
+    python -m benchmarks.search_lab table      # the built study (studies/fmnist_bench_build.yaml) -> the table
+    python -m benchmarks.search_lab column --study studies/fmnist_bench_build_s1.yaml   # a seed build -> its column
+    python -m benchmarks.search_lab resume --study studies/fmnist_bench_build_s1.yaml   # its column -> a new study
+    python -m benchmarks.search_lab seeds      # the table + every finished seed column -> table v2 (_v2.json)
+    python -m benchmarks.search_lab run        # every method x 20 seeds, replayed: report + plot (14 min on 2 CPUs)
+    python -m benchmarks.search_lab fidelity   # how well an early epoch ranks like the last one
+    python -m benchmarks.search_lab transfer   # proxy vs the target-scale columns: τ, fronts, per-stage effects
+    python -m benchmarks.search_lab run --oracle --methods tpe ours-tpe oracle-tpe   # + ours with a perfect signal
 
 ``run`` replays every method with every seed against table v2, ``benchmarks/tables/fmnist_bench_v2.json`` (three
 training seeds per architecture: each trial sees one seed's curve; benchmarks/lab_runs.py says how one run is
@@ -33,15 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import lab_plot, lab_runs, lab_truth
+from benchmarks.lab_runs import Curve, Method
+from nas.engine.replay import Table, TableArch, training_of
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-
-import lab_runs  # noqa: E402
-import lab_truth  # noqa: E402
-from lab_runs import Curve, Method  # noqa: E402
-
-from nas.engine.replay import Table, TableArch, training_of  # noqa: E402
-
 SEED0 = ROOT / "benchmarks" / "tables" / "fmnist_bench.json"  # the built table: seed 0 (format 1); columns beside it
 TABLE = SEED0.with_name("fmnist_bench_v2.json")  # table v2: seed 0 + every seed column (``seeds``); what ``run`` reads
 BUILD = ROOT / "studies" / "fmnist_bench_build.yaml"
@@ -270,99 +266,6 @@ def markdown(summary: dict[str, Any], budget: int, horizon: float = float("inf")
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------- plot
-def plot(curves: list[Curve], budget_seconds: float, html: Path, png: Path, truth: str = "proxy",
-         relative: str = "front") -> None:  # fmt: skip
-    """The HV-vs-compute figure (HTML, and a PNG through headless Chromium where it is installed)."""
-    import numpy as np
-    import plotly.graph_objects as go
-
-    grid = np.linspace(0, budget_seconds, 200)
-    fig = go.Figure()
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-               "#17becf", "#000000", "#aa3377", "#44aa99"]  # fmt: skip
-    names = list(dict.fromkeys(c.method for c in curves))
-    for k, name in enumerate(names):
-        ys = []
-        for c in (c for c in curves if c.method == name):
-            xs = np.array([p[1] for p in c.points] or [0.0])
-            vs = np.array([p[2] for p in c.points] or [0.0])
-            idx = np.searchsorted(xs, grid, side="right") - 1
-            ys.append(np.where(idx >= 0, vs[np.clip(idx, 0, None)], 0.0))
-        arr = np.array(ys)
-        mean = arr.mean(0)
-        half = 1.96 * arr.std(0, ddof=1) / np.sqrt(len(arr)) if len(arr) > 1 else np.zeros_like(mean)
-        color = palette[k % len(palette)]
-        dash = "solid" if name.startswith("ours") else "dot" if name.startswith(("syne", "ray")) else "dash"
-        upper, lower = np.clip(mean + half, 0, None), np.clip(mean - half, 0, None)  # a ceiling can be beaten
-        band_x, band_y = np.concatenate([grid, grid[::-1]]), np.concatenate([upper, lower[::-1]])
-        fig.add_trace(go.Scatter(x=band_x, y=band_y, fill="toself", fillcolor=color, opacity=0.15,
-                                 line={"width": 0}, showlegend=False, hoverinfo="skip"))  # fmt: skip
-        fig.add_trace(go.Scatter(x=grid, y=mean, name=name, line={"color": color, "dash": dash}))
-    fig.update_layout(
-        title=f"Normalised hypervolume vs compute at the {truth} truth (mean and 95 % band over seeds)",
-        xaxis_title="simulated worker-seconds",
-        yaxis_title=f"share of the {'true front' if relative == 'front' else 'ceiling'}'s hypervolume",
-        template="plotly_white",
-        width=1120,
-        height=660,
-        margin={"t": 60, "l": 70, "r": 20, "b": 60},
-    )
-    fig.update_yaxes(range=[0, max(1.02, *(p[2] + 0.02 for c in curves for p in c.points))])
-    fig.write_html(str(html), include_plotlyjs="cdn")
-    full = html.with_suffix(".full.html")  # offline copy for the screenshot (not kept)
-    fig.write_html(str(full), include_plotlyjs=True, config={"displayModeBar": False})
-    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if _which(b)), None)
-    if browser:
-        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={png}",
-                        "--window-size=1140,680", "--hide-scrollbars", full.resolve().as_uri()], capture_output=True,
-                       timeout=120)  # fmt: skip
-    full.unlink(missing_ok=True)
-
-
-def replot(out: Path) -> int:
-    """Draw the HTML/PNG of a finished ``run`` again from its JSON (``out`` is the run's --out prefix) and print
-    its tables."""
-    raw = json.loads(out.with_name(out.name + ".json").read_text())
-    curves = [Curve(c["method"], c["seed"], [tuple(p) for p in c["points"]], c.get("trials", 0),
-                    c.get("unique_archs", 0)) for c in raw["curves"]]  # fmt: skip
-    budget_s = max((p[1] for c in curves for p in c.points), default=1.0)
-    html, png = (out.with_name(out.name + ext) for ext in (".html", ".png"))
-    plot(curves, budget_s, html, png, raw.get("truth", "proxy"), raw.get("relative", "front"))
-    print(markdown(raw["summary"], raw["budget"], raw.get("horizon_s", float("inf"))))  # the run's tables again
-    print(f"wrote {html}, {png}")
-    return 0
-
-
-def _which(name: str) -> bool:
-    import shutil
-
-    return shutil.which(name) is not None
-
-
-# ---------------------------------------------------------------------------------------------- fidelity
-def fidelity(table: Table) -> str:
-    """Kendall/Spearman tau of the accuracy at each epoch against the last, and how much of the true front the
-    front at that epoch (accuracy at the epoch, throughput) already holds."""
-    from scipy.stats import kendalltau, spearmanr
-
-    from nas.pareto import pareto_front
-
-    archs = list(table.archs.values())
-    final = [a.val_acc[-1] for a in archs]
-    true = set(pareto_front([[a.val_acc[-1], a.throughput["median"]] for a in archs], lab_runs.DIRECTIONS))
-    lines = [
-        "| epoch | Kendall τ vs last | Spearman ρ | true-front members on the epoch's front | epoch's front size |",
-        "|---|---|---|---|---|",
-    ]
-    for e in range(1, table.epochs + 1):
-        acc = [a.val_acc[e - 1] for a in archs]
-        tau, rho = kendalltau(acc, final)[0], spearmanr(acc, final)[0]
-        front = set(pareto_front([[a.val_acc[e - 1], a.throughput["median"]] for a in archs], lab_runs.DIRECTIONS))
-        lines.append(f"| {e} | {tau:.3f} | {rho:.3f} | {len(front & true)}/{len(true)} | {len(front)} |")
-    return "\n".join(lines)
-
-
 def _racing(ap: argparse.ArgumentParser, pairs: list[str]) -> dict[str, Any]:
     """ours-race's ``replicates:`` with ``--race KEY=VALUE`` applied, validated as a study file's would be (one line
     naming the field on a bad one)."""
@@ -474,15 +377,18 @@ def main(argv: list[str] | None = None) -> int:
 
         lab_seeds.add_columns(Path(args.table), TABLE if Path(args.table) == SEED0 else None)
         return 0
-    if args.command == "plot":  # the figure again from a run's JSON (--out prefix), no run
-        return replot(Path(args.out))
+    if args.command == "plot":  # the figure again from a run's JSON (--out prefix), no run; then its tables
+        raw, drawn = lab_plot.replot(Path(args.out))
+        print(markdown(raw["summary"], raw["budget"], raw.get("horizon_s", float("inf"))))
+        print(f"wrote {', '.join(map(str, drawn))}")
+        return 0
     table = Table.load(args.table)
     if args.command == "fidelity":
-        from benchmarks import lab_seeds
+        from benchmarks import lab_transfer
 
-        print(fidelity(table))
+        print(lab_transfer.fidelity(table))
         print()
-        print(lab_seeds.seed_fidelity(Path(args.table)))
+        print(lab_transfer.seed_fidelity(Path(args.table)))
         v2 = Path(args.table).resolve() == SEED0 and TABLE.is_file()  # the default: seed 0, table v2 beside it
         several = table if table.n_seeds > 1 else Table.load(TABLE) if v2 else None
         if several is not None:  # the held-out ceilings (benchmarks/lab_truth.py) of table v2
@@ -490,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             print(lab_truth.ceilings(several))
         return 0
     if args.command == "transfer":
-        import lab_transfer
+        from benchmarks import lab_transfer
 
         print(lab_transfer.transfer(Path(args.table), Path(args.target)))
         return 0
@@ -514,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds_short = [m.name for m in chosen if m.replicates and m.replicates["max_per_arch"] > table.n_seeds]
     if seeds_short and args.methods is not None:
         ap.error(f"--methods: {', '.join(seeds_short)} need a table of 3 seeds; {args.table} has {table.n_seeds} "
-                 "(build table v2: python benchmarks/search_lab.py seeds)")  # fmt: skip
+                 "(build table v2: python -m benchmarks.search_lab seeds)")  # fmt: skip
     chosen = [m for m in chosen if m.name not in seeds_short]  # the default list on a one-seed table: without them
     base = base_config(table)
     first = args.seed_start
@@ -577,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     }, default=str) + "\n")  # fmt: skip
     budget_s = max((p[1] for c in curves for p in c.points), default=1.0)
     if not args.no_plot:
-        plot(curves, budget_s, html_path, png_path, args.truth, truths[0].relative)
+        lab_plot.plot(curves, budget_s, html_path, png_path, args.truth, truths[0].relative)
     print(markdown(summary, budget, horizon))
     wrote = [json_path] if args.no_plot else [json_path, html_path, png_path]
     print(f"\n{len(jobs)} runs in {time.time() - t0:.0f} s; wrote {', '.join(map(str, wrote))}")

@@ -4,8 +4,8 @@ Each round runs both as fresh processes, A then B on even rounds and B then A on
 goes touches both alike), and the ratio is the paired geometric mean of the per-round ratios with its 95 % t interval
 (nas.settle.paired_ratio). B is what a user would otherwise run: ``optuna.load_study`` and reading every trial.
 
-    python benchmarks/status_timing.py                       # the demo study, 10 rounds
-    python benchmarks/status_timing.py --study NAME --rounds 20 [--storage URL]
+    python -m benchmarks.status_timing                       # the demo study, 10 rounds
+    python -m benchmarks.status_timing --study NAME --rounds 20 [--storage URL]
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ Measures one model ``--measurements`` times (default 5) and prints:
 
 Targets: CV of the median <= 5 % on CPU, <= 2 % on GPU. CPU always; CUDA too when available.
 
-    python benchmarks/throughput.py                 # small mixerformer, CPU (+ GPU if present)
-    python benchmarks/throughput.py --model resnet18 --img-size 64
+    python -m benchmarks.throughput                 # small mixerformer, CPU (+ GPU if present)
+    python -m benchmarks.throughput --model resnet18 --img-size 64
 """
 
 from __future__ import annotations
@@ -20,14 +20,11 @@ import contextlib
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from nas.measure import measure_throughput
 

@@ -7,8 +7,8 @@ warm-up/cosine LR, label smoothing, grad clipping and (on CUDA) bf16 autocast. B
 of steps per epoch; the first epoch is a warm-up, the second is timed (images / seconds of the training loop).
 Repeats are interleaved (ours, plain, ours, plain ...) so load from other processes hits both alike.
 
-    python benchmarks/trainer.py                      # CPU, plus CUDA when available
-    python benchmarks/trainer.py --model resnet10t --img-size 32 --steps 50
+    python -m benchmarks.trainer                      # CPU, plus CUDA when available
+    python -m benchmarks.trainer --model resnet10t --img-size 32 --steps 50
 """
 
 from __future__ import annotations

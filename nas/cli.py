@@ -8,6 +8,7 @@ that use them, so ``nas --help``, ``nas studies``, ``nas status`` and ``nas pare
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import runpy
@@ -223,29 +224,45 @@ def bench(
     which: str = typer.Argument(
         ..., help="mixers | model | trainer | throughput | search | search-lab | accuracy | gpu"
     ),
-    args: list[str] = typer.Argument(None, help="arguments passed to the benchmark script"),
+    args: list[str] = typer.Argument(None, help="arguments passed to the benchmark"),
 ) -> None:
-    """Run a benchmark script from benchmarks/ (each prints ratios against a named peer measured in the same run).
+    """Run a benchmark of benchmarks/ (each prints ratios against a named peer measured in the same run), as
+    ``python -m benchmarks.<module>`` from the repository root would.
 
     Example: nas bench mixers -- --batch 8
     """
-    scripts = {
-        "mixers": "mixers.py",
-        "model": "throughput.py",
-        "throughput": "throughput.py",
-        "trainer": "trainer.py",
-        "search": "search_efficiency.py",
-        "search-lab": "search_lab.py",
-        "gpu": "gpu_suite.py",
-        "accuracy": "accuracy.py",
+    modules = {
+        "mixers": "mixers",
+        "model": "throughput",
+        "throughput": "throughput",
+        "trainer": "trainer",
+        "search": "search_efficiency",
+        "search-lab": "search_lab",
+        "gpu": "gpu_suite",
+        "accuracy": "accuracy",
     }
-    if which not in scripts:
-        raise ConfigError(f"bench: unknown benchmark '{which}'; choose one of {sorted(scripts)}")
-    script = BENCHMARKS / scripts[which]
+    if which not in modules:
+        raise ConfigError(f"bench: unknown benchmark '{which}'; choose one of {sorted(modules)}")
+    script = BENCHMARKS / f"{modules[which]}.py"
     if not script.is_file():
         raise ConfigError(f"bench: {script.name} not found next to the package (benchmarks/ ships with the repo)")
+    _lab_importable()
     sys.argv = [str(script), *(args or [])]
-    runpy.run_path(str(script), run_name="__main__")
+    # alter_sys: the module is __main__ while it runs, so the processes the lab spawns (multiprocessing) import it
+    # by its name, benchmarks.<module>, as they do under ``python -m``
+    runpy.run_module(f"benchmarks.{modules[which]}", run_name="__main__", alter_sys=True)
+
+
+def _lab_importable() -> None:
+    """Make the lab's package, benchmarks/ beside this package, importable as ``benchmarks``.
+
+    The lab belongs to the repository, not to the installed distribution: ``python -m benchmarks.<name>`` run from
+    the repository root finds it in the working directory, but the ``nas`` script starts wherever it is called.
+    Then the repository's root goes first on ``sys.path``, where the processes the lab spawns find it as well
+    (multiprocessing hands them the parent's path); nothing else in the project edits the path."""
+    found = importlib.util.find_spec("benchmarks")
+    if found is None or found.origin is None or Path(found.origin).resolve() != (BENCHMARKS / "__init__.py").resolve():
+        sys.path.insert(0, str(BENCHMARKS.parent))
 
 
 app = typer.Typer(

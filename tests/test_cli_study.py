@@ -191,3 +191,54 @@ def test_export_pick_chooses_among_settled_members_and_says_so(app, tmp_path: Pa
     rows = json.loads(run(app, "pareto", "coin", "--format", "json").stdout)
     p = {r["placement"]: r["p_front"] for r in rows}
     assert p["star"] == 1.0 and all(0.2 < v < 0.8 for k, v in p.items() if k != "star")
+
+
+# ---------------------------------------------------------------------------------------------- nas bench
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_without_the_lab_beside_the_package_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    """An installed package without the repository has no benchmarks/: `nas bench` says so in one line."""
+    from nas import cli
+
+    monkeypatch.setattr(cli, "BENCHMARKS", tmp_path / "benchmarks")
+    assert_user_error(CliRunner().invoke(cli.app, ["bench", "mixers"]), "mixers.py not found next to the package")
+    assert_user_error(CliRunner().invoke(cli.app, ["bench", "nope"]), "unknown benchmark 'nope'")
+
+
+def test_bench_puts_the_repository_on_the_path_only_when_the_lab_is_not_importable(monkeypatch) -> None:
+    """The `nas` script starts outside the repository, where `benchmarks` is not importable: then (and only then)
+    the repository's root goes first on sys.path, as `python -m` from the root has it."""
+    import importlib.util
+    import sys
+
+    from nas import cli
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = list(sys.path)
+    cli._lab_importable()  # pytest runs from the root: the lab is importable already
+    assert sys.path == before
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    cli._lab_importable()
+    assert sys.path == [str(REPO), *before]
+
+
+@pytest.mark.slow
+def test_nas_bench_runs_the_lab_as_a_module_whose_processes_import_it(tmp_path: Path) -> None:
+    """`nas bench search-lab` runs benchmarks.search_lab from another working directory, and the pool process it
+    spawns for a seed imports the lab by that name (a one-seed run on a small table)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_replay import _study, make_table
+
+    table, _ = make_table(tmp_path, _study(tmp_path, "bench"))
+    code = "import sys\nfrom nas.cli import main\nsys.argv = ['nas', *sys.argv[1:]]\nmain()\n"
+    args = ["bench", "search-lab", "--", "run", "--table", str(table), "--seeds", "1", "--procs", "1", "--no-plot",
+            "--methods", "random", "--out", str(tmp_path / "lab")]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's nas, whichever one is installed
+    out = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "1 runs in" in out.stdout and json.loads((tmp_path / "lab.json").read_text())["curves"]

@@ -4,12 +4,11 @@ session join the committed column instead of replacing it (a target build goes o
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+from benchmarks import gpu_column, lab_seeds
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from benchmarks import gpu_column, lab_seeds  # noqa: E402
 
 
 def _lines(path: Path, archs: list[dict], acc: float) -> None:

@@ -18,13 +18,15 @@ def test_cpu_tiny_run_covers_every_section_and_writes_both_reports(tmp_path: Pat
     out = subprocess.run(
         [
             sys.executable,
-            str(REPO / "benchmarks" / "gpu_suite.py"),
+            "-m",
+            "benchmarks.gpu_suite",
             "--device",
             "cpu",
             "--tiny",
             "--out",
             str(tmp_path),
         ],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,

@@ -3,16 +3,11 @@ reports from its own estimates — checked by hand on a three-architecture table
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
+from benchmarks import lab_runs
 from nas.engine.replay import Table, TableArch
 from nas.pareto import normalized_hypervolume
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import lab_runs
 
 
 def _arch(name: str, finals: list[float], tp: float) -> TableArch:

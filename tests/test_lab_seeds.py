@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
 
+from benchmarks import lab_seeds
 from nas.engine.config import read_study_file
 from nas.engine.progress import Progress
 from nas.engine.run import run_config
 from nas.trial_record import TrialRecord
 from tests.engine_fixtures import PlantedExecutor, write_study
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import lab_seeds
 
 GRID = {"sampler": {"name": "grid"}, "pruner": {"name": "none"}, "fidelity": {"rungs": []}}
 

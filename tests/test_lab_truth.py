@@ -12,14 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import lab_runs, lab_truth, search_lab
 from nas.engine.replay import Table
 from tests.test_replay import _study, make_table
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-import lab_runs  # noqa: E402
-import lab_truth  # noqa: E402
-import search_lab  # noqa: E402
 
 HELD_SHIFT = 0.0437  # each seed's curve is seed 0's plus a per-seed shift: a value tells which seed it came from
 
@@ -154,10 +151,10 @@ def test_the_lab_runs_on_held_out_search_seeds_and_counts_unreached_seeds(tmp_pa
 
     path, _ = _marked(tmp_path)
     out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "search_lab.py"), "run", "--table", str(path), "--seeds", "2",
+        [sys.executable, "-m", "benchmarks.search_lab", "run", "--table", str(path), "--seeds", "2",
          "--seed-start", "100", "--truth", "heldout", "--procs", "1", "--no-plot", "--out", str(tmp_path / "ho"),
          "--methods", "tpe", "ours-race"],
-        capture_output=True, text=True, timeout=600,
+        cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((tmp_path / "ho.json").read_text())
@@ -181,7 +178,7 @@ def test_the_transfer_report_finds_a_planted_target_effect_and_reads_partial_col
     than five architectures so far, it says so instead."""
     import random
 
-    import lab_transfer
+    from benchmarks import lab_transfer
 
     _, table = make_table(tmp_path, _study(tmp_path, "transfer"), seeds=3)
     ids = list(table.archs)

@@ -145,7 +145,7 @@ def test_a_grid_study_tabulates_every_architecture_once_and_ends_cleanly(tmp_pat
 def test_our_grid_numbering_is_the_one_optunas_grid_sampler_records(tmp_path: Path) -> None:
     """Issue 29: the lab numbers grid points by nas.engine.samplers.grid_numbering, never by the sampler's private
     state; Optuna must number them the same (its ``_all_grids`` here, in a test, is what pins that dependency)."""
-    from nas.engine.samplers import GridSampler, grid_numbering
+    from nas.engine.samplers import GridSampler, grid_id_of, grid_numbering
 
     study_file = _study(tmp_path, "numbering")
     _, table = make_table(tmp_path, study_file)
@@ -158,7 +158,7 @@ def test_our_grid_numbering_is_the_one_optunas_grid_sampler_records(tmp_path: Pa
                     pruner={"name": "none"}, fidelity={"rungs": []})  # fmt: skip
     sampler = GridSampler(grid, seed=study.user_attrs["config"]["seed"])
     for t in study.trials:  # every recorded grid id names the point the trial trained
-        assert sampler.grid_points[t.system_attrs["grid_id"]] == tuple(t.params[k] for k in sampler.param_names)
+        assert sampler.grid_points[grid_id_of(t)] == tuple(t.params[k] for k in sampler.param_names)
 
 
 def test_a_resumed_grid_study_trains_each_remaining_architecture_once(tmp_path: Path) -> None:

@@ -245,7 +245,7 @@ class Table:
             raise ConfigError(
                 f"{where}: replicates.max_per_arch is {rc.max_per_arch} but table {self.source} holds "
                 f"{self.n_seeds} training seed(s) per architecture, and a replicate replays another seed; use a "
-                f"table of at least {rc.max_per_arch} seeds (python benchmarks/search_lab.py table) or lower it"
+                f"table of at least {rc.max_per_arch} seeds (python -m benchmarks.search_lab table) or lower it"
             )
 
     def throughput_draw(self, run_seed: int, arch_id: str) -> float:

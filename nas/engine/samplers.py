@@ -1,5 +1,12 @@
 """The study's sampler: Optuna's samplers, configured from the study file, with a TPE made safe for the learning
-curves the engine stores on PRUNED trials of a multi-objective study (optuna#5260)."""
+curves the engine stores on PRUNED trials of a multi-objective study (optuna#5260).
+
+Besides nas/engine/optuna_adapter.py, the one module that relies on an Optuna internal: the system attributes
+Optuna's GridSampler writes on each trial it proposes, ``grid_id`` (the point's index in the sampler's numbering:
+:func:`grid_numbering`) and ``search_space`` (the grid it belongs to); the sampler skips a point that a trial of the
+same grid already has. Everyone else reads and writes them through :func:`grid_id_of`, :func:`grid_space_of` and
+:func:`grid_point_attrs` (tests/test_house.py); tests/test_lab_seeds.py pins the names (a trial added with
+``grid_point_attrs`` is a point the grid sampler skips) and tests/test_replay.py the numbering."""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from nas.engine.config import StudyConfig
 from nas.engine.optuna_adapter import MultiObjectiveTPE
@@ -39,7 +46,29 @@ class GridSampler(optuna.samplers.GridSampler):
         trials = study.get_trials(deepcopy=False)
         if any(t.state == TrialState.WAITING for t in trials):
             return False
-        return len({t.system_attrs["grid_id"] for t in trials if "grid_id" in t.system_attrs}) >= self.size
+        return len({grid_id_of(t) for t in trials} - {None}) >= self.size
+
+
+# Optuna's names (optuna.samplers.GridSampler, 4.x): see the module docstring
+_GRID_ID, _GRID_SPACE = "grid_id", "search_space"
+
+
+def grid_id_of(trial: FrozenTrial) -> int | None:
+    """Which grid point ``trial`` is (its index in :func:`grid_numbering`), or None: no grid sampler proposed it."""
+    return trial.system_attrs.get(_GRID_ID)
+
+
+def grid_space_of(trial: FrozenTrial) -> dict[str, list[Any]] | None:
+    """The grid (parameter -> its values) a grid trial was proposed from, as the sampler recorded it, or None."""
+    return trial.system_attrs.get(_GRID_SPACE)
+
+
+def grid_point_attrs(grid_id: int, search_space: dict[str, list[Any]]) -> dict[str, Any]:
+    """The system attributes that make a trial grid point ``grid_id`` of ``search_space``, as the grid sampler writes
+    them on the trials it proposes: a trial stored with them (``create_trial(system_attrs=...)``) is a point the grid
+    sampler of that search space does not propose again. The grid is stored as Optuna keeps it (parameters in sorted
+    order, their values as lists), so it compares equal to the sampler's own."""
+    return {_GRID_ID: grid_id, _GRID_SPACE: {k: list(v) for k, v in sorted(search_space.items())}}
 
 
 def grid_numbering(search_space: dict[str, list[Any]], seed: int | None) -> tuple[list[str], list[tuple[Any, ...]]]:

@@ -63,7 +63,7 @@ def test_nas_search_pool_trains_a_real_study_without_ray(tmp_path: Path) -> None
     assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == ["config.json", "model.safetensors"]
 
 
-def die_on_trial_one(inbox, outbox) -> None:
+def die_on_trial_one(inbox, outbox, dataset=None) -> None:
     """A worker that dies (exit code 3, no message) when handed trial 1 (the driver's answers to its epochs pass
     through); otherwise the real one."""
 
@@ -74,7 +74,7 @@ def die_on_trial_one(inbox, outbox) -> None:
                 os._exit(3)
             return config
 
-    work(Peek(), outbox)
+    work(Peek(), outbox, dataset)
 
 
 def test_a_dead_pool_worker_fails_its_trial_and_another_takes_its_place(tmp_path: Path) -> None:

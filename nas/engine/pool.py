@@ -2,8 +2,11 @@
 
 Ray Tune is the engine's default executor (nas.engine.tune): it places trials on a cluster's GPUs and CPUs and
 survives a lost node. On one machine that has no Ray — a lent GPU box with torch and a few wheels, a laptop, a CI
-runner — the same study runs on ``N`` worker processes started here (``spawn``: each imports torch once and then
-trains trial after trial, so only the first trial of a worker pays the start). Everything else is the engine's: the
+runner — the same study runs on ``N`` worker processes started here (``spawn``). They start in ``prepare`` and warm
+up (import torch, timm and the model code, decode the dataset: :func:`nas.engine.trainable.warm`) while the driver
+opens the study, then train trial after trial: no trial pays a worker's start (what it still waits for, if the
+warm-up is slower than the set-up, is in its ``start_s``; the warm-up seconds are ``PoolExecutor.warm_s``). Everything
+else is the engine's: the
 driver samples, prunes, races and records (through :class:`~nas.engine.executor.TrialFeed`), a worker runs the same
 trial code Ray's workers run (:func:`nas.engine.trainable.guarded_reports`: a trial's failure is its result), the
 device lock keeps throughput measurements exclusive, weights of finished trials land beside the study (sent as
@@ -37,13 +40,16 @@ if TYPE_CHECKING:
 POLL_S = 0.2  # how often the driver looks at a silent pool (a dead worker is noticed within this)
 
 
-def work(inbox: Any, outbox: Any) -> None:
-    """A worker process: run each payload that arrives (None ends it), one message per epoch and the driver's answer
-    to it, then ``done``."""
+def work(inbox: Any, outbox: Any, dataset: dict[str, Any] | None = None) -> None:
+    """A worker process: warm up (imports, the study's ``dataset`` decoded; ``("warm", seconds)``), then run each
+    payload that arrives (None ends it), one message per epoch and the driver's answer to it, then ``done``."""
     from safetensors.torch import save
 
     from nas.engine.messages import TrialPayload
-    from nas.engine.trainable import guarded_reports
+    from nas.engine.trainable import guarded_reports, warm
+
+    if dataset is not None:
+        outbox.put(("warm", None, warm(dataset), None))
 
     while (config := inbox.get()) is not None:
         trial_id = config["_trial_id"]
@@ -74,25 +80,34 @@ class PoolExecutor:
         self.workers, self.target = workers, target
         self.measures_here = True  # its trials measure on this machine's device (nas.settle can re-measure)
         self.ctx = mp.get_context("spawn")
+        self.outbox: Any = None
+        self.slots: list[_Slot] = []
+        self.warm_s: list[float] = []  # each worker's warm-up seconds (off the trials' clock: during the set-up)
 
     def prepare(self, cfg: StudyConfig, space: SearchSpace, where: str) -> Prepared:
-        """Read the dataset once here (classes, statistics, the validation images' fingerprint)."""
-        return prepare_dataset(cfg, space, where)
+        """Read the dataset once here (classes, statistics, the validation images' fingerprint), then start the
+        workers: they import and decode the data while the driver opens the study, so no trial waits for that."""
+        prepared = prepare_dataset(cfg, space, where)
+        self.dataset = cfg.dataset.model_dump(mode="json")  # what every payload carries: the workers' cache key
+        self.outbox = self.ctx.Queue()
+        self.slots = [self._start(self.outbox) for _ in range(self.workers or cfg.budget.max_concurrent)]
+        return prepared
 
     def clock(self) -> float:
         return time.time()
 
     def _start(self, outbox: Any) -> _Slot:
         inbox = self.ctx.Queue()
-        proc = self.ctx.Process(target=self.target, args=(inbox, outbox), daemon=True)
+        proc = self.ctx.Process(target=self.target, args=(inbox, outbox, self.dataset), daemon=True)
         proc.start()
         return _Slot(proc, inbox)
 
     def run(self, driver: Driver, scheduler: Any = None) -> None:
         """Keep every worker busy until the driver is finished and no trial runs; trials still running when this
         raises (Ctrl-C) are the driver's to fail and queue again."""
-        feed, outbox = TrialFeed(driver, scheduler), self.ctx.Queue()
-        slots = [self._start(outbox) for _ in range(self.workers or driver.cfg.budget.max_concurrent)]
+        if not self.slots:
+            raise RuntimeError("PoolExecutor.run before prepare: the workers start in prepare()")
+        feed, outbox, slots = TrialFeed(driver, scheduler), self.outbox, self.slots
         ids, finished = iter(range(1 << 62)), False
         try:
             while True:
@@ -124,6 +139,9 @@ class PoolExecutor:
                     code = slot.proc.exitcode
                     feed.end(slot.trial, error=f"pool worker died (exit code {code}) while training the trial")
                     slots[i] = self._start(outbox)
+            return
+        if kind == "warm":
+            self.warm_s.append(report)
             return
         slot = by_id.get(trial_id)
         if slot is None:  # a message of a trial already ended (its worker died after sending it)

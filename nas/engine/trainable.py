@@ -268,6 +268,24 @@ def restored_epochs(path: Path | None, epochs: int) -> list[tuple[Any, Weights |
     return [(ep, final if ep.epoch >= epochs else None) for ep in history]
 
 
+def warm(dataset: dict[str, Any]) -> float:
+    """Ready a worker process before its first trial: import torch, timm and the model code, and decode the study's
+    dataset into this process's cache (what a worker's first trial pays otherwise). Returns the seconds it took."""
+    t0 = time.perf_counter()
+    import timm  # noqa: F401
+    import torch  # noqa: F401
+
+    import nas.models  # noqa: F401
+    import trainers.proxy  # noqa: F401
+    from trainers.config import DataConfig
+    from trainers.data import load_dataset
+
+    data_cfg = DataConfig.model_validate(dataset)
+    _DATA_CACHE.clear()
+    _DATA_CACHE[data_cfg.model_dump_json()] = load_dataset(data_cfg)
+    return time.perf_counter() - t0
+
+
 def trial_reports(p: TrialPayload) -> Iterator[tuple[EpochReport, Weights | None]]:
     """Measure, then train: the whole trial as a stream of (epoch report, weights of the final epoch or None).
     Every report carries the trial's phase times so far (:data:`nas.engine.messages.PHASES`)."""

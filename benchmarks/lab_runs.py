@@ -162,17 +162,21 @@ class OraclePruner(ParetoPruner):
         return v
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """What every run of a lab comparison shares, whatever the method: simulated ``workers``, the ``budget`` of
+    trial-epochs, the share of the true front's hypervolume at which a run ends (``stop_share``), whether trials pay
+    the table's fixed costs and see its throughput spread (issue 30)."""
+
+    workers: int
+    budget: int
+    stop_share: float = 1.0
+    fixed_costs: bool = True
+    throughput_noise: bool = True
+
+
 def run_engine(
-    table: Table,
-    base: dict[str, Any],
-    m: Method,
-    seed: int,
-    workers: int,
-    budget: int,
-    stop_share: float = 1.0,
-    truth: Truth | None = None,
-    fixed_costs: bool = True,
-    throughput_noise: bool = True,
+    table: Table, base: dict[str, Any], m: Method, seed: int, rs: RunSettings, truth: Truth | None = None
 ) -> Curve:
     """One run of our engine through the entry point every study takes (``run_config``), on the replay executor
     and an in-memory Optuna storage; the search replays only the seeds ``truth`` leaves visible (default: the proxy
@@ -203,7 +207,7 @@ def run_engine(
             "pruner": m.pruner,
             "fidelity": {"rungs": list(m.rungs)},
             "replicates": replicates,
-            "budget": {"n_trials": None, "max_concurrent": workers},
+            "budget": {"n_trials": None, "max_concurrent": rs.workers},
             "seed": seed,
             "storage": "sqlite://",
         }
@@ -214,7 +218,7 @@ def run_engine(
         a = TrialRecord.of(t)
         if t.state != TrialState.COMPLETE or not a.full_fidelity:
             return False
-        return found.add(a.arch_id, t.values[0], a.replicate or 0, t.values[1]) >= stop_share - 1e-12
+        return found.add(a.arch_id, t.values[0], a.replicate or 0, t.values[1]) >= rs.stop_share - 1e-12
 
     def ray_asha(driver: Any) -> Any:
         from ray.tune.schedulers import ASHAScheduler
@@ -225,8 +229,8 @@ def run_engine(
         return s
 
     storage, quiet = optuna.storages.InMemoryStorage(), Progress(Console(quiet=True), quiet=True)
-    executor = ReplayExecutor(view, workers, max_trial_epochs=budget, until=reached, fixed_costs=fixed_costs,
-                              throughput_noise=throughput_noise)  # fmt: skip
+    executor = ReplayExecutor(view, rs.workers, max_trial_epochs=rs.budget, until=reached, fixed_costs=rs.fixed_costs,
+                              throughput_noise=rs.throughput_noise)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         run_config(
             cfg, SearchSpace.from_dict(table.space), f"lab {m.name} seed {seed}", Path(tmp), quiet,
@@ -290,17 +294,7 @@ def _blackbox(
     return bb, by_params
 
 
-def run_syne(
-    table: Table,
-    m: Method,
-    seed: int,
-    workers: int,
-    budget: int,
-    stop_share: float = 1.0,
-    truth: Truth | None = None,
-    fixed_costs: bool = True,
-    throughput_noise: bool = True,
-) -> Curve:
+def run_syne(table: Table, m: Method, seed: int, rs: RunSettings, truth: Truth | None = None) -> Curve:
     """One run of a Syne Tune scheduler in its simulator on the seeds ``truth`` leaves visible, scored at it. With
     ``fixed_costs`` every trial pays the table's fixed cost and a throughput measurement (Syne Tune keeps no cache
     of measurements between trials)."""
@@ -314,8 +308,8 @@ def run_syne(
     from syne_tune.tuner_callback import TunerCallback
 
     truth = truth or lab_truth.proxy(table)
-    fixed_s = table.fixed_seconds(measured=False) if fixed_costs else 0.0
-    bb, by_params = _blackbox(truth.search_table(table), seed, fixed_s, throughput_noise)
+    fixed_s = table.fixed_seconds(measured=False) if rs.fixed_costs else 0.0
+    bb, by_params = _blackbox(truth.search_table(table), seed, fixed_s, rs.throughput_noise)
     names = list(next(iter(table.archs.values())).params)
     cs = bb.configuration_space_with_max_resource_attr("epochs")
     metrics = ["error", "neg_throughput"]
@@ -344,19 +338,19 @@ def run_syne(
             if int(result["epoch"]) >= table.epochs:
                 observed, tp = 1.0 - float(result["error"]), -float(result["neg_throughput"])
                 self.done.append((t, arch, observed, 0, tp))
-                self.reached = self.reached or self.found.add(arch, observed, 0, tp) >= stop_share - 1e-12
+                self.reached = self.reached or self.found.add(arch, observed, 0, tp) >= rs.stop_share - 1e-12
 
-    rec, spent = Recorder(), StoppingCriterion(max_num_evaluations=budget)
+    rec, spent = Recorder(), StoppingCriterion(max_num_evaluations=rs.budget)
     # the simulator on the table's clock alone, and (below) Syne Tune's own sort computed faster: syne_adapter
     backend = syne_adapter.table_time_backend(blackbox=bb, elapsed_time_attr="elapsed_time", max_resource_attr="epochs")
     tuner = Tuner(
         trial_backend=backend, scheduler=scheduler, stop_criterion=lambda status: rec.reached or spent(status),
-        n_workers=workers, sleep_time=0, callbacks=[SimulatorCallback(), rec], save_tuner=False,
+        n_workers=rs.workers, sleep_time=0, callbacks=[SimulatorCallback(), rec], save_tuner=False,
         results_update_interval=1e9, print_update_interval=1e9,
     )  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()), syne_adapter.faster_syne_sort():  # ~100 s less CPU a seed
         tuner.run()
-    epochs = sorted(rec.epochs)[:budget]
+    epochs = sorted(rec.epochs)[: rs.budget]
     cut = epochs[-1][0] if epochs else 0.0
     fixed = [f for f in rec.fixed if f[0] <= cut]
     curve = curve_from_events(m.name, seed, table, epochs, [d for d in rec.done if d[0] <= cut], truth, fixed)
@@ -369,13 +363,9 @@ def run(
     base: dict[str, Any],
     m: Method,
     seed: int,
-    workers: int,
-    budget: int,
-    stop_share: float = 1.0,
+    rs: RunSettings,
     truth: str = "proxy",
     relative: str | None = None,
-    fixed_costs: bool = True,
-    throughput_noise: bool = True,
 ) -> Curve:
     """One (method, seed): what a worker process of the lab runs, at the truth named ``truth`` (lab_truth.make);
     it ends at ``budget`` trial-epochs or once it has reached ``stop_share`` of the true front's (or the ceiling's)
@@ -388,5 +378,5 @@ def run(
     table = Table.load(table_path)
     t = lab_truth.make(truth, table, seed, relative)
     if m.kind == "syne":
-        return run_syne(table, m, seed, workers, budget, stop_share, t, fixed_costs, throughput_noise)
-    return run_engine(table, base, m, seed, workers, budget, stop_share, t, fixed_costs, throughput_noise)
+        return run_syne(table, m, seed, rs, t)
+    return run_engine(table, base, m, seed, rs, t)

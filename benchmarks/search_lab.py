@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import lab_plot, lab_runs, lab_truth
-from benchmarks.lab_runs import Curve, Method
+from benchmarks.lab_runs import Curve, Method, RunSettings
 from nas.engine.replay import Table, TableArch, training_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -433,20 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     def n_seeds(m: Method) -> int:
         return min(args.seeds, args.gp_seeds) if m.sampler == "gp" and m.kind == "engine" else args.seeds
 
+    rs = RunSettings(args.workers, budget, args.stop_at, charge, not args.exact_throughput)
     jobs = [
-        (
-            args.table,
-            base,
-            m,
-            s,
-            args.workers,
-            budget,
-            args.stop_at,
-            args.truth,
-            args.relative,
-            charge,
-            not args.exact_throughput,
-        )
+        (args.table, base, m, s, rs, args.truth, args.relative)
         for m in chosen
         for s in range(first, first + n_seeds(m))
     ]

@@ -62,7 +62,9 @@ def test_a_replayed_search_with_replicates_never_sees_its_held_out_seed(
     seen = _seen(monkeypatch)
     race = next(m for m in search_lab.methods() if m.name == "ours-race")  # replicates: what would see every seed
     truth = lab_truth.make("heldout", table, run_seed)
-    curve = lab_runs.run_engine(table, search_lab.base_config(table), race, run_seed, 3, 400, truth=truth)
+    curve = lab_runs.run_engine(
+        table, search_lab.base_config(table), race, run_seed, lab_runs.RunSettings(3, 400), truth
+    )
     held = run_seed % 3
     assert truth.visible == tuple(k for k in range(3) if k != held)
     assert truth.acc == {a: t.curves()[held].val_acc[-1] for a, t in table.archs.items()}

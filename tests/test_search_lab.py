@@ -74,7 +74,7 @@ def test_a_syne_tune_run_is_reproducible_from_its_seed(tmp_path: Path, monkeypat
     morea = next(m for m in search_lab.methods() if m.name == "syne-morea")
 
     def run(seed: int) -> list[tuple[int, float, float]]:
-        return lab_runs.run(str(table), search_lab.base_config(t), morea, seed, 3, 80).points
+        return lab_runs.run(str(table), search_lab.base_config(t), morea, seed, lab_runs.RunSettings(3, 80)).points
 
     runs = [run(5), run(5)]
     with monkeypatch.context() as m:
@@ -194,7 +194,7 @@ def test_a_moasha_run_uses_the_faster_sort_and_gets_syne_tunes_own_curve(
         return own(x)
 
     def run() -> list[tuple[int, float, float]]:
-        return lab_runs.run(str(table), search_lab.base_config(t), moasha, 3, 3, 80).points
+        return lab_runs.run(str(table), search_lab.base_config(t), moasha, 3, lab_runs.RunSettings(3, 80)).points
 
     with monkeypatch.context() as m:
         m.setattr(syne_adapter, "pareto_efficient", counted)

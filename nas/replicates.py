@@ -1,8 +1,9 @@
 """Seed replicates on the read side: an architecture's accuracy over its training seeds, and how sure its place on
 the front is.
 
-One training run's accuracy is one draw: on the lab's table a second seed of the same architecture moves it by
-0.45 points (SD) and two seeds rank 26 architectures alike only at Kendall τ 0.39–0.43. So:
+One training run's accuracy is one draw: a second seed of the same architecture moves it by about as much as the
+differences a search ranks on, and two seeds rank the same architectures alike only moderately (the figures:
+benchmarks/RESULTS.md, "Seed noise of the lab table"). So:
 
 * :func:`merge` — an architecture evaluated with several seeds (the first evaluation plus its ``replicate`` trials,
   never reused copies) is one point whose accuracy is the **mean over its seeds**; the front is computed on those
@@ -254,7 +255,7 @@ def rung_extrapolation(
     The least-squares line ``final = a + b·x`` and its prediction SD for a new architecture,
     ``σ·sqrt(1 + 1/n + (x − x̄)²/Sxx)`` with ``σ`` the residual SD (n − 2 degrees of freedom): the textbook
     prediction interval of simple linear regression. The residual holds the rung's ranking error and the seed noise
-    of the final accuracy together — on the lab's table epoch 2 ranks the mean over seeds at τ 0.26 — so a pruned
+    of the final accuracy together — an early rung ranks the mean over seeds poorly (RESULTS.md) — so a pruned
     architecture close to the front keeps a fair chance. Returns ``x -> (prediction, SD)``, or None with fewer
     than ``min_pairs`` pairs or no spread in ``x``."""
     if len(pairs) < max(3, min_pairs):

@@ -4,9 +4,9 @@ settled order: nas.settle).
 
 A rank agreement between a proxy and a longer training is bounded by how well the longer training agrees with
 *itself*: two training seeds of the same architectures at the same budget rank them alike only so far (the lab's
-table: benchmarks/RESULTS.md, "Seed noise of the lab table"). So each τ is shown next to the seed-vs-seed τ of the budget it is compared
-with, and the warning speaks of their ratio: a proxy at τ 0.35 against a ceiling of 0.4 ranks about as well as
-anything can; one at τ 0.35 against a ceiling of 0.9 does not.
+table: benchmarks/RESULTS.md, "Seed noise of the lab table"). So each τ is shown next to the seed-vs-seed τ of the
+budget it is compared with, and the warning speaks of their ratio: a proxy at τ 0.35 against a ceiling of 0.4 ranks
+about as well as anything can; one at τ 0.35 against a ceiling of 0.9 does not.
 """
 
 from __future__ import annotations

@@ -42,10 +42,19 @@ def calibrate(
     factor: float = typer.Option(4, "--factor", help="the largest budget, in multiples of the proxy's compute"),
     plain: bool = typer.Option(False, "--plain", help="one line per event (no live view)"),
     replay: list[Path] = typer.Option(None, "--replay", help=REPLAY_HELP),
+    target_epochs: int = typer.Option(
+        None, "--target-epochs", help="rank every candidate against the training you will run: its epochs"
+    ),
+    target_fraction: float = typer.Option(1.0, "--target-fraction", help="... and its share of the training data"),
+    test_split: bool = typer.Option(
+        False, "--test-split", help="... trained on every training image, validated on the dataset's test split"
+    ),
 ) -> None:
-    """Before a big search: does the proxy budget rank architectures like longer training? Recommends a budget.
+    """Before a big search: does the proxy budget rank architectures like longer training (or like the training you
+    will run, --target-epochs)? Recommends a budget.
 
     Example: nas calibrate studies/fashion_mnist_tiny.yaml --n 6
+    Example (against the target): nas calibrate studies/fashion_mnist_tiny.yaml --target-epochs 30 --test-split
     """
     from nas.engine.calibrate import calibrate as run_calibration
     from nas.engine.calibrate import suggested_train
@@ -53,14 +62,25 @@ def calibrate(
     from nas.engine.progress import Progress
 
     cfg, _ = read_study_file(study_file)
-    cal = run_calibration(str(study_file), n, factor, Progress(live=not plain), _executors(replay))
+    target = (target_epochs, target_fraction) if target_epochs is not None else None
+    if target is None and test_split:
+        raise ConfigError("calibrate: --test-split belongs to a target; give --target-epochs (and --target-fraction)")
+    cal = run_calibration(str(study_file), n, factor, Progress(live=not plain), _executors(replay), target, test_split)
     typer.echo(f"calibration of '{cfg.name}' on {len(cal.archs)} architectures:")
     typer.echo(cal.table())
     rec = cal.recommended
     if rec["is_proxy"]:
         typer.echo(
-            f"the proxy budget already ranks like the largest one (Kendall tau {rec['tau']:.2f} >= {cal.bar:.2f}): "
+            f"the proxy budget already ranks like {'the target' if target else 'the largest one'} (Kendall tau "
+            f"{rec['tau']:.2f} >= {cal.bar:.2f}): "
             "keep it"
+        )
+    elif rec.get("is_reference") and target is not None:
+        typer.echo(
+            f"no candidate up to {factor:g}x the proxy's compute ranks like the target (Kendall tau >= {cal.bar:.2f}):"
+            " the proxy's ranking does not carry to the training you will run; try --factor "
+            f"{2 * factor:g}, or validate the front at the target (nas validate --epochs {target[0]} --fraction "
+            f"{target[1]:g}" + " --test-split" * test_split + ")"
         )
     else:
         if rec.get("is_reference"):

@@ -45,7 +45,7 @@ class Objective:
 
 
 # ---------------------------------------------------------------------------------------------- URLs
-_SUB_STUDY = re.compile(r"^(?P<parent>.+?)\.(validate|calibrate\.e\d+f[0-9.e+-]+)$")
+_SUB_STUDY = re.compile(r"^(?P<parent>.+?)\.(validate|calibrate\.e\d+f[0-9.e+-]+?(\.test)?(\.seed\d+)?)$")
 
 
 def parent_study(name: str) -> str | None:

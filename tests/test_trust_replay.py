@@ -147,3 +147,35 @@ def test_validate_and_calibrate_replay_the_labs_tables(tmp_path: Path, lab: Tabl
 
 def _arch_of(url: str, number: int) -> str:
     return TrialRecord.of(optuna.load_study(study_name="labtrust", storage=url).trials[number]).arch_id
+
+
+def test_calibrate_ranks_the_candidates_against_a_named_target(tmp_path: Path, lab: Table) -> None:
+    """Issue 28: ``--target-epochs E --target-fraction F --test-split`` makes the training the user will run the
+    reference (two seeds, validated on the test split) and ranks every candidate budget up to ``--factor`` against
+    it; a target no larger than the proxy is refused in one line."""
+    path = _study(tmp_path)
+    cfg, _ = read_study_file(path)
+    url = cfg.storage_url()
+    target = retraining_config(cfg, "x", url, 24, 0.6, test_split=True)
+    tables = [LAB, _write(_at_budget(lab, target, 2, "lab-target"), tmp_path / "target.json")]
+    for e, f in ((16, 0.15), (8, 0.3)):
+        tables.append(
+            _write(_at_budget(lab, retraining_config(cfg, "x", url, e, f), 1, "c"), tmp_path / f"{e}{f}.json")
+        )
+    replays = [a for t in tables for a in ("--replay", str(t))]
+    out = _invoke("calibrate", str(path), "--n", "4", "--factor", "2", "--plain", "--target-epochs", "24",
+                  "--target-fraction", "0.6", "--test-split", *replays)  # fmt: skip
+    cal = StudyRecord.of(optuna.load_study(study_name="labtrust", storage=url)).calibration
+    rows = [(b["epochs"], b["train_fraction"], b["test_split"], b["target"]) for b in cal["budgets"]]
+    assert rows == [(8, 0.15, False, False), (16, 0.15, False, False), (8, 0.3, False, False), (24, 0.6, True, True)]
+    ref = {TrialRecord.of(t).arch_id: TrialRecord.of(t).last_val_acc
+           for t in optuna.load_study(study_name="labtrust.calibrate.e24f0.6.test", storage=url).trials}  # fmt: skip
+    seed1 = optuna.load_study(study_name="labtrust.calibrate.e24f0.6.test.seed1", storage=url).trials
+    assert len(ref) == len(seed1) == 4 and "target" in out
+    cand = {TrialRecord.of(t).arch_id: TrialRecord.of(t).last_val_acc
+            for t in optuna.load_study(study_name="labtrust.calibrate.e16f0.15", storage=url).trials}  # fmt: skip
+    archs = sorted(ref)
+    tau = rank_agreement([cand[a] for a in archs], [ref[a] for a in archs])[0]
+    assert cal["budgets"][1]["tau"] == pytest.approx(tau)
+    bad = CliRunner().invoke(app, ["calibrate", str(path), "--target-epochs", "4", "--target-fraction", "0.15"])
+    assert bad.exit_code == 2 and "must train more than the proxy's (8 x 0.15)" in bad.output

@@ -61,7 +61,11 @@ class Calibration:
         reference's first seed, tau against the mean of its two seeds), then the ceiling."""
         rows = ["budget (epochs x data)  compute  trial-seconds  Kendall tau  Spearman rho  tau vs 2-seed mean"]
         for b in self.budgets:
-            tau = "reference" if b["reference"] else f"{b['tau']:.2f}" if b["tau"] is not None else "—"
+            tau = (
+                ("target" if b.get("target") else "reference")
+                if b["reference"]
+                else (f"{b['tau']:.2f}" if b["tau"] is not None else "—")
+            )
             rho = "" if b["reference"] or b["rho"] is None else f"{b['rho']:.2f}"
             mean = "" if b["reference"] or b.get("tau_mean") is None else f"{b['tau_mean']:.2f}"
             rows.append(f"{b['epochs']:>3} x {b['train_fraction']:<6g}           {b['compute']:>5g}x  "
@@ -125,11 +129,15 @@ def calibrate(
     factor: float,
     progress: Progress | None = None,
     executor_for: Callable[[StudyConfig], Executor] | None = None,
+    target: tuple[int, float] | None = None,
+    test_split: bool = False,
 ) -> Calibration:
-    """``nas calibrate``: which proxy budget ranks architectures like a longer training.
+    """``nas calibrate``: which proxy budget ranks architectures like a longer training — or like the training the
+    user will run (``target``).
 
     Retrains ``n`` diverse architectures of the study's space at a ladder of budgets (the proxy's, up to ``factor``
-    times it) in sub-studies of the same storage, and compares each budget's ranking with the largest one's.
+    times it) in sub-studies of the same storage, and compares each budget's ranking with the reference: the largest
+    of them, or the ``target`` when one is named (then every candidate up to ``factor`` is ranked against it).
 
     Args:
         path: the study file.
@@ -138,12 +146,17 @@ def calibrate(
         progress: where the sub-studies report (default: the terminal).
         executor_for: ``executor_for(cfg)`` runs each budget's sub-study (default Ray Tune;
             :func:`nas.engine.replay.replay_executors` replays a table per budget).
+        target: ``(epochs, train_fraction)`` of the training the user will run: the reference (two seeds) instead of
+            the largest candidate.
+        test_split: the target trains on every training image and validates on the dataset's test split
+            (:func:`~nas.engine.config.retraining_config`).
 
     Returns:
         The :class:`Calibration`, also stored on the study (``calibration``).
 
     Raises:
-        ConfigError: bad arguments, an unreadable study file or dataset, fewer than 3 feasible architectures.
+        ConfigError: bad arguments (a target no larger than the proxy), an unreadable study file or dataset, fewer
+            than 3 feasible architectures.
         StudyError: the storage cannot be opened."""
     from nas.engine.config import read_study_file
     from nas.engine.executor import prepare_dataset
@@ -161,9 +174,17 @@ def calibrate(
     archs = [a for a, _ in sample]
     if len(archs) < 3:
         raise ConfigError(f"{path}: the space holds fewer than 3 feasible architectures; nothing to calibrate")
-    ladder = budgets(cfg.train.epochs, cfg.train.train_fraction, factor)
-    accs: dict[tuple[int, float], dict[str, float]] = {}
-    seconds: dict[tuple[int, float], float] = {}
+    ladder = [(e, f, False) for e, f in budgets(cfg.train.epochs, cfg.train.train_fraction, factor)]
+    proxy_cost = cfg.train.epochs * cfg.train.train_fraction
+    if target is not None:
+        if target[0] < 1 or not 0 < target[1] <= 1 or target[0] * target[1] <= proxy_cost * (1 + 1e-9):
+            raise ConfigError(
+                f"calibrate: the target ({target[0]} epochs x {target[1]:g} of the data) must train more than "
+                f"the proxy's ({cfg.train.epochs} x {cfg.train.train_fraction:g}); give more epochs and/or more data"
+            )
+        ladder.append((target[0], round(target[1], 6), test_split))
+    accs: dict[tuple[int, float, bool], dict[str, float]] = {}
+    seconds: dict[tuple[int, float, bool], float] = {}
     train_at = functools.partial(_train_at, cfg, space, sample, progress, executor_for)
     for b in ladder:
         accs[b], seconds[b] = train_at(*b)
@@ -175,7 +196,6 @@ def calibrate(
     out.at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out.ceiling_tau = rank_agreement([accs[ref][a] for a in both], [second[a] for a in both])[0]
     out.bar = bar_for(out.ceiling_tau)
-    proxy_cost = cfg.train.epochs * cfg.train.train_fraction
     for b in ladder:
         common = [a for a in accs[b] if a in accs[ref]]
         x, y = [accs[b][a] for a in common], [accs[ref][a] for a in common]
@@ -185,7 +205,8 @@ def calibrate(
         out.budgets.append({
             "epochs": b[0], "train_fraction": b[1], "compute": round(b[0] * b[1] / proxy_cost, 3),
             "seconds": seconds[b] + (second_s if b == ref else 0.0), "n": len(common), "reference": b == ref,
-            "tau": tau, "rho": rho, "tau_mean": tau_mean,
+            "tau": tau, "rho": rho, "tau_mean": tau_mean, "target": target is not None and b == ref,
+            "test_split": b[2],
         })  # fmt: skip
     ranks = "tau_mean" if out.ceiling_tau is not None else "tau"  # against the two-seed mean when it exists
     good = [b for b in out.budgets if b["reference"] or (b[ranks] is not None and b[ranks] >= out.bar)]
@@ -205,21 +226,27 @@ def _train_at(
     executor_for: Callable[[StudyConfig], Executor] | None,
     epochs: int,
     fraction: float,
+    test_split: bool = False,
     seed_offset: int = 0,
 ) -> tuple[dict[str, float], float]:
-    """Train the sample at one budget (and training seed) in its sub-study: final accuracy by arch_id, and the
-    trial-seconds it cost."""
+    """Train the sample at one budget (and training seed; ``test_split``: on every training image, validated on the
+    test split) in its sub-study: final accuracy by arch_id, and the trial-seconds it cost."""
     from nas.engine.lifecycle import enqueue_missing
     from nas.engine.run import run_config
 
     url = cfg.storage_url()
-    tag = f"{cfg.name}.calibrate.e{epochs}f{fraction:g}" + (f".seed{seed_offset}" if seed_offset else "")
-    sub = retraining_config(cfg, tag, url, epochs, fraction, seed_offset)
+    tag = (
+        f"{cfg.name}.calibrate.e{epochs}f{fraction:g}"
+        + ".test" * test_split
+        + f".seed{seed_offset}" * bool(seed_offset)
+    )
+    sub = retraining_config(cfg, tag, url, epochs, fraction, seed_offset, test_split=test_split)
 
     def plan(study: Any) -> int:
         return enqueue_missing(study, [(a.arch_id, params, {}) for a, params in sample])
 
-    what = f"calibrate {cfg.name} at {epochs} epochs x {fraction:g}" + f", seed +{seed_offset}" * bool(seed_offset)
+    what = (f"calibrate {cfg.name} at {epochs} epochs x {fraction:g}" + ", test split" * test_split
+            + f", seed +{seed_offset}" * bool(seed_offset))  # fmt: skip
     run_config(sub, space, what, progress=progress, plan=plan, executor=executor_for(sub) if executor_for else None)
     recs = results.records(results.open_study(sub.name, url))
     done = {r.arch_id: r for r in recs if r.state == "COMPLETE" and r.full_fidelity and r.reused_from is None}

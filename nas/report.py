@@ -25,9 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from nas import pareto, results, trust
+from nas import layout, pareto, results, trust
+from nas.errors import StudyError
 from nas.evaluation import PRIOR_SEED_SD, pooled_seed_sd
 from nas.layout import Objective
+from nas.study_record import StudyRecord
 
 RIDGE = 1e-6
 BOOTSTRAP = 400
@@ -194,6 +196,7 @@ def build(study: Any) -> str:
         lines += [f"**Few trials for this model**: {len(done)} trials for {free} free effects (fewer than 3 per "
                   "effect), so the fit nearly interpolates (R² near 1 by construction) and the effects are "
                   "indicative only; more trials (`nas search` again) narrow them.", ""]  # fmt: skip
+    lines += _transfer_lines(study, fx, objs)
     lines += ["## The front", "", _knee_text(front, objs), "", "| trial | placement | "
               + " | ".join(o.name for o in objs) + " |", "|---|---|" + "---|" * len(objs)]  # fmt: skip
     for r in front:
@@ -207,6 +210,62 @@ def build(study: Any) -> str:
             best.append(f"stage {i}: `{top.mixer}` ({top.estimate:+.2f} {e.unit})")
         lines.append(f"- **{e.objective}** — " + "; ".join(best))
     return "\n".join(lines) + "\n"
+
+
+def transfer_verdict(proxy: Effect, validated: Effect | None) -> str:
+    """Whether a proxy effect holds at a larger budget, from the two 95 % intervals: ``holds`` (both exclude 0, same
+    sign), ``reversed`` (both exclude 0, opposite signs), ``gone there`` (the proxy's excludes 0, the validated one
+    does not), ``appears there`` (only the validated one excludes 0), ``inside the noise at both``, or
+    ``not validated``."""
+    if validated is None:
+        return "not validated"
+    p_sure, v_sure = proxy.low > 0 or proxy.high < 0, validated.low > 0 or validated.high < 0
+    if p_sure and v_sure:
+        return "holds" if (validated.estimate > 0) == (proxy.estimate > 0) else "reversed"
+    if p_sure:
+        return "gone there"
+    return "appears there" if v_sure else "inside the noise at both"
+
+
+def _transfer_lines(study: Any, fx: list[ObjectiveEffects], objs: list[Objective]) -> list[str]:
+    """Whether each accuracy effect of the proxy holds at the budget ``nas validate`` retrained at (issue 28): the same
+    model fitted on the validated architectures (their seed means), effect by effect — *holds* (same sign, the
+    validated interval excludes 0), *reversed* (both intervals exclude 0, opposite signs), otherwise inside the noise
+    there. Nothing without a validation or an accuracy objective."""
+    val = StudyRecord.of(study).validation
+    proxy = next((e for e in fx if e.objective == "accuracy"), None)
+    if not val or not val.get("substudy") or proxy is None:
+        return []
+    try:
+        sub = results.open_study(val["substudy"], layout.url_of(study) or None)
+    except StudyError:
+        return []
+    done = results.eligible(results.records(sub), results.objectives_of(sub))
+    at = next((e for e in effects(done, [o for o in objs if o.name == "accuracy"], seed=0)), None)
+    budget = val.get("budget") or {}
+    where = f"{budget.get('epochs')} epochs x {budget.get('train_fraction')} of the data" + (
+        ", the test split" if budget.get("val_fraction") is None else ""
+    )
+    lines = ["## Does the proxy's effect hold at the validation budget?", "",
+             f"The accuracy model refitted on the {len(done)} architectures `nas validate` retrained ({where}; each "
+             "its seeds' mean). *holds*: both intervals exclude 0, same sign; *reversed*: both exclude 0, opposite "
+             "signs; *gone there* / *appears there*: only the proxy's / the validated one excludes 0.", ""]  # fmt: skip
+    if at is None:
+        return [*lines, "Fewer than 3 validated architectures: nothing to compare.", ""]
+    free = 1 + sum(len({x.mixer for x in at.effects if x.stage == i}) - 1 for i in {x.stage for x in at.effects})
+    few = len(done) < 3 * free  # the fit nearly interpolates: no verdict from it
+    lines += ["| stage | mixer | proxy (pp) | validated (pp) | verdict |", "|---|---|---|---|---|"]
+    there = {(e.stage, e.mixer): e for e in at.effects}
+    for e in proxy.effects:
+        v = there.get((e.stage, e.mixer))
+        shown = "—" if v is None else f"{v.estimate:+.2f} [{v.low:+.2f}, {v.high:+.2f}]"
+        lines.append(f"| {e.stage} | `{e.mixer}` | {e.estimate:+.2f} [{e.low:+.2f}, {e.high:+.2f}] | {shown} | "
+                     f"{'—' if few and v is not None else transfer_verdict(e, v)} |")  # fmt: skip
+    if few:
+        lines += ["", f"**Too few validated architectures for a verdict**: {len(done)} for {free} free effects (fewer "
+                  "than 3 each): the validated effects are shown, not judged; `nas validate --random M` retrains "
+                  "more.",]  # fmt: skip
+    return [*lines, ""]
 
 
 def _value(r: results.TrialRecord, o: Objective) -> str:

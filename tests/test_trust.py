@@ -311,3 +311,16 @@ def test_the_validation_figure_says_where_it_validated() -> None:
     assert "validated at 3 epochs x 1 of the data, on the test split" in title
     held = {**val, "budget": {"epochs": 3, "train_fraction": 1.0, "val_fraction": 0.05}}
     assert "test split" not in validation_figure(SimpleNamespace(user_attrs={"validation": held})).layout.title.text
+
+
+@pytest.mark.parametrize(
+    ("proxy", "validated", "verdict"),
+    [((1.0, 0.5, 1.5), (0.8, 0.2, 1.4), "holds"), ((1.0, 0.5, 1.5), (-0.8, -1.4, -0.2), "reversed"),
+     ((0.3, -0.5, 1.1), (-0.8, -1.4, -0.2), "appears there"), ((1.0, 0.5, 1.5), (0.3, -0.4, 1.0), "gone there"),
+     ((0.3, -0.5, 1.1), (0.2, -0.4, 1.0), "inside the noise at both"), ((1.0, 0.5, 1.5), None, "not validated")],
+)  # fmt: skip
+def test_a_proxy_effect_holds_or_not_at_the_validation_budget(proxy, validated, verdict) -> None:
+    """Issue 28: the report's verdict per stage and mixer, from the two effects' estimates and 95 % intervals."""
+    p = report.Effect(1, "mhsa", 10, *proxy)
+    v = None if validated is None else report.Effect(1, "mhsa", 4, *validated)
+    assert report.transfer_verdict(p, v) == verdict

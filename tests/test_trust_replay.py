@@ -102,6 +102,13 @@ def test_validate_and_calibrate_replay_the_labs_tables(tmp_path: Path, lab: Tabl
         assert p["validated_acc"] == pytest.approx(arch.mean_final, abs=1e-9)
     assert v["tau"] == pytest.approx(rank_agreement([p["proxy_acc"] for p in v["pairs"]],
                                                     [p["validated_acc"] for p in v["pairs"]])[0])  # fmt: skip
+    _invoke("report", "labtrust", "--storage", url, "--out", str(tmp_path / "report.md"))
+    text = (tmp_path / "report.md").read_text()  # issue 28: per stage and mixer, does the proxy's effect hold there?
+    section = text.split("## Does the proxy's effect hold at the validation budget?")[1].split("\n## ")[0]
+    assert "5 architectures `nas validate` retrained (16 epochs x 0.3 of the data;" in section
+    rows = [r for r in section.splitlines() if r.startswith("| ") and not r.startswith("| stage")]
+    assert rows and all(r.rstrip(" |").endswith(("—", "not validated")) for r in rows)  # 5 archs: no verdict
+    assert "Too few validated architectures for a verdict" in section
     subs = optuna.load_study(study_name="labtrust" + SUFFIX, storage=url).trials
     assert {TrialRecord.of(t).node for t in subs} == {"replay"}
     assert all(len(TrialRecord.of(t).curve) == 16 for t in subs)

@@ -197,5 +197,16 @@ def test_guarded_reports_turn_what_a_trial_raises_into_its_failed_last_report() 
     (report, weights), *rest = list(guarded_reports(bad))
     assert rest == [] and weights is None and report.epoch == 0 and report.failed
     assert report.failed.startswith(("KeyError", "ValidationError")) and " at " in report.failed
-    for name in ("Executor", "TrialFeed", "Lifecycle", "ReplayExecutor", "Racer", "guarded_reports"):
+    for name in (
+        "Executor",
+        "TrialFeed",
+        "Lifecycle",
+        "ReplayExecutor",
+        "PoolExecutor",
+        "Racer",
+        "Policy",
+        "Predictor",
+        "StopRules",
+        "guarded_reports",
+    ):
         assert name in nas.engine.__all__ and getattr(nas.engine, name) is not None

@@ -209,7 +209,7 @@ def settle_study(study: Any, device: str = "auto", max_rounds: int = 15) -> tupl
 
     import nas.models  # noqa: F401  (timm entrypoints)
     from nas import results
-    from nas.measure import measure_throughput
+    from nas.measure import device_name, measure_throughput
 
     objs = results.objectives_of(study)
     front = results.front(results.records(study), objs)
@@ -238,6 +238,6 @@ def settle_study(study: Any, device: str = "auto", max_rounds: int = 15) -> tupl
         "pairs": [dict(faster=front[p.faster].number, slower=front[p.slower].number, ratio=p.ratio, low=p.low,
                        high=p.high, resolved=p.resolved) for p in out.pairs],
         "rounds": out.rounds,
-        "device": device,
+        "device": device_name(device),  # what "auto" resolved to here
     })  # fmt: skip
     return front, out

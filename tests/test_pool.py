@@ -88,3 +88,25 @@ def test_a_dead_pool_worker_fails_its_trial_and_another_takes_its_place(tmp_path
     assert TrialRecord.of(by[1]).failure.startswith("pool worker died (exit code 3)")
     assert summary.added == 3 and by[0].state == by[2].state == TrialState.COMPLETE  # the study went on
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+def test_workers_stop_when_the_run_ends_before_it_starts(tmp_path: Path, monkeypatch) -> None:
+    """The workers start in ``prepare``; a run refused after it (here: the space cannot reach the classes) still
+    stops them (``run_config`` closes the executor however the run ends), and nothing is written."""
+    import pytest
+
+    from nas.errors import ConfigError
+    from nas.space import SearchSpace
+
+    def refuse(self, num_classes: int) -> None:
+        raise ConfigError("refused after prepare")
+
+    monkeypatch.setattr(SearchSpace, "check_reachable", refuse)
+    cfg, space = read_study_file(write_study(tmp_path, "refused"))
+    pool, started = PoolExecutor(2), []
+    start = pool._start
+    monkeypatch.setattr(pool, "_start", lambda outbox: started.append(start(outbox)) or started[-1])
+    with pytest.raises(ConfigError, match="refused after prepare"):
+        run_config(cfg, space, "refused", tmp_path / "studies", Progress(quiet=True), executor=pool)
+    assert len(started) == 2 and not any(s.proc.is_alive() for s in started) and pool.slots == []
+    assert not (tmp_path / "studies" / "refused").exists()

@@ -32,8 +32,9 @@ Three implementations ship:
    (with the error if the worker died). Return when ``next_trial`` gives None and nothing runs. Trials still
    running when ``run`` returns or raises are failed and queued again by the driver.
 
-Optional: an attribute ``measures_here`` (True when its trials measure throughput on this machine's device): the
-search then settles its front's throughput order at its end (nas.settle, ``budget.settle_rounds``).
+Optional: ``close()``, called by ``run_config`` however the run ends (before ``run`` too), to release what
+``prepare`` started; an attribute ``measures_here`` (True when its trials measure throughput on this machine's
+device): the search then settles its front's throughput order at its end (nas.settle, ``budget.settle_rounds``).
 
 The schedulers see one kind of trial object: Ray's own ``Trial`` inside Ray, :class:`ExecTrial` (the same
 ``trial_id``/``config`` attributes) everywhere else, so a Ray Tune ``TrialScheduler`` such as ASHA can make the

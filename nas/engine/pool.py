@@ -123,10 +123,15 @@ class PoolExecutor:
                     return
                 self._step(feed, slots, outbox)
         finally:
-            for slot in slots:
-                if slot.proc.is_alive():
-                    slot.proc.terminate()
-                slot.proc.join(timeout=10)
+            self.close()
+
+    def close(self) -> None:
+        """Stop the workers (``run_config`` calls it however the run ends, also when it ends before ``run``)."""
+        for slot in self.slots:
+            if slot.proc.is_alive():
+                slot.proc.terminate()
+            slot.proc.join(timeout=10)
+        self.slots = []
 
     def _step(self, feed: TrialFeed, slots: list[_Slot], outbox: Any) -> None:
         """Take one message (or notice a dead worker): record the epoch and answer it, end the trial when done."""

@@ -127,15 +127,20 @@ def run_config(
 
         executor = RayExecutor()
     prepared = executor.prepare(cfg, space, where)
-    space.check_reachable(prepared.num_classes)
-    progress = progress or Progress()
-    with single_driver(cfg.storage_url(base_dir), cfg.name):
-        storage = storage or layout.create_storage(cfg.storage_url(base_dir), OwnedStorage)
-        _check_same_images(storage, cfg.name, prepared.study_attrs.get("val_set"), where)
-        pruner = make_pruner(cfg, storage)
-        store = _open(cfg, space, base_dir, storage, wrap_pruner(pruner) if wrap_pruner else pruner)
-        write(store.study, **prepared.study_attrs)
-        return _drive(cfg, space, store, progress, scheduler_factory, executor, prepared.num_classes, plan)
+    try:
+        space.check_reachable(prepared.num_classes)
+        progress = progress or Progress()
+        with single_driver(cfg.storage_url(base_dir), cfg.name):
+            storage = storage or layout.create_storage(cfg.storage_url(base_dir), OwnedStorage)
+            _check_same_images(storage, cfg.name, prepared.study_attrs.get("val_set"), where)
+            pruner = make_pruner(cfg, storage)
+            store = _open(cfg, space, base_dir, storage, wrap_pruner(pruner) if wrap_pruner else pruner)
+            write(store.study, **prepared.study_attrs)
+            return _drive(cfg, space, store, progress, scheduler_factory, executor, prepared.num_classes, plan)
+    finally:
+        close = getattr(executor, "close", None)  # what prepare started (the pool's workers), however the run ends
+        if close is not None:
+            close()
 
 
 def _check_same_images(storage: Any, name: str, val_set: dict[str, Any] | None, where: str) -> None:

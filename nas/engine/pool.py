@@ -5,12 +5,11 @@ survives a lost node. On one machine that has no Ray — a lent GPU box with tor
 runner — the same study runs on ``N`` worker processes started here (``spawn``). They start in ``prepare`` and warm
 up (import torch, timm and the model code, decode the dataset: :func:`nas.engine.trainable.warm`) while the driver
 opens the study, then train trial after trial: no trial pays a worker's start (what it still waits for, if the
-warm-up is slower than the set-up, is in its ``start_s``; the warm-up seconds are ``PoolExecutor.warm_s``). Everything
-else is the engine's: the
-driver samples, prunes, races and records (through :class:`~nas.engine.executor.TrialFeed`), a worker runs the same
-trial code Ray's workers run (:func:`nas.engine.trainable.guarded_reports`: a trial's failure is its result), the
-device lock keeps throughput measurements exclusive, weights of finished trials land beside the study (sent as
-safetensors bytes).
+warm-up is slower than the set-up, is in its ``start_s``; the warm-up seconds are ``PoolExecutor.warm_s``).
+Everything else is the engine's: the driver samples, prunes, races and records (through
+:class:`~nas.engine.executor.TrialFeed`), a worker runs the same trial code Ray's workers run
+(:func:`nas.engine.trainable.guarded_reports`: a trial's failure is its result), the device lock keeps throughput
+measurements exclusive, weights of finished trials land beside the study (sent as safetensors bytes).
 
 The protocol, per worker: the driver puts a trial's payload in the worker's inbox; the worker sends one message per
 epoch (``("epoch", trial_id, report, weights)``) and waits for the driver's answer, ``"go"`` or ``"stop"`` (the
@@ -109,21 +108,18 @@ class PoolExecutor:
             raise RuntimeError("PoolExecutor.run before prepare: the workers start in prepare()")
         feed, outbox, slots = TrialFeed(driver, scheduler), self.outbox, self.slots
         ids, finished = iter(range(1 << 62)), False
-        try:
-            while True:
-                for slot in slots:
-                    if slot.trial is None and not finished:
-                        trial = feed.next_trial(f"pool_{next(ids):06d}")
-                        if trial is None:
-                            finished = True
-                            break
-                        slot.trial = trial
-                        slot.inbox.put({"_trial_id": trial.trial_id, "payload": trial.config})
-                if all(s.trial is None for s in slots) and finished:
-                    return
-                self._step(feed, slots, outbox)
-        finally:
-            self.close()
+        while True:  # the workers stop in close(), which run_config calls however the run ends
+            for slot in slots:
+                if slot.trial is None and not finished:
+                    trial = feed.next_trial(f"pool_{next(ids):06d}")
+                    if trial is None:
+                        finished = True
+                        break
+                    slot.trial = trial
+                    slot.inbox.put({"_trial_id": trial.trial_id, "payload": trial.config})
+            if all(s.trial is None for s in slots) and finished:
+                return
+            self._step(feed, slots, outbox)
 
     def close(self) -> None:
         """Stop the workers (``run_config`` calls it however the run ends, also when it ends before ``run``)."""
